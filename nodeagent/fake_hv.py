@@ -1,0 +1,116 @@
+"""A Hypervisor with no VMs: each "domain" is the real guest agent in a thread on a socketpair.
+
+Commands run as host processes inside a scratch directory standing in for the guest's root, so
+unit tests exercise the real wire protocol, host channel and lifecycle in milliseconds. Faults
+can be injected: a start that fails, a boot that never answers, a guest that crashes.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from images.guestagent.agent import Agent
+
+from .errors import HypervisorError
+from .hypervisor import DOMAIN_PREFIX, DomainSpec
+
+
+@dataclass
+class _Domain:
+    spec: DomainSpec
+    host_sock: socket.socket
+    guest_sock: socket.socket
+    root: tempfile.TemporaryDirectory[str]
+    thread: threading.Thread | None = None
+    opened: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class FakeHypervisor:
+    def __init__(self, *, boot_delay_s: float = 0.0, fail_start: bool = False,
+                 never_boot: bool = False) -> None:
+        self.boot_delay_s = boot_delay_s
+        self.fail_start = fail_start
+        self.never_boot = never_boot
+        self.domains: dict[str, _Domain] = {}
+        self.started: list[str] = []
+        self._lock = threading.Lock()
+
+    def start(self, spec: DomainSpec) -> None:
+        if self.fail_start:
+            raise HypervisorError(f"failed to start domain {spec.name}: injected failure")
+        with self._lock:
+            if spec.name in self.domains:
+                raise HypervisorError(f"domain {spec.name} already exists")
+            host_sock, guest_sock = socket.socketpair()
+            dom = _Domain(spec, host_sock, guest_sock, tempfile.TemporaryDirectory(
+                prefix="tryfleet-fakeguest-"))
+            (Path(dom.root.name) / "root").mkdir()
+            self.domains[spec.name] = dom
+            self.started.append(spec.name)
+        spec.console_log.write_text(f"fake console of {spec.name}\n")
+        if not self.never_boot:
+            dom.thread = threading.Thread(target=self._guest, args=(dom,), daemon=True,
+                                          name=f"fakeguest-{spec.name}")
+            dom.thread.start()
+
+    def _guest(self, dom: _Domain) -> None:
+        time.sleep(self.boot_delay_s)
+        agent = Agent(dom.guest_sock.fileno(), pid1=False, use_signals=False, exit_on_eof=True,
+                      fs_root=dom.root.name)
+        try:
+            agent.run()
+        except OSError:
+            pass  # the domain was destroyed under the agent
+
+    def open_channel(self, name: str) -> socket.socket:
+        with self._lock:
+            dom = self.domains.get(name)
+            if dom is None:
+                raise HypervisorError(f"domain {name} is gone before its channel was opened")
+            dom.opened = True
+            return dom.host_sock
+
+    def crash(self, name: str) -> None:
+        """The guest dies: its side of the channel closes, as when QEMU exits."""
+        with self._lock:
+            dom = self.domains.get(name)
+        if dom is not None:
+            dom.guest_sock.shutdown(socket.SHUT_RDWR)
+
+    def destroy(self, name: str) -> None:
+        with self._lock:
+            dom = self.domains.pop(name, None)
+        if dom is None:
+            return
+        try:
+            dom.guest_sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if dom.thread is not None:
+            dom.thread.join(timeout=5)
+        dom.guest_sock.close()
+        if not dom.opened:
+            dom.host_sock.close()
+        dom.root.cleanup()
+
+    def list_domains(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
+        with self._lock:
+            return sorted(n for n in self.domains if n.startswith(prefix))
+
+    def domain_xml(self, name: str) -> str | None:
+        with self._lock:
+            dom = self.domains.get(name)
+        return None if dom is None else f"<domain type='fake'><name>{name}</name></domain>"
+
+    def guest_root(self, name: str) -> Path:
+        return Path(self.domains[name].root.name)
+
+    def close(self) -> None:
+        for name in self.list_domains(""):
+            self.destroy(name)

@@ -1,0 +1,215 @@
+"""Host side of the guest channel: requests out, answers in, deadlines on the host's clock.
+
+Everything the guest sends is untrusted: frames are size-limited msgpack maps decoded with
+safe options (see images.guestagent.wire), every field is type-checked, output is capped here
+as well as in the guest, and no deadline depends on the guest's clock.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from images.guestagent import wire
+
+from .errors import GuestGone, GuestProtocolError, GuestRequestError, GuestUnresponsive
+from .records import ExecResult
+
+OutputSink = Callable[[int, bytes], None]
+REQUEST_TIMEOUT_S = 30.0
+# After the host's deadline, how long the guest gets to report the killed command.
+KILL_GRACE_S = 1.0
+
+
+class GuestChannel:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._decoder = wire.FrameDecoder()
+        self._pending: list[dict[str, Any]] = []
+        self._next_id = 1
+        self._closed = False
+
+    @classmethod
+    def connect_unix(cls, path: str) -> GuestChannel:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as err:
+            sock.close()
+            raise GuestGone(f"cannot connect to guest channel {path}: {err}") from err
+        return cls(sock)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def _request(self, op: str, **fields: Any) -> int:
+        req = self._next_id
+        self._next_id += 1
+        try:
+            self._sock.sendall(wire.encode({"op": op, "id": req, **fields}))
+        except OSError as err:
+            raise GuestGone(f"guest channel closed while sending {op}: {err}") from err
+        return req
+
+    def _recv(self, deadline: float) -> dict[str, Any] | None:
+        """Next message, or None when the deadline passes first."""
+        while not self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._sock.settimeout(None if remaining == float("inf") else remaining)
+            try:
+                data = self._sock.recv(256 * 1024)
+            except TimeoutError:
+                return None
+            except OSError as err:
+                raise GuestGone(f"guest channel failed: {err}") from err
+            if not data:
+                raise GuestGone("guest channel closed: the guest powered off or crashed")
+            try:
+                self._pending.extend(self._decoder.feed(data))
+            except wire.FrameError as err:
+                raise GuestProtocolError(f"guest sent a malformed frame: {err}") from err
+        return self._pending.pop(0)
+
+    def _answer(self, req: int, op: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._recv(deadline)
+            if msg is None:
+                raise GuestUnresponsive(f"guest agent did not answer {op} within {timeout_s:.1f}s")
+            if msg.get("id") != req:
+                continue  # a late answer to an earlier request
+            if msg.get("ev") == "error":
+                raise GuestRequestError(f"guest refused {op}: {_text(msg.get('message'))}")
+            return msg
+
+    # ---- operations ------------------------------------------------------------------------
+    def ping(self, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+        msg = self._answer(self._request("ping"), "ping", timeout_s)
+        if msg.get("ev") != "pong":
+            raise GuestProtocolError(f"expected pong, got {_brief(msg)}")
+        return msg
+
+    def wait_ready(self, deadline: float, interval_s: float = 0.1) -> dict[str, Any]:
+        """Ping until the agent answers; the port is silent until the guest has booted."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GuestUnresponsive("guest agent did not come up before the boot deadline")
+            try:
+                return self.ping(timeout_s=min(interval_s, remaining))
+            except GuestUnresponsive:
+                continue
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        view = memoryview(data)
+        first = True
+        while first or view:
+            chunk, view = view[: wire.CHUNK_BYTES], view[wire.CHUNK_BYTES:]
+            req = self._request("write_file", path=path, data=bytes(chunk), mode=mode,
+                                append=not first)
+            self._answer(req, f"write_file {path}", REQUEST_TIMEOUT_S)
+            first = False
+
+    def read_file(self, path: str, max_bytes: int) -> bytes:
+        out = bytearray()
+        while True:
+            length = min(wire.CHUNK_BYTES, max_bytes - len(out) + 1)
+            req = self._request("read_file", path=path, offset=len(out), length=length)
+            msg = self._answer(req, f"read_file {path}", REQUEST_TIMEOUT_S)
+            data = msg.get("data")
+            if not isinstance(data, bytes) or len(data) > length:
+                raise GuestProtocolError(f"bad read_file answer for {path}: {_brief(msg)}")
+            out += data
+            if len(out) > max_bytes:
+                raise GuestRequestError(f"{path} is larger than the {max_bytes}-byte limit")
+            if msg.get("eof") is True or not data:
+                return bytes(out)
+
+    def exec(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout_s: float | None = None,
+        max_output: int = 16 * 1024 * 1024,
+        on_output: OutputSink | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> ExecResult:
+        """Run argv in the guest, streaming output to on_output(stream, data) as it arrives."""
+        started = time.monotonic()
+        deadline = started + timeout_s if timeout_s else float("inf")
+        req = self._request("exec", argv=list(argv), env=env or {}, cwd=cwd, stdin=stdin,
+                            timeout_s=timeout_s, max_output=max_output)
+        buffers = (bytearray(), bytearray())
+        truncated = [False, False]
+        timed_out = False
+        killed_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if killed_at is None and (now >= deadline or (should_stop and should_stop())):
+                timed_out = now >= deadline
+                killed_at = now
+                self._request("signal", target=req, signum=int(_signal.SIGKILL))
+            if killed_at is not None and now >= killed_at + KILL_GRACE_S:
+                return _result(None, None, buffers, truncated, timed_out, started)
+            if killed_at is not None:
+                wait_until = killed_at + KILL_GRACE_S
+            else:
+                wait_until = min(deadline, now + 0.2) if should_stop else deadline
+            msg = self._recv(wait_until)
+            if msg is None or msg.get("id") != req:
+                continue
+            ev = msg.get("ev")
+            if ev == "out":
+                stream, data = msg.get("stream"), msg.get("data")
+                if stream not in (1, 2) or not isinstance(data, bytes):
+                    raise GuestProtocolError(f"bad output event: {_brief(msg)}")
+                buf = buffers[stream - 1]
+                room = max_output - len(buf)
+                if len(data) > room:
+                    truncated[stream - 1] = True
+                    data = data[:room]
+                buf += data
+                if on_output and data:
+                    on_output(stream, data)
+            elif ev == "exit":
+                return self._exit_result(msg, buffers, truncated, timed_out, started)
+            elif ev == "error":
+                raise GuestRequestError(f"guest refused exec: {_text(msg.get('message'))}")
+
+    def _exit_result(self, msg: dict[str, Any], buffers: tuple[bytearray, bytearray],
+                     truncated: list[bool], timed_out: bool, started: float) -> ExecResult:
+        code, sig, flags = msg.get("code"), msg.get("signal"), msg.get("truncated")
+        if not (code is None or isinstance(code, int)) or not (sig is None or isinstance(sig, int)):
+            raise GuestProtocolError(f"bad exit event: {_brief(msg)}")
+        if isinstance(flags, list) and len(flags) == 2:
+            truncated = [truncated[i] or flags[i] is True for i in range(2)]
+        timed_out = timed_out or msg.get("timed_out") is True
+        return _result(code, sig, buffers, truncated, timed_out, started)
+
+
+def _result(code: int | None, sig: int | None, buffers: tuple[bytearray, bytearray],
+            truncated: list[bool], timed_out: bool, started: float) -> ExecResult:
+    return ExecResult(
+        exit_code=code, signal=sig, stdout=bytes(buffers[0]), stderr=bytes(buffers[1]),
+        stdout_truncated=truncated[0], stderr_truncated=truncated[1], timed_out=timed_out,
+        duration_s=time.monotonic() - started,
+    )
+
+
+def _text(value: Any) -> str:
+    return value[:500] if isinstance(value, str) else repr(value)[:500]
+
+
+def _brief(msg: dict[str, Any]) -> str:
+    return repr({k: (v[:40] if isinstance(v, (bytes, str)) else v) for k, v in msg.items()})[:300]

@@ -1,0 +1,51 @@
+"""The one narrow boundary between the node agent and whatever runs VMs.
+
+`LibvirtHypervisor` (libvirt_hv.py) is the real one; `FakeHypervisor` (fake_hv.py) runs the
+real guest agent in a thread over a socketpair, for fast tests and simulated hosts.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+DOMAIN_PREFIX = "tryfleet-"
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSpec:
+    name: str
+    vcpus: int
+    mem_mib: int
+    kernel: Path
+    initrd: Path
+    disk: Path | None  # the per-VM copy-on-write overlay (None: boot the initramfs only)
+    backing: Path | None  # the golden image under it
+    console_log: Path
+    accel: str = "tcg"  # "kvm" or "tcg"
+    cmdline_extra: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    def start(self, spec: DomainSpec) -> None:
+        """Create and start a transient domain; it is gone once destroyed."""
+
+    def open_channel(self, name: str) -> socket.socket:
+        """A connected stream socket to the domain's guest-agent port."""
+
+    def destroy(self, name: str) -> None:
+        """Stop the domain at once. Idempotent: a domain already gone is not an error."""
+
+    def list_domains(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
+        """Names of the domains, running or defined, whose name starts with prefix."""
+
+    def domain_xml(self, name: str) -> str | None:
+        """The live definition, kept with the logs of a failed run; None once gone."""
+
+    def close(self) -> None:
+        """Release the connection; domains started with it are destroyed with it."""

@@ -1,0 +1,162 @@
+"""The real Hypervisor: transient libvirt domains on qemu:///system.
+
+Domains are started with VIR_DOMAIN_START_AUTODESTROY, so if the node agent dies, even by
+SIGKILL, libvirtd destroys its VMs when the connection drops; the reaper removes the overlays.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape, quoteattr
+
+import libvirt
+
+from images.guestagent.wire import PORT_NAME
+
+from .errors import HypervisorError, HypervisorUnavailable
+from .hypervisor import DOMAIN_PREFIX, DomainSpec
+
+DEFAULT_URI = "qemu:///system"
+CMDLINE = "console=ttyS0 root=/dev/vda rw quiet panic=-1 init=/sbin/tryfleet-init"
+METADATA_NS = "https://tryfleet.dev/xmlns/vm/1"
+START_HINT = "start the daemons with `virtlogd -d && libvirtd -d` (or run scripts/setup.sh)"
+
+# libvirt prints every error to stderr as well unless a handler takes them.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    """The domain definition: no NIC, no host mounts, no USB, no balloon; dies on reboot."""
+    meta = "".join(
+        f"<tf:{k}>{escape(v)}</tf:{k}>" for k, v in sorted(spec.metadata.items())
+    )
+    cmdline = f"{CMDLINE} {spec.cmdline_extra}".strip()
+    cpu = "<cpu mode='host-passthrough'/>" if spec.accel == "kvm" else ""
+    return f"""<domain type='{'kvm' if spec.accel == 'kvm' else 'qemu'}'>
+  <name>{escape(spec.name)}</name>
+  <metadata><tf:vm xmlns:tf='{METADATA_NS}'>{meta}</tf:vm></metadata>
+  <memory unit='MiB'>{spec.mem_mib}</memory>
+  <vcpu>{spec.vcpus}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(str(spec.kernel))}</kernel>
+    <initrd>{escape(str(spec.initrd))}</initrd>
+    <cmdline>{escape(cmdline)}</cmdline>
+  </os>
+  <features><acpi/></features>{cpu}
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    {_disk_xml(spec)}<serial type='file'>
+      <source path={quoteattr(str(spec.console_log))}/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='{PORT_NAME}'/>
+    </channel>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def _disk_xml(spec: DomainSpec) -> str:
+    if spec.disk is None or spec.backing is None:
+        return ""
+    return f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='unsafe'/>
+      <source file={quoteattr(str(spec.disk))}/>
+      <backingStore type='file'>
+        <format type='qcow2'/>
+        <source file={quoteattr(str(spec.backing))}/>
+        <backingStore/>
+      </backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    """
+
+
+class LibvirtHypervisor:
+    def __init__(self, uri: str = DEFAULT_URI) -> None:
+        self.uri = uri
+        try:
+            self._conn = libvirt.open(uri)
+        except libvirt.libvirtError as err:
+            raise HypervisorUnavailable(
+                f"cannot connect to libvirt at {uri}: {err.get_error_message()}; {START_HINT}"
+            ) from err
+
+    def start(self, spec: DomainSpec) -> None:
+        try:
+            self._conn.createXML(domain_xml(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(
+                f"failed to start domain {spec.name} from {spec.disk}: {err.get_error_message()}"
+            ) from err
+
+    def channel_path(self, name: str) -> str:
+        xml = self.domain_xml(name)
+        if xml is None:
+            raise HypervisorError(f"domain {name} is gone before its channel was opened")
+        for chan in ET.fromstring(xml).iter("channel"):
+            target, source = chan.find("target"), chan.find("source")
+            if target is not None and target.get("name") == PORT_NAME and source is not None:
+                path = source.get("path")
+                if path:
+                    return path
+        raise HypervisorError(f"domain {name} has no {PORT_NAME} channel")
+
+    def open_channel(self, name: str) -> socket.socket:
+        path = self.channel_path(name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                sock.connect(path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError) as err:
+                if time.monotonic() > deadline:
+                    sock.close()
+                    raise HypervisorError(f"cannot connect to {path} of {name}: {err}") from err
+                time.sleep(0.01)
+
+    def destroy(self, name: str) -> None:
+        try:
+            dom = self._conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return
+            raise HypervisorError(f"failed to look up {name}: {err.get_error_message()}") from err
+        try:
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefine()
+        except libvirt.libvirtError as err:
+            if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                return
+            raise HypervisorError(f"failed to destroy {name}: {err.get_error_message()}") from err
+
+    def list_domains(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
+        try:
+            doms = self._conn.listAllDomains(0)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(f"failed to list domains: {err.get_error_message()}") from err
+        return sorted(d.name() for d in doms if d.name().startswith(prefix))
+
+    def domain_xml(self, name: str) -> str | None:
+        try:
+            return str(self._conn.lookupByName(name).XMLDesc(0))
+        except libvirt.libvirtError:
+            return None
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
