@@ -45,3 +45,7 @@ class GuestRequestError(GuestError, OSError):
 
 class GuestUnresponsive(GuestError, TimeoutError):
     """The guest agent did not answer a request in time."""
+
+
+class Cancelled(NodeAgentError):
+    """The iteration was stopped on request before it finished."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from images.guestagent import wire
 
-from .errors import GuestGone, GuestProtocolError, GuestRequestError, GuestUnresponsive
+from .errors import Cancelled, GuestGone, GuestProtocolError, GuestRequestError, GuestUnresponsive
 from .records import ExecResult
 
 OutputSink = Callable[[int, bytes], None]
@@ -97,9 +97,12 @@ class GuestChannel:
             raise GuestProtocolError(f"expected pong, got {_brief(msg)}")
         return msg
 
-    def wait_ready(self, deadline: float, interval_s: float = 0.1) -> dict[str, Any]:
+    def wait_ready(self, deadline: float, interval_s: float = 0.1,
+                   should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Ping until the agent answers; the port is silent until the guest has booted."""
         while True:
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped on request while the guest was booting")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise GuestUnresponsive("guest agent did not come up before the boot deadline")
@@ -148,8 +151,13 @@ class GuestChannel:
         """Run argv in the guest, streaming output to on_output(stream, data) as it arrives."""
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else float("inf")
-        req = self._request("exec", argv=list(argv), env=env or {}, cwd=cwd, stdin=stdin,
-                            timeout_s=timeout_s, max_output=max_output)
+        first, rest = (stdin[:wire.CHUNK_BYTES], stdin[wire.CHUNK_BYTES:]) if stdin else (stdin, b"")
+        req = self._request("exec", argv=list(argv), env=env or {}, cwd=cwd, stdin=first,
+                            stdin_open=bool(rest), timeout_s=timeout_s, max_output=max_output)
+        for offset in range(0, len(rest), wire.CHUNK_BYTES):
+            chunk = rest[offset:offset + wire.CHUNK_BYTES]
+            self._request("stdin", target=req, data=chunk,
+                          eof=offset + wire.CHUNK_BYTES >= len(rest))
         buffers = (bytearray(), bytearray())
         truncated = [False, False]
         timed_out = False

@@ -96,7 +96,8 @@ class LibvirtHypervisor:
             self._conn.createXML(domain_xml(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY)
         except libvirt.libvirtError as err:
             raise HypervisorError(
-                f"failed to start domain {spec.name} from {spec.disk}: {err.get_error_message()}"
+                f"failed to start domain {spec.name} ({spec.accel}, kernel {spec.kernel}): "
+                f"{err.get_error_message()}"
             ) from err
 
     def channel_path(self, name: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from images import BuiltImage, ImageStore
 
 from .clone import Cloner
-from .errors import BadRequest, GuestError, NodeAgentError
+from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .host import AccelReport, Capacity, Pressure, probe_accel, read_capacity, read_pressure
 from .hypervisor import DOMAIN_PREFIX, DomainSpec, Hypervisor
@@ -46,7 +47,8 @@ class NodeConfig:
 
 
 class NodeAgent:
-    def __init__(self, config: NodeConfig, hypervisor: Hypervisor | None = None) -> None:
+    def __init__(self, config: NodeConfig, hypervisor: Hypervisor | None = None,
+                 reap_on_start: bool = True) -> None:
         if hypervisor is None:
             from .libvirt_hv import LibvirtHypervisor
 
@@ -58,7 +60,9 @@ class NodeAgent:
         self.run_dir = config.data_dir / "run"
         self.logs_dir = config.data_dir / "logs"
         self.owner = register_owner(self.run_dir)
-        self.reaped: ReapReport = reap(self.hv, self.run_dir, keep=self.owner.id)
+        self.reaped = ReapReport((), ())
+        if reap_on_start:
+            self.reaped = reap(self.hv, self.run_dir, keep=self.owner.id)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         self._live: dict[str, Sandbox] = {}
@@ -87,7 +91,8 @@ class NodeAgent:
         return read_pressure()
 
     # ---- sandboxes -------------------------------------------------------------------------
-    def acquire(self, spec: SandboxSpec) -> Sandbox:
+    def acquire(self, spec: SandboxSpec,
+                should_stop: Callable[[], bool] | None = None) -> Sandbox:
         """A booted VM whose guest agent answers; raises if it cannot be had."""
         _check_sizes(spec)
         image = self.store.get(spec.image)
@@ -113,9 +118,10 @@ class NodeAgent:
             channel = GuestChannel(self.hv.open_channel(name))
             sandbox.attach(channel)
             boot_timeout = spec.boot_timeout_s or BOOT_TIMEOUT_S[accel]
-            channel.wait_ready(time.monotonic() + boot_timeout)
+            channel.wait_ready(time.monotonic() + boot_timeout, should_stop=should_stop)
         except BaseException as err:
-            kept = sandbox.destroy(keep_logs=True, details={"phase": "boot", "error": str(err)})
+            kept = sandbox.destroy(keep_logs=not isinstance(err, Cancelled),
+                                   details={"phase": "boot", "error": str(err)})
             if isinstance(err, GuestError):
                 raise type(err)(f"{name} did not boot: {err}; console log kept in {kept}") from err
             raise
@@ -136,8 +142,12 @@ class NodeAgent:
             sandbox.destroy()
 
     def close(self) -> None:
-        self.destroy_all()
-        self.hv.close()
+        """Destroy what is still running and let go of this owner's directory."""
+        try:
+            self.destroy_all()
+        finally:
+            self.hv.close()
+            shutil.rmtree(self.owner.dir, ignore_errors=True)
 
     # ---- iterations ------------------------------------------------------------------------
     def run_iteration(self, it: IterationSpec, on_output: OutputSink | None = None,
@@ -170,8 +180,10 @@ class _IterationRun:
         it = self.it
         spec = SandboxSpec(it.image, it.cpus, it.mem_mib, it.disk_mib)
         try:
-            sandbox = self.node.acquire(spec)
-        except (GuestError, NodeAgentError) as err:
+            sandbox = self.node.acquire(spec, should_stop=self.should_stop)
+        except Cancelled as err:
+            return self._outcome(State.CANCELLED, error=str(err))
+        except NodeAgentError as err:
             if isinstance(err, BadRequest):
                 raise
             return self._outcome(State.INFRA_ERROR, error=str(err))

@@ -1,0 +1,31 @@
+"""python -m benchmarks NAME [--json] [--save DIR] [--quick]"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .common import finish
+
+SCENARIOS = {
+    "clone": "our copy-on-write clone vs qemu-img create",
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("name", choices=sorted(SCENARIOS), help="scenario to run")
+    p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    p.add_argument("--save", type=Path, default=None, help="also write NAME.json into DIR")
+    p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    args = p.parse_args()
+    module = importlib.import_module(f"benchmarks.{args.name}")
+    result = module.run(args)
+    finish(args.name, result, args.json, args.save)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

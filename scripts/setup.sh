@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything tryfleet needs on Debian 12 and starts the daemons. Safe to run again.
+#   system packages (QEMU, libvirt, debootstrap, ...), a venv in .venv with tryfleet in it,
+#   virtlogd and libvirtd started by hand when not running (no systemd needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (it installs packages and starts libvirtd): sudo bash $0" >&2
+    exit 1
+fi
+
+packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config gcc
+          python3-venv python3-dev debootstrap busybox-static e2fsprogs ca-certificates)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+# The venv is (re)installed when it is missing or pyproject.toml changed since the last install.
+stamp=.venv/.tryfleet-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: creating .venv and installing tryfleet"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    echo "$want" > "$stamp"
+fi
+
+pgrep -x virtlogd >/dev/null || virtlogd -d
+pgrep -x libvirtd >/dev/null || libvirtd -d
+for _ in $(seq 1 60); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.5
+done
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    echo "setup: libvirtd did not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2
+    exit 1
+fi
+echo "setup: ready ($(virsh -c qemu:///system version | grep -i 'running hypervisor'))"

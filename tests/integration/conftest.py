@@ -1,0 +1,53 @@
+"""Real VMs: libvirtd on qemu:///system, QEMU, and the built `base` image (scripts/test.sh)."""
+
+import os
+import subprocess
+
+import pytest
+
+from images import ImageError, ImageStore
+from nodeagent import NodeAgent, NodeConfig, default_data_dir
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    path = default_data_dir()
+    try:
+        ImageStore(path).get("base")
+    except ImageError as err:
+        pytest.fail(f"real-VM tests need the base image: {err}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def node(data_dir):
+    n = NodeAgent(NodeConfig(data_dir=data_dir))
+    yield n
+    n.close()
+
+
+def tryfleet_domains():
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.split() if line.startswith("tryfleet-")]
+
+
+@pytest.fixture
+def leaves_nothing(node):
+    """After the test: none of this node's domains and no overlay left on disk."""
+    yield
+    mine = [d for d in tryfleet_domains() if d.startswith(f"tryfleet-{node.owner.id}-")]
+    left_dirs = [p.name for p in node.owner.dir.iterdir() if p.is_dir()]
+    assert mine == [] and left_dirs == [] and node.live() == []
+
+
+def cli(*args, timeout=300, **kw):
+    env = {**os.environ, "TRYFLEET_DATA": str(default_data_dir())}
+    return subprocess.run(["tryfleet", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, **kw)

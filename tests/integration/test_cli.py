@@ -1,0 +1,58 @@
+"""`tryfleet run` and `tryfleet host info` as a user types them."""
+
+import json
+
+from .conftest import cli, tryfleet_domains
+
+
+def overlays_left(data_dir):
+    return list((data_dir / "run").glob("*/tryfleet-*/disk.qcow2"))
+
+
+def test_run_prints_and_exits_with_the_command(data_dir):
+    r = cli("run", "--image", "base", "--", "python3", "-c", "print(6*7)")
+    assert (r.returncode, r.stdout) == (0, "42\n")
+    r = cli("run", "--image", "base", "--", "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    assert tryfleet_domains() == [] and overlays_left(data_dir) == []
+
+
+def test_run_timeout_says_so(data_dir):
+    r = cli("run", "--image", "base", "--timeout-s", "2", "--", "sleep", "60")
+    assert r.returncode == 124 and "timed out" in r.stderr
+    assert tryfleet_domains() == [] and overlays_left(data_dir) == []
+
+
+def test_guest_has_only_loopback():
+    r = cli("run", "--image", "base", "--", "ls", "/sys/class/net")
+    assert (r.returncode, r.stdout) == (0, "lo\n")
+
+
+def test_put_and_get(tmp_path):
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("abc")
+    r = cli("run", "--image", "base", "--put", f"{src}:/root/in.txt",
+            "--get", f"/root/out.txt:{dst}", "--", "sh", "-c", "tr a-z A-Z < /root/in.txt > /root/out.txt")
+    assert r.returncode == 0, r.stderr
+    assert dst.read_text() == "ABC"
+
+
+def test_unknown_image_lists_the_known_ones():
+    r = cli("run", "--image", "nosuch", "--", "true")
+    assert r.returncode == 125 and "nosuch" in r.stderr and "base" in r.stderr
+
+
+def test_bad_flags_are_usage_errors():
+    assert cli("run", "--image", "base").returncode == 2
+    r = cli("run", "--image", "base", "--put", "nocolon", "--", "true")
+    assert r.returncode == 2 and "LOCAL:REMOTE" in r.stderr
+    r = cli("run", "--image", "base", "--put", "/no/such/file:/root/x", "--", "true")
+    assert r.returncode == 2 and "/no/such/file" in r.stderr
+
+
+def test_host_info_json_names_the_accelerator_that_boots():
+    r = cli("host", "info", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["accel"] in ("kvm", "tcg") and info["accel_reason"]
+    assert info["capacity"]["cpus"] >= 1 and "cpu_some_avg10" in info["pressure"]

@@ -1,0 +1,27 @@
+"""What the commands share: error output and opening this host's node agent."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from images import ImageError
+from nodeagent import HypervisorUnavailable, NodeAgent, NodeConfig
+
+EXIT_INFRA = 125  # tryfleet itself could not do what was asked
+EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_INTERRUPTED = 130
+
+
+def error(message: str, code: int = EXIT_INFRA) -> int:
+    print(f"tryfleet: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def open_node(data_dir: Path, uri: str, reap: bool = True) -> NodeAgent:
+    """Raises HypervisorUnavailable with the command that starts libvirtd."""
+    return NodeAgent(NodeConfig(data_dir=data_dir, uri=uri), reap_on_start=reap)
+
+
+__all__ = ["EXIT_INFRA", "EXIT_INTERRUPTED", "EXIT_TIMEOUT", "HypervisorUnavailable",
+           "ImageError", "error", "open_node"]
