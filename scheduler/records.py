@@ -1,0 +1,127 @@
+"""What users submit and get back, and the states in between. Validated here, at the edge."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent.records import State as Terminal
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class Phase(str, enum.Enum):
+    QUEUED = "QUEUED"
+    PLACED = "PLACED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    INFRA_ERROR = "INFRA_ERROR"
+
+    @property
+    def terminal(self) -> bool:
+        return self.value in Terminal.__members__
+
+
+TERMINAL = tuple(p.value for p in Phase if p.terminal)
+IN_FLIGHT = (Phase.PLACED.value, Phase.RUNNING.value)
+
+
+class InvalidIteration(ValueError):
+    """An iteration as given can never run; the message says which field and why."""
+
+
+def check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidIteration(f"{kind} {value!r} must be 1-128 letters, digits, '.', '_' or '-'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Iteration:
+    """One try: a fresh VM from `image`, `files` written, `command` run, the VM thrown away."""
+
+    image: str
+    command: tuple[str, ...]
+    files: Mapping[str, str] = field(default_factory=dict)  # guest path -> text
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 600.0
+    cpus: int = 1
+    mem_mib: int = 512
+    disk_mib: int | None = None
+    limits: tuple[str, ...] = ()  # shared resources held while running, e.g. ("ci-db",)
+    retries: int = 0  # re-runs of a failing command (infrastructure errors retry anyway)
+    priority: int = 0
+    cwd: str | None = None
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "limits", tuple(self.limits))
+        if not self.command or not all(isinstance(a, str) for a in self.command):
+            raise InvalidIteration("command must be a non-empty list of strings (argv)")
+        check_name("image", self.image)
+        for path, text in dict(self.files).items():
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise InvalidIteration(f"files: guest path {path!r} must be absolute")
+            if not isinstance(text, (str, bytes)):
+                raise InvalidIteration(f"files[{path!r}] must be text")
+        for key, value in dict(self.env).items():
+            if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
+                raise InvalidIteration(f"env entry {key!r} must be a name and a string value")
+        for name, value, low in (("cpus", self.cpus, 1), ("mem_mib", self.mem_mib, 128),
+                                 ("retries", self.retries, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidIteration(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
+            raise InvalidIteration(f"timeout_s must be a positive number, got {self.timeout_s!r}")
+        for limit in self.limits:
+            check_name("limit", limit)
+        if self.id is not None:
+            check_name("id", self.id)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "image": self.image, "command": list(self.command), "files": dict(self.files),
+            "env": dict(self.env), "timeout_s": float(self.timeout_s), "cpus": self.cpus,
+            "mem_mib": self.mem_mib, "disk_mib": self.disk_mib, "limits": list(self.limits),
+            "retries": self.retries, "priority": self.priority, "cwd": self.cwd, "id": self.id,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Iteration:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidIteration(f"unknown field(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(**dict(data))
+        except TypeError as err:
+            raise InvalidIteration(str(err)) from err
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    state: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    started_at: float | None
+    ended_at: float | None
+    duration_s: float | None
+    attempts: int
+    host: str | None
+    trace_id: str
+    suite: str
+    tenant: str
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
