@@ -114,3 +114,24 @@ class FakeHypervisor:
     def close(self) -> None:
         for name in self.list_domains(""):
             self.destroy(name)
+
+
+def make_fake_image(data_dir: Path, name: str = "base", disk_mib: int = 64) -> Path:
+    """An image in the store's layout for fake hosts: a real empty qcow2, stand-in boot files."""
+    import hashlib
+    import json
+    import subprocess
+
+    digest = hashlib.sha256(f"fake-{name}".encode()).hexdigest()
+    folder = data_dir / "images" / name / digest
+    if (folder / "manifest.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "rootfs.qcow2"),
+                    f"{disk_mib}M"], check=True)
+    (folder / "vmlinuz").write_bytes(b"fake kernel")
+    (folder / "initrd.img").write_bytes(b"fake initrd")
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": name, "digest": digest, "disk_mib": disk_mib,
+        "built_at": "2026-01-01T00:00:00Z", "kernel_version": "fake"}))
+    return folder

@@ -49,12 +49,8 @@ class GuestChannel:
 
     # ---- plumbing --------------------------------------------------------------------------
     def _request(self, op: str, **fields: Any) -> int:
-        req = self._next_id
-        self._next_id += 1
-        try:
-            self._sock.sendall(wire.encode({"op": op, "id": req, **fields}))
-        except OSError as err:
-            raise GuestGone(f"guest channel closed while sending {op}: {err}") from err
+        req = self._take_id()
+        self._send_all(wire.encode({"op": op, "id": req, **fields}))
         return req
 
     def _recv(self, deadline: float) -> dict[str, Any] | None:
@@ -97,19 +93,52 @@ class GuestChannel:
             raise GuestProtocolError(f"expected pong, got {_brief(msg)}")
         return msg
 
-    def wait_ready(self, deadline: float, interval_s: float = 0.1,
+    def wait_ready(self, deadline: float, interval_s: float = 1.0,
                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """Ping until the agent answers; the port is silent until the guest has booted."""
+        """Ping until the agent answers. Until the guest opens its port, QEMU leaves what the
+        host sends in the socket, so pings are sparse and never block: any pong will do."""
+        next_ping = 0.0
         while True:
             if should_stop is not None and should_stop():
                 raise Cancelled("stopped on request while the guest was booting")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise GuestUnresponsive("guest agent did not come up before the boot deadline")
+            if now >= next_ping:
+                self._try_send({"op": "ping", "id": self._take_id()})
+                next_ping = now + interval_s
+            msg = self._recv(min(deadline, next_ping, now + 0.2))
+            if msg is not None and msg.get("ev") == "pong":
+                return msg
+
+    def _take_id(self) -> int:
+        req = self._next_id
+        self._next_id += 1
+        return req
+
+    def _try_send(self, msg: dict[str, Any]) -> bool:
+        """Send without blocking; False if the socket is full (the frame is not sent)."""
+        data = wire.encode(msg)
+        try:
+            self._sock.setblocking(False)
             try:
-                return self.ping(timeout_s=min(interval_s, remaining))
-            except GuestUnresponsive:
-                continue
+                sent = self._sock.send(data)
+            finally:
+                self._sock.setblocking(True)
+        except BlockingIOError:
+            return False
+        except OSError as err:
+            raise GuestGone(f"guest channel closed while booting: {err}") from err
+        if sent < len(data):  # the rest must follow, or the stream is broken
+            self._send_all(data[sent:])
+        return True
+
+    def _send_all(self, data: bytes) -> None:
+        self._sock.settimeout(REQUEST_TIMEOUT_S)
+        try:
+            self._sock.sendall(data)
+        except OSError as err:
+            raise GuestGone(f"guest channel closed while sending: {err}") from err
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         view = memoryview(data)

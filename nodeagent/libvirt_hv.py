@@ -21,7 +21,7 @@ from .hypervisor import DOMAIN_PREFIX, DomainSpec
 DEFAULT_URI = "qemu:///system"
 CMDLINE = "console=ttyS0 root=/dev/vda rw quiet panic=-1 init=/sbin/tryfleet-init"
 METADATA_NS = "https://tryfleet.dev/xmlns/vm/1"
-START_HINT = "start the daemons with `virtlogd -d && libvirtd -d` (or run scripts/setup.sh)"
+START_HINT = ("start them with `bash scripts/setup.sh` (or by hand: `virtlogd -d && libvirtd -d`)")
 
 # libvirt prints every error to stderr as well unless a handler takes them.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)

@@ -44,6 +44,7 @@ class NodeConfig:
     data_dir: Path
     uri: str = "qemu:///system"
     keep_failed_logs: int = 50
+    accel: str | None = None  # None: probe (see host.py); "kvm" or "tcg" to skip the probe
 
 
 class NodeAgent:
@@ -71,6 +72,9 @@ class NodeAgent:
 
     # ---- host ------------------------------------------------------------------------------
     def accel(self) -> AccelReport:
+        if self._accel is None and self.config.accel is not None:
+            self._accel = AccelReport(self.config.accel, "set in the node configuration", "", "",
+                                      time.time())
         if self._accel is None:
             image = self._any_image()
             self._accel = probe_accel(

@@ -245,6 +245,14 @@ class Ledger:
                    "iteration_id = ? AND attempt = ? AND ended_at IS NULL",
                    (time.time(), outcome, error, iid, attempt))
 
+    def abandon(self, iid: str, error: str) -> bool:
+        """QUEUED -> INFRA_ERROR without an attempt: it can never be placed."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE iterations SET state = 'INFRA_ERROR', ended_at = ?, "
+                             "error = ? WHERE id = ? AND state = 'QUEUED'",
+                             (time.time(), error, iid))
+            return cur.rowcount == 1
+
     def cancel(self, *, iid: str | None = None, suite: str | None = None,
                tenant: str | None = None, everything: bool = False,
                reason: str = "cancelled") -> list[tuple[str, int, str]]:

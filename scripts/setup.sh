@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything tryfleet needs on Debian 12 and starts the daemons. Safe to run again.
 #   system packages (QEMU, libvirt, debootstrap, ...), a venv in .venv with tryfleet in it,
-#   virtlogd and libvirtd started by hand when not running (no systemd needed).
+#   virtlogd and libvirtd started when not running (no systemd needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,14 +34,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     echo "$want" > "$stamp"
 fi
 
-pgrep -x virtlogd >/dev/null || virtlogd -d
-pgrep -x libvirtd >/dev/null || libvirtd -d
-for _ in $(seq 1 60); do
-    virsh -c qemu:///system version >/dev/null 2>&1 && break
-    sleep 0.5
-done
-if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-    echo "setup: libvirtd did not answer on qemu:///system; see /var/log/libvirt/libvirtd.log" >&2
-    exit 1
-fi
+# virtlogd, and libvirtd under a subreaper that reaps QEMU the moment it exits.
+.venv/bin/python -m nodeagent.daemons start
 echo "setup: ready ($(virsh -c qemu:///system version | grep -i 'running hypervisor'))"

@@ -40,6 +40,42 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     hsub.add_parser("reap", help="remove VMs and overlays that crashed runs left behind")
 
+    up = sub.add_parser("up", help="start the fleet: Ray, this host's node agent, the scheduler")
+    up.add_argument("--address", default=None,
+                    help="join the Ray cluster at ADDRESS as another host instead of starting one")
+    up.add_argument("--bind", default=None,
+                    help="the address Ray listens on (default: this host's own; Ray's token "
+                         "authentication is always on, since its ports run code)")
+    up.add_argument("--host", default=None, help="this host's name in the fleet (default: hostname)")
+    up.add_argument("--limit", action="append", default=[], metavar="NAME=N",
+                    help="shared-resource limit, fleet-wide, e.g. ci-db=8")
+    sub.add_parser("down", help="stop what `tryfleet up` started, and nothing else")
+    status = sub.add_parser("status", help="hosts, limits and iteration counts")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    ps = sub.add_parser("ps", help="iterations that are queued or running")
+    ps.add_argument("--all", action="store_true", help="finished ones too")
+    ps.add_argument("--limit", type=int, default=200, help="at most this many rows")
+    logs = sub.add_parser("logs", help="an iteration's output, attempts and errors")
+    logs.add_argument("id")
+    cancel = sub.add_parser("cancel", help="cancel an iteration, a suite, a tenant, or --all")
+    cancel.add_argument("id", nargs="?")
+    cancel.add_argument("--suite")
+    cancel.add_argument("--tenant")
+    cancel.add_argument("--all", action="store_true", help="the kill switch: everything")
+    batch = sub.add_parser("batch", help="run a JSONL file of iterations as one suite")
+    batch.add_argument("specs", help="JSONL: one iteration per line (see README)")
+    batch.add_argument("--suite", required=True)
+    batch.add_argument("--tenant", default="default")
+    batch.add_argument("--out", default=None, help="write results here as JSONL")
+    batch.add_argument("--limit", action="append", default=[], metavar="NAME=N",
+                       help="shared-resource limit, fleet-wide, e.g. ci-db=2")
+    batch.add_argument("--max-wall-s", type=float, default=None,
+                       help="suite budget: cancel what is left after this many seconds")
+    batch.add_argument("--skip-invalid", action="store_true",
+                       help="run the valid lines even if some are malformed")
+    for cmd in (status, ps, logs, cancel, batch):
+        cmd.add_argument("--address", default=None, help="Ray address of a remote fleet")
+
     run = sub.add_parser(
         "run", help="run one command in a fresh VM and throw the VM away",
         usage="tryfleet run --image NAME [options] -- CMD [ARGS...]")
@@ -59,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cwd", default=None, help="working directory in the guest (default /root)")
     run.add_argument("--stdin", default=None, metavar="FILE",
                      help="feed FILE to the command's stdin ('-' for this process's stdin)")
+    run.add_argument("--local", action="store_true",
+                     help="run on this host directly, even when a fleet is up")
+    run.add_argument("--suite", default="run", help="suite name when going through the fleet")
+    run.add_argument("--address", default=None, help="Ray address of a remote fleet")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
     return p
 
@@ -79,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return host.info(data_dir, args.uri, args.json) if args.host_command == "info" \
             else host.reap(data_dir, args.uri)
+    if args.command in ("up", "down", "status", "ps", "logs", "cancel"):
+        from .commands import fleetcmds
+
+        return int(getattr(fleetcmds, args.command)(args, data_dir))
+    if args.command == "batch":
+        from .commands import batch
+
+        return batch.batch(args, data_dir)
     from .commands import run
 
     return run.run(args, data_dir)

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
         return error(str(err), 2)
     gets = _pairs(args.get, "--get", "REMOTE:LOCAL")
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if not args.local and not gets and _fleet_is_up(args, data_dir):
+        from .runfleet import run_in_fleet
+
+        return run_in_fleet(args, data_dir, spec)
     try:
         node = open_node(data_dir, args.uri)
     except NodeAgentError as err:
@@ -102,10 +106,19 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
     for remote, local in gets:
         if remote in fetched:
             Path(local).write_bytes(fetched[remote])
-    return _report(outcome)
+    return _report(outcome, spec.timeout_s)
 
 
-def _report(outcome: IterationOutcome) -> int:
+def _fleet_is_up(args: argparse.Namespace, data_dir: Path) -> bool:
+    if args.address:
+        return True
+    from tryfleet import cluster
+
+    st = cluster.state(data_dir)
+    return st is not None and cluster._head_alive(st["address"])
+
+
+def _report(outcome: IterationOutcome, timeout_s: float) -> int:
     for name, flag in (("stdout", outcome.stdout_truncated), ("stderr", outcome.stderr_truncated)):
         if flag:
             print(f"tryfleet: {name} was cut at the output cap", file=sys.stderr)
@@ -113,7 +126,7 @@ def _report(outcome: IterationOutcome) -> int:
     if outcome.error and outcome.state is not State.INFRA_ERROR:
         print(f"tryfleet: {outcome.error}", file=sys.stderr)
     if outcome.state is State.TIMED_OUT:
-        return error(f"timed out after {outcome.duration_s:.1f}s; the command was killed and "
+        return error(f"timed out after {timeout_s:g}s; the command was killed and "
                      f"the VM destroyed{kept}", EXIT_TIMEOUT)
     if outcome.state is State.INFRA_ERROR:
         return error(f"infrastructure error: {outcome.error}{kept}", EXIT_INFRA)

@@ -1,0 +1,211 @@
+"""Starting, joining and stopping the fleet on Ray: the head, node agents, the scheduler.
+
+`tryfleet up` starts a Ray head bound to loopback (unless told otherwise) with its own temp
+directory, so `tryfleet down` can stop exactly what `up` started and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported: it reads it then
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray
+
+from nodeagent.actor import NAMESPACE, start_node_actor
+from scheduler.service import SCHEDULER_NAME, Scheduler
+
+RAY_PORT = 6390
+RAY_TEMP_DIR = "/tmp/tryfleet-ray"  # short: Ray puts unix sockets under it
+STATE_FILE = "up.json"
+
+
+class FleetError(RuntimeError):
+    """The fleet could not be started, reached or stopped; the message says what to do."""
+
+
+def ledger_path(data_dir: Path) -> Path:
+    return Path(os.environ.get("TRYFLEET_LEDGER") or data_dir / "ledger.db")
+
+
+def state(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((data_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def secure_ray() -> None:
+    """Ray's ports run code for whoever reaches them: always require Ray's auth token
+    (~/.ray/auth_token, made on first use; copy it to every host of a multi-host fleet)."""
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN") \
+            and not token.exists():
+        subprocess.run([_ray_bin(), "get-auth-token", "--generate"], capture_output=True,
+                       check=True)
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _head_alive(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def node_ip(bind: str | None) -> str:
+    """Ray turns a loopback address into the host's own; ask it which one it will use."""
+    if bind and not bind.startswith("127."):
+        return bind
+    from ray._private.services import get_node_ip_address
+
+    return str(get_node_ip_address())
+
+
+def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT) -> str:
+    secure_ray()
+    ip = node_ip(bind)
+    address = f"{ip}:{port}"
+    if _head_alive(address):
+        return address
+    cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
+           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={RAY_TEMP_DIR}",
+           f"--num-cpus={os.cpu_count() or 1}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FleetError(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / STATE_FILE).write_text(json.dumps(
+        {"address": address, "started_head": True, "temp_dir": RAY_TEMP_DIR,
+         "started_at": time.time()}))
+    return address
+
+
+def join(address: str) -> None:
+    """Make this machine a Ray worker of the cluster at `address`."""
+    secure_ray()
+    cmd = [_ray_bin(), "start", f"--address={address}", "--disable-usage-stats",
+           f"--temp-dir={RAY_TEMP_DIR}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 and "already" not in proc.stderr:
+        raise FleetError(f"`ray start --address={address}` failed: {proc.stderr.strip()[-2000:]}")
+
+
+def init(address: str) -> None:
+    if ray.is_initialized():
+        return
+    secure_ray()
+    try:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
+                 logging_level="WARNING")
+    except (ConnectionError, RuntimeError) as err:
+        raise FleetError(f"cannot reach the Ray cluster at {address}: {err}. Is the fleet up "
+                         "(`tryfleet up`), and does this host have the cluster's auth token "
+                         "in ~/.ray/auth_token?") from err
+
+
+def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True,
+                  limits: dict[str, int] | None = None) -> tuple[Any, Any]:
+    """The node agent of this Ray node and the fleet's scheduler, created if missing."""
+    host = host or socket.gethostname()
+    node = start_node_actor(str(data_dir), host, detached=detached)
+    return node, ensure_scheduler(data_dir, detached, limits)
+
+
+def ensure_scheduler(data_dir: Path, detached: bool = True,
+                     limits: dict[str, int] | None = None) -> Any:
+    options: dict[str, Any] = dict(name=SCHEDULER_NAME, namespace=NAMESPACE, get_if_exists=True,
+                                   num_cpus=0, max_restarts=-1, max_concurrency=1000)
+    if detached:
+        options["lifetime"] = "detached"
+    sched = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)
+    ray.get(sched.ping.remote(), timeout=120)
+    return sched
+
+
+def scheduler(timeout_s: float = 0) -> Any:
+    """The running scheduler's handle; waits up to timeout_s for it to (re)appear."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            if time.monotonic() >= deadline:
+                raise FleetError("no tryfleet scheduler is running: start one with "
+                                 "`tryfleet up`") from None
+            time.sleep(0.5)
+
+
+def stop(data_dir: Path) -> list[str]:
+    """Stop what `up` started: the actors (destroying their VMs), then our Ray processes."""
+    done = []
+    st = state(data_dir)
+    if st is None:
+        return done
+    if _head_alive(st["address"]):
+        try:
+            init(st["address"])
+        except FleetError:
+            pass  # the processes are stopped below all the same
+    if ray.is_initialized():
+        for name in ray.util.list_named_actors(all_namespaces=False):
+            if name.startswith("tryfleet-"):
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+                if name.startswith("tryfleet-node-"):
+                    try:
+                        ray.get(actor.shutdown.remote(), timeout=30)
+                    except Exception:  # the VMs die with the process anyway (auto-destroy)
+                        pass
+                ray.kill(actor, no_restart=True)
+                done.append(name)
+        ray.shutdown()
+    if st.get("started_head"):
+        done += _kill_ray_processes(st.get("temp_dir", RAY_TEMP_DIR), st["address"])
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(st.get("temp_dir", RAY_TEMP_DIR), ignore_errors=True)
+    return done
+
+
+def _kill_ray_processes(temp_dir: str, address: str) -> list[str]:
+    """The processes of the Ray instance `up` started: those naming its temp dir or its
+    address on their command line, and everything they started."""
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if (temp_dir in cmd or f"--address={address}" in cmd) and proc.pid != os.getpid():
+            roots.append(proc)
+    found = {p.pid: p for p in roots}
+    for proc in roots:
+        try:
+            found.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.Error:
+            continue
+    mine = [p for pid, p in found.items() if pid != os.getpid()]
+    for proc in mine:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(mine, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return [f"ray process {p.pid}" for p in mine]

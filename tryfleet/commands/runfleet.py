@@ -1,0 +1,70 @@
+"""`tryfleet run` through the fleet: submitted to the scheduler (so it is in the ledger, admitted
+and placed like any iteration), its output streamed live from the host that runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from nodeagent import IterationSpec
+
+from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, error
+from .fleetcmds import connect
+
+
+def run_in_fleet(args: argparse.Namespace, data_dir: Path, spec: IterationSpec) -> int:
+    import ray
+
+    from nodeagent.actor import unpack
+    from scheduler.records import InvalidIteration, Iteration
+    from tryfleet import cluster
+
+    try:
+        it = Iteration(image=spec.image, command=spec.argv, env=dict(spec.env), cwd=spec.cwd,
+                       files={p: d.decode("utf-8", "surrogateescape") for p, d in spec.put},
+                       timeout_s=spec.timeout_s, cpus=spec.cpus, mem_mib=spec.mem_mib,
+                       disk_mib=spec.disk_mib)
+        fleet = connect(args, data_dir)
+        (iid,) = fleet.submit([it], suite=args.suite)
+    except (cluster.FleetError, InvalidIteration) as err:
+        return error(str(err), 2 if isinstance(err, InvalidIteration) else EXIT_INFRA)
+    offsets = [0, 0]
+    try:
+        while True:
+            result = fleet.result(iid)
+            where = fleet.where(iid)
+            if where and where["host"] and where["state"] in ("RUNNING", "PLACED") or result:
+                host = (result.host if result else None) or (where or {}).get("host")
+                attempt = (where or {}).get("attempt", 0)
+                if host:
+                    try:
+                        got = ray.get(fleet.node(host).output.remote(iid, attempt, *offsets))
+                    except (ValueError, ray.exceptions.RayError):
+                        got = None
+                    if got is not None:
+                        out, err, _ = unpack(got)
+                        sys.stdout.buffer.write(out)
+                        sys.stdout.flush()
+                        sys.stderr.buffer.write(err)
+                        sys.stderr.flush()
+                        offsets[0] += len(out)
+                        offsets[1] += len(err)
+            if result is not None:
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        fleet.cancel(iid)
+        return error(f"interrupted; iteration {iid} cancelled and its VM destroyed",
+                     EXIT_INTERRUPTED)
+    if offsets == [0, 0]:  # its host is gone; the ledger has the (capped) output
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+    if result.state == "TIMED_OUT":
+        return error(f"timed out after {spec.timeout_s:g}s; the command was killed and the VM "
+                     f"destroyed (iteration {iid})", EXIT_TIMEOUT)
+    if result.state in ("INFRA_ERROR", "CANCELLED"):
+        return error(f"{result.state.lower().replace('_', ' ')}: {result.error} "
+                     f"(iteration {iid}, `tryfleet logs {iid}`)", EXIT_INFRA)
+    return int(result.exit_code if result.exit_code is not None else 128)

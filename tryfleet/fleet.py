@@ -1,0 +1,233 @@
+"""The Python SDK: `fleet = tryfleet.connect()`, then submit, map, sandbox, cancel."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from nodeagent import default_data_dir
+from nodeagent.actor import ACTOR_PREFIX, NAMESPACE, pack, unpack
+from scheduler.ledger import LedgerError
+from scheduler.records import InvalidIteration, Iteration, Result
+
+from . import cluster
+
+
+class Fleet:
+    def __init__(self, data_dir: Path, embedded: bool, keep: tuple[Any, ...] = ()) -> None:
+        self.data_dir = data_dir
+        self.embedded = embedded
+        self._keep = keep  # an embedded fleet's actors live as long as their handles
+        self._sched = cluster.scheduler()
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def _call(self, method: str, *args: Any, retry_s: float = 0.0, **kw: Any) -> Any:
+        """Call the scheduler; if it is restarting, find it again for up to retry_s."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return ray.get(getattr(self._sched, method).remote(*args, **kw))
+            except ray.exceptions.RayTaskError as err:
+                # The scheduler refused the request: raise its own error, not Ray's wrapper.
+                if isinstance(err.cause, (LedgerError, InvalidIteration, ValueError, KeyError)):
+                    raise err.cause from None
+                raise
+            except (ray.exceptions.RayActorError, cluster.FleetError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+                try:
+                    self._sched = cluster.scheduler()
+                except cluster.FleetError:
+                    pass
+
+    # ---- batches ---------------------------------------------------------------------------
+    def submit(self, iterations: Iterable[Iteration], suite: str = "default",
+               tenant: str = "default", limits: Mapping[str, int] | None = None,
+               max_iterations: int | None = None, max_wall_s: float | None = None) -> list[str]:
+        """Record the iterations durably (on disk when this returns); their ids."""
+        payload = [it.to_wire() for it in iterations]
+        return list(self._call("submit", payload, suite, tenant, dict(limits or {}),
+                               max_iterations, max_wall_s))
+
+    def results(self, ids: list[str] | None = None, suite: str | None = None) -> list[Result]:
+        return [Result(**r) for r in self._call("results", ids, suite)]
+
+    def result(self, iid: str) -> Result | None:
+        got = self.results([iid])
+        return got[0] if got else None
+
+    def map(self, iterations: Iterable[Iteration], suite: str = "default",
+            tenant: str = "default", limits: Mapping[str, int] | None = None,
+            poll_s: float = 0.5, wait_for_scheduler_s: float = 600.0) -> Iterator[Result]:
+        """Submit, then yield each result as it completes (in completion order)."""
+        ids = self.submit(iterations, suite, tenant, limits)
+        yield from self.watch(ids, poll_s, wait_for_scheduler_s)
+
+    def watch(self, ids: list[str], poll_s: float = 0.5,
+              wait_for_scheduler_s: float = 600.0) -> Iterator[Result]:
+        pending = set(ids)
+        while pending:
+            done = self._call("results", sorted(pending), retry_s=wait_for_scheduler_s)
+            for r in done:
+                if r["id"] in pending:
+                    pending.discard(r["id"])
+                    yield Result(**r)
+            if pending:
+                time.sleep(poll_s)
+
+    def wait(self, ids: list[str]) -> list[Result]:
+        by_id = {r.id: r for r in self.watch(ids)}
+        return [by_id[i] for i in ids]
+
+    def run(self, iteration: Iteration, suite: str = "run", tenant: str = "default") -> Result:
+        return self.wait(self.submit([iteration], suite, tenant))[0]
+
+    # ---- control ---------------------------------------------------------------------------
+    def cancel(self, iid: str | None = None, suite: str | None = None,
+               tenant: str | None = None, all: bool = False) -> dict[str, int]:
+        if not (iid or suite or tenant or all):
+            raise ValueError("cancel needs an id, suite=, tenant= or all=True")
+        return dict(self._call("cancel", iid, suite, tenant, all))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._call("status"))
+
+    def where(self, iid: str) -> dict[str, Any] | None:
+        return self._call("where", iid)
+
+    def node(self, host: str) -> Any:
+        return ray.get_actor(ACTOR_PREFIX + host, namespace=NAMESPACE)
+
+    def sandbox(self, image: str = "base", cpus: int = 1, mem_mib: int = 512,
+                timeout_s: float = 600.0, disk_mib: int | None = None) -> Sandbox:
+        return Sandbox(self, image, cpus, mem_mib, disk_mib, timeout_s)
+
+    def close(self) -> None:
+        if self.embedded:
+            for name in ray.util.list_named_actors():
+                if name.startswith("tryfleet-"):
+                    actor = ray.get_actor(name, namespace=NAMESPACE)
+                    if name.startswith(ACTOR_PREFIX):
+                        ray.get(actor.shutdown.remote())
+                    ray.kill(actor, no_restart=True)
+            ray.shutdown()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Files:
+    def __init__(self, box: Sandbox) -> None:
+        self._box = box
+
+    def write(self, path: str, data: str | bytes, mode: int = 0o644) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        ray.get(self._box._node.sandbox_write.remote(self._box.id, path, raw, mode))
+
+    def read(self, path: str) -> bytes:
+        return bytes(ray.get(self._box._node.sandbox_read.remote(self._box.id, path)))
+
+
+class ExecResult(dict):  # type: ignore[type-arg]
+    """exit_code, signal, stdout, stderr (bytes), *_truncated, timed_out, duration_s."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Sandbox:
+    """An interactive VM held for up to timeout_s: exec, files, then gone on exit."""
+
+    def __init__(self, fleet: Fleet, image: str, cpus: int, mem_mib: int,
+                 disk_mib: int | None, timeout_s: float) -> None:
+        self.fleet, self.image, self.cpus, self.mem_mib = fleet, image, cpus, mem_mib
+        self.disk_mib, self.timeout_s = disk_mib, timeout_s
+        self.id = "sbx-" + uuid.uuid4().hex[:12]
+        self.files = _Files(self)
+        self._node: Any = None
+        self.host: str | None = None
+        self.vm: str | None = None
+
+    def __enter__(self) -> Sandbox:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            got = self.fleet._call("lease", self.id, self.image, self.cpus, self.mem_mib,
+                                   self.disk_mib)
+            if got["verdict"] == "placed":
+                break
+            if got["verdict"] == "never" or time.monotonic() > deadline:
+                raise RuntimeError(f"sandbox cannot be placed: {got['why']}")
+            time.sleep(0.5)
+        self.host = got["host"]
+        self._node = self.fleet.node(got["host"])
+        try:
+            self.vm = ray.get(self._node.sandbox_open.remote(
+                self.id, self.image, self.cpus, self.mem_mib, self.disk_mib, self.timeout_s))
+        except BaseException:
+            self.fleet._call("release", self.id)
+            raise
+        return self
+
+    def exec(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
+             stdin: bytes | None = None, timeout_s: float | None = None) -> ExecResult:
+        req = pack({"argv": list(argv), "env": env, "cwd": cwd, "stdin": stdin,
+                    "timeout_s": timeout_s})
+        return ExecResult(unpack(ray.get(self._node.sandbox_exec.remote(self.id, req))))
+
+    def exec_stream(self, argv: list[str], env: dict[str, str] | None = None,
+                    cwd: str | None = None, timeout_s: float | None = None
+                    ) -> Iterator[tuple[str, Any]]:
+        """Yields ("stdout"|"stderr", bytes) as output arrives, then ("exit", ExecResult)."""
+        req = pack({"argv": list(argv), "env": env, "cwd": cwd, "timeout_s": timeout_s})
+        gen = self._node.sandbox_exec_stream.options(num_returns="streaming").remote(self.id, req)
+        for ref in gen:
+            item = unpack(ray.get(ref))
+            if item[0] == "out":
+                yield ("stdout" if item[1] == 1 else "stderr", item[2])
+            else:
+                yield ("exit", ExecResult(item[1]))
+
+    def close(self) -> None:
+        if self._node is not None:
+            try:
+                ray.get(self._node.sandbox_close.remote(self.id))
+            finally:
+                self.fleet._call("release", self.id)
+                self._node = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(address: str | None = None, data_dir: str | Path | None = None) -> Fleet:
+    """No address: use the fleet `tryfleet up` started here, or start an embedded one (a local
+    Ray, a node agent and a scheduler in this process's Ray session). With an address: join
+    that Ray cluster's fleet."""
+    data = Path(data_dir) if data_dir else default_data_dir()
+    if address is not None:
+        cluster.init(address)
+        return Fleet(data, embedded=False)
+    st = cluster.state(data)
+    if st is not None and cluster._head_alive(st["address"]):
+        cluster.init(st["address"])
+        return Fleet(data, embedded=False)
+    if not ray.is_initialized():
+        ray.init(namespace=NAMESPACE, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, logging_level="WARNING")
+    handles = cluster.ensure_actors(data, detached=False)
+    return Fleet(data, embedded=True, keep=handles)
+
+
+__all__ = ["Fleet", "Iteration", "Result", "Sandbox", "connect"]
