@@ -31,15 +31,19 @@ class NodeActor:
     """Ray-facing wrapper: msgpack in and out, NodeService underneath."""
 
     def __init__(self, data_dir: str, host: str | None = None, fake: bool = False,
-                 uri: str = "qemu:///system") -> None:
-        hypervisor = None
-        if fake:
+                 uri: str = "qemu:///system", fake_images: tuple[str, ...] = ("base",)) -> None:
+        hypervisor = build = None
+        if fake:  # a simulated host: no VMs, the guest agent in threads (see fake_hv.py)
             from .fake_hv import FakeHypervisor, make_fake_image
 
-            make_fake_image(Path(data_dir), "base")
+            for image in fake_images:
+                make_fake_image(Path(data_dir), image)
             hypervisor = FakeHypervisor()
+
+            def build(name: str) -> object:  # a simulated build: the fake image layout
+                return make_fake_image(Path(data_dir), name)
         config = NodeConfig(data_dir=Path(data_dir), uri=uri, accel="tcg" if fake else None)
-        self.svc = NodeService(config, host, hypervisor)
+        self.svc = NodeService(config, host, hypervisor, build_image=build)
 
     def start(self, payload: bytes) -> bool:
         p = unpack(payload)
@@ -93,7 +97,7 @@ class NodeActor:
 
 
 def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake: bool = False,
-                     detached: bool = True) -> Any:
+                     detached: bool = True, fake_images: tuple[str, ...] = ("base",)) -> Any:
     """Create (or find) the node agent actor of `host`, pinned to Ray node `node_id`."""
     node_id = node_id or ray.get_runtime_context().get_node_id()
     options: dict[str, Any] = dict(
@@ -103,6 +107,7 @@ def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake:
     )
     if detached:
         options["lifetime"] = "detached"
-    actor = ray.remote(NodeActor).options(**options).remote(data_dir, host, fake)
+    actor = ray.remote(NodeActor).options(**options).remote(data_dir, host, fake,
+                                                            fake_images=fake_images)
     ray.get(actor.ping.remote())
     return actor

@@ -59,6 +59,10 @@ def domain_xml(spec: DomainSpec) -> str:
       <source mode='bind'/>
       <target type='virtio' name='{PORT_NAME}'/>
     </channel>
+    <rng model='virtio'>
+      <rate period='1000' bytes='65536'/>
+      <backend model='random'>/dev/urandom</backend>
+    </rng>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>

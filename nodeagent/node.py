@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import BuiltImage, ImageStore
+from images import BuiltImage, ImageNotBuilt, ImageStore
 
 from .clone import Cloner
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
@@ -49,7 +49,8 @@ class NodeConfig:
 
 class NodeAgent:
     def __init__(self, config: NodeConfig, hypervisor: Hypervisor | None = None,
-                 reap_on_start: bool = True) -> None:
+                 reap_on_start: bool = True,
+                 build_image: Callable[[str], object] | None = None) -> None:
         if hypervisor is None:
             from .libvirt_hv import LibvirtHypervisor
 
@@ -68,6 +69,8 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._live: dict[str, Sandbox] = {}
         self._accel: AccelReport | None = None
+        self._build_image = build_image or self._build_from_recipe
+        self._build_lock = threading.Lock()
         self.hostname = socket.gethostname()
 
     # ---- host ------------------------------------------------------------------------------
@@ -99,7 +102,7 @@ class NodeAgent:
                 should_stop: Callable[[], bool] | None = None) -> Sandbox:
         """A booted VM whose guest agent answers; raises if it cannot be had."""
         _check_sizes(spec)
-        image = self.store.get(spec.image)
+        image = self.image(spec.image)
         if spec.disk_mib is not None and spec.disk_mib < image.disk_mib:
             raise BadRequest(f"disk_mib={spec.disk_mib} is smaller than image {spec.image!r} "
                              f"({image.disk_mib} MiB); ask for at least that much")
@@ -130,6 +133,25 @@ class NodeAgent:
                 raise type(err)(f"{name} did not boot: {err}; console log kept in {kept}") from err
             raise
         return sandbox
+
+    def image(self, name: str) -> BuiltImage:
+        """The built image; one this host has a recipe for but has not built is built now
+        (placement sends work to hosts that can build its image)."""
+        try:
+            return self.store.get(name)
+        except ImageNotBuilt:
+            with self._build_lock:
+                try:
+                    return self.store.get(name)
+                except ImageNotBuilt:
+                    log.info("building image %s on demand", name)
+                    self._build_image(name)
+            return self.store.get(name)
+
+    def _build_from_recipe(self, name: str) -> object:
+        from images.builder import build
+
+        return build(name, self.store, progress=lambda line: log.info("%s", line))
 
     def _forget(self, sandbox: Sandbox) -> None:
         with self._lock:

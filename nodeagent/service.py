@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,8 +58,9 @@ def outcome_to_wire(o: IterationOutcome) -> dict[str, Any]:
 
 class NodeService:
     def __init__(self, config: NodeConfig, host: str | None = None,
-                 hypervisor: Hypervisor | None = None) -> None:
-        self.node = NodeAgent(config, hypervisor)
+                 hypervisor: Hypervisor | None = None,
+                 build_image: Callable[[str], object] | None = None) -> None:
+        self.node = NodeAgent(config, hypervisor, build_image=build_image)
         self.host = host or self.node.hostname
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._sandboxes: dict[str, Any] = {}

@@ -108,6 +108,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self.last_cancelled_queued = 0
 
     def close(self) -> None:
         with self._lock:
@@ -263,8 +264,9 @@ class Ledger:
         with self._tx() as db:
             db.execute(f"UPDATE iterations SET cancel_requested = 1 WHERE {where} AND state NOT IN "
                        f"({_marks(TERMINAL)})", (*args, *TERMINAL))
-            db.execute(f"UPDATE iterations SET state = 'CANCELLED', ended_at = ?, error = ? "
-                       f"WHERE {where} AND state = 'QUEUED'", (now, reason, *args))
+            cur = db.execute(f"UPDATE iterations SET state = 'CANCELLED', ended_at = ?, "
+                             f"error = ? WHERE {where} AND state = 'QUEUED'", (now, reason, *args))
+            self.last_cancelled_queued = cur.rowcount
             rows = db.execute(f"SELECT id, attempt, host FROM iterations WHERE {where} AND "
                               f"state IN ({_marks(IN_FLIGHT)})", (*args, *IN_FLIGHT)).fetchall()
         return [(r["id"], r["attempt"], r["host"]) for r in rows]

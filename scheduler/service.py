@@ -264,17 +264,15 @@ class Scheduler:
     async def cancel(self, iid: str | None = None, suite: str | None = None,
                      tenant: str | None = None, everything: bool = False) -> dict[str, int]:
         await self._ensure_started()
-        before = self.ledger.counts()
         rows = self.ledger.cancel(iid=iid, suite=suite, tenant=tenant, everything=everything,
                                   reason="cancelled by request")
+        queued = self.ledger.last_cancelled_queued
         stopped = await self._cancel_rows(rows)
         if everything:
             await asyncio.gather(*(h.handle.cancel_all.remote() for h in
                                    self.hosts.by_name.values() if not h.lost),
                                  return_exceptions=True)
-        after = self.ledger.counts()
-        return {"queued_cancelled": after.get("CANCELLED", 0) - before.get("CANCELLED", 0),
-                "running_stopped": stopped}
+        return {"queued_cancelled": queued, "running_stopped": stopped}
 
     async def _cancel_rows(self, rows: list[tuple[str, int, str]]) -> int:
         calls = []

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--bind", default=None,
                     help="the address Ray listens on (default: this host's own; Ray's token "
                          "authentication is always on, since its ports run code)")
+    up.add_argument("--port", type=int, default=6390, help="Ray's port on the head (default 6390)")
+    up.add_argument("--autoscaling-config", default=None,
+                    help="passed to `ray start --head` (the cluster launcher gives one)")
     up.add_argument("--host", default=None, help="this host's name in the fleet (default: hostname)")
     up.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                     help="shared-resource limit, fleet-wide, e.g. ci-db=8")

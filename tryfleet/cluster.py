@@ -78,7 +78,8 @@ def node_ip(bind: str | None) -> str:
     return str(get_node_ip_address())
 
 
-def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT) -> str:
+def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
+               autoscaling_config: str | None = None) -> str:
     secure_ray()
     ip = node_ip(bind)
     address = f"{ip}:{port}"
@@ -87,6 +88,8 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT) ->
     cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={RAY_TEMP_DIR}",
            f"--num-cpus={os.cpu_count() or 1}"]
+    if autoscaling_config:
+        cmd.append(f"--autoscaling-config={autoscaling_config}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise FleetError(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")

@@ -2,6 +2,8 @@
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +49,10 @@ def leaves_nothing(node):
     assert mine == [] and left_dirs == [] and node.live() == []
 
 
+TRYFLEET = str(Path(sys.executable).with_name("tryfleet"))
+
+
 def cli(*args, timeout=300, **kw):
     env = {**os.environ, "TRYFLEET_DATA": str(default_data_dir())}
-    return subprocess.run(["tryfleet", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([TRYFLEET, *args], capture_output=True, text=True, timeout=timeout,
                           env=env, **kw)

@@ -175,3 +175,19 @@ def test_close_destroys_live_sandboxes_and_the_owner_dir(data_dir, monkeypatch):
     hv = node.hv
     node.close()
     assert hv.list_domains() == [] and not node.owner.dir.exists()
+
+
+def test_an_image_with_a_recipe_but_no_build_is_built_on_demand(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
+    built = []
+
+    def build(name):
+        built.append(name)
+        return make_image(tmp_path, name)
+
+    node = NodeAgent(NodeConfig(data_dir=tmp_path), FakeHypervisor(), build_image=build)
+    out = node.run_iteration(it("true"))
+    assert out.state is State.SUCCEEDED and built == ["base"]
+    node.run_iteration(it("true"))
+    assert built == ["base"]  # built once
+    node.close()

@@ -49,7 +49,8 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
             cluster.join(args.address)
             address = args.address
         else:
-            address = cluster.start_head(data_dir, bind=args.bind)
+            address = cluster.start_head(data_dir, bind=args.bind, port=args.port,
+                                         autoscaling_config=args.autoscaling_config)
         cluster.init(address)
         cluster.ensure_actors(data_dir, host=args.host or socket.gethostname(), limits=limits)
         from tryfleet.fleet import Fleet

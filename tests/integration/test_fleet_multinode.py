@@ -1,0 +1,75 @@
+"""A real multi-node Ray cluster on one machine: one head and three hosts, each with its own
+node agent (simulated hosts: the fake hypervisor), and the real scheduler."""
+
+import time
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from nodeagent.actor import start_node_actor
+from scheduler.records import Iteration
+from tryfleet import cluster as fleet_cluster
+from tryfleet.fleet import Fleet
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    data = tmp_path_factory.mktemp("fleet")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes = {f"host{i}": c.add_node(num_cpus=1) for i in range(3)}
+    ray.init(address=c.address, namespace="tryfleet", log_to_driver=False)
+    images = {"host0": (), "host1": ("base",), "host2": ("base", "special")}
+    handles = [start_node_actor(str(data / name), name, node_id=node.node_id, fake=True,
+                                detached=False, fake_images=images[name])
+               for name, node in nodes.items()]
+    handles.append(fleet_cluster.ensure_scheduler(data, detached=False))
+    f = Fleet(data, embedded=False, keep=tuple(handles))
+    f.cluster, f.nodes = c, nodes
+    deadline = time.monotonic() + 60
+    while len([h for h in f.status()["hosts"] if h["cpus"]]) < 3:
+        assert time.monotonic() < deadline, "the scheduler did not see three hosts"
+        time.sleep(0.5)
+    yield f
+    ray.shutdown()
+    c.shutdown()
+
+
+def its(n, image="base", secs=2, prefix="it"):
+    return [Iteration(image, ("sh", "-c", f"sleep {secs}; echo {i}"), id=f"{prefix}-{i}")
+            for i in range(n)]
+
+
+def test_image_filter_sends_work_only_where_the_image_is(fleet):
+    results = fleet.wait(fleet.submit(its(2, image="special", secs=0, prefix="sp"), suite="sp"))
+    assert {r.host for r in results} == {"host2"}
+    assert all(r.state == "SUCCEEDED" for r in results)
+
+
+def test_bin_packing_fills_one_host_before_the_next(fleet):
+    # Each simulated host offers this machine's cpus; 1-cpu iterations pack onto as few
+    # hosts as hold them, the fuller host first (host0 has no image: never used).
+    cpus = next(h["cpus"] for h in fleet.status()["hosts"] if h["host"] == "host1")
+    results = fleet.wait(fleet.submit(its(cpus, prefix="pack"), suite="pack"))
+    assert all(r.state == "SUCCEEDED" for r in results)
+    assert len({r.host for r in results}) == 1
+
+
+def test_host_lost_mid_run_its_iterations_finish_elsewhere(fleet):
+    ids = fleet.submit(its(8, secs=4, prefix="lost"), suite="lost")
+    deadline = time.monotonic() + 30
+    while True:
+        running = [r for r in fleet._call("ps") if r["suite"] == "lost" and r["host"]]
+        on_host1 = [r for r in running if r["host"] == "host1"]
+        if on_host1:
+            break
+        assert time.monotonic() < deadline, "nothing started on host1"
+        time.sleep(0.2)
+    fleet.cluster.remove_node(fleet.nodes["host1"])
+    results = fleet.wait(ids)
+    assert [r.state for r in results] == ["SUCCEEDED"] * 8, [(r.host, r.error) for r in results]
+    moved = [r for r in results if r.attempts > 1]
+    assert moved and all(r.host != "host1" for r in moved)
+    assert sorted(r.stdout for r in results) == sorted(f"{i}\n" for i in range(8))
+    lost = [h for h in fleet.status()["hosts"] if h["host"] == "host1"][0]
+    assert lost["lost"]
