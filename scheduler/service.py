@@ -53,12 +53,28 @@ class Scheduler:
         self.tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self._kick()
+
+    @staticmethod
+    def _kick() -> None:
+        """Start the loop as soon as this actor is up, also after Ray restarts it, without
+        waiting for a caller: a call to ourselves runs right after __init__."""
+        try:
+            ray.get_runtime_context().current_actor.ping.remote()
+        except Exception:  # not running as an actor (tests of the class itself)
+            pass
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def _ensure_started(self) -> None:
-        if self._loop_task is not None:
-            return
+        failed = self._starting is not None and self._starting.done() \
+            and not self._starting.cancelled() and self._starting.exception() is not None
+        if self._starting is None or failed:
+            self._starting = asyncio.create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
         self._wake = asyncio.Event()
         self.hosts.discover()
         await self.hosts.refresh()
@@ -294,6 +310,7 @@ class Scheduler:
                       terminal_only: bool = True) -> list[dict[str, Any]]:
         from .records import TERMINAL
 
+        await self._ensure_started()
         states = list(TERMINAL) if terminal_only else None
         return [r.to_json() for r in self.ledger.results(ids=ids, suite=suite, states=states)]
 
@@ -308,6 +325,7 @@ class Scheduler:
                 "suite": row.suite, "tenant": row.tenant, "trace_id": row.trace_id}
 
     async def ps(self, all_states: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+        await self._ensure_started()
         states = None if all_states else ["QUEUED", "PLACED", "RUNNING"]
         return [r.to_json() | {"stdout": "", "stderr": ""}
                 for r in self.ledger.results(states=states, limit=limit)]

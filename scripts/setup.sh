@@ -29,8 +29,13 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: creating .venv and installing tryfleet"
     python3 -m venv .venv
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    # pip's own chatter goes to a log, shown only when the install fails.
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } \
+            > .venv/pip.log 2>&1; then
+        grep -v "^WARNING: Location" .venv/pip.log | tail -40 >&2
+        echo "setup: installing the Python packages failed (full log: .venv/pip.log)" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
 

@@ -23,6 +23,8 @@ from typing import Any
 import psutil
 import ray
 
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from nodeagent.actor import NAMESPACE, start_node_actor
 from scheduler.service import SCHEDULER_NAME, Scheduler
 
@@ -133,8 +135,13 @@ def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True
 
 def ensure_scheduler(data_dir: Path, detached: bool = True,
                      limits: dict[str, int] | None = None) -> Any:
-    options: dict[str, Any] = dict(name=SCHEDULER_NAME, namespace=NAMESPACE, get_if_exists=True,
-                                   num_cpus=0, max_restarts=-1, max_concurrency=1000)
+    # Pinned to this node: the ledger is a file on this node's disk, and a restart elsewhere
+    # would open an empty one.
+    here = ray.get_runtime_context().get_node_id()
+    options: dict[str, Any] = dict(
+        name=SCHEDULER_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
+        max_restarts=-1, max_concurrency=1000,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
     if detached:
         options["lifetime"] = "detached"
     sched = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)

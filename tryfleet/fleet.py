@@ -69,10 +69,15 @@ class Fleet:
         ids = self.submit(iterations, suite, tenant, limits)
         yield from self.watch(ids, poll_s, wait_for_scheduler_s)
 
-    def watch(self, ids: list[str], poll_s: float = 0.5,
-              wait_for_scheduler_s: float = 600.0) -> Iterator[Result]:
+    def watch(self, ids: list[str], poll_s: float = 0.5, wait_for_scheduler_s: float = 600.0,
+              timeout_s: float | None = None) -> Iterator[Result]:
+        """Yield each result as it becomes terminal; TimeoutError after `timeout_s`."""
         pending = set(ids)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} iteration(s) not finished after "
+                                   f"{timeout_s:g}s: {', '.join(sorted(pending)[:10])}")
             done = self._call("results", sorted(pending), retry_s=wait_for_scheduler_s)
             for r in done:
                 if r["id"] in pending:
@@ -81,8 +86,8 @@ class Fleet:
             if pending:
                 time.sleep(poll_s)
 
-    def wait(self, ids: list[str]) -> list[Result]:
-        by_id = {r.id: r for r in self.watch(ids)}
+    def wait(self, ids: list[str], timeout_s: float | None = None) -> list[Result]:
+        by_id = {r.id: r for r in self.watch(ids, timeout_s=timeout_s)}
         return [by_id[i] for i in ids]
 
     def run(self, iteration: Iteration, suite: str = "run", tenant: str = "default") -> Result:

@@ -66,10 +66,45 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere(fleet):
         assert time.monotonic() < deadline, "nothing started on host1"
         time.sleep(0.2)
     fleet.cluster.remove_node(fleet.nodes["host1"])
-    results = fleet.wait(ids)
+    try:
+        results = fleet.wait(ids, timeout_s=90)
+    except TimeoutError:
+        pytest.fail(f"not finished: {fleet._call('ps')} hosts: {fleet.status()['hosts']}")
     assert [r.state for r in results] == ["SUCCEEDED"] * 8, [(r.host, r.error) for r in results]
     moved = [r for r in results if r.attempts > 1]
     assert moved and all(r.host != "host1" for r in moved)
     assert sorted(r.stdout for r in results) == sorted(f"{i}\n" for i in range(8))
     lost = [h for h in fleet.status()["hosts"] if h["host"] == "host1"][0]
     assert lost["lost"]
+
+
+def test_sdk_sandbox_exec_files_and_streaming(fleet):
+    with fleet.sandbox(image="special", timeout_s=120) as sb:
+        assert sb.host == "host2"
+        sb.files.write("/root/in.txt", "hello")
+        assert sb.files.read("/root/in.txt") == b"hello"
+        r = sb.exec(["sh", "-c", "cat in.txt; exit 4"])  # the fake runs commands in the guest's /root
+        assert (r.exit_code, r.stdout) == (4, b"hello")
+        events = list(sb.exec_stream(["sh", "-c", "echo a; sleep 0.3; echo b >&2"]))
+        assert events[:2] == [("stdout", b"a\n"), ("stderr", b"b\n")]
+        assert events[-1][0] == "exit" and events[-1][1].exit_code == 0
+
+
+def test_map_yields_results_as_they_complete(fleet):
+    items = [Iteration("base", ("sh", "-c", f"sleep {s}; echo {s}"), id=f"map-{s}")
+             for s in (3, 0)]
+    order = [r.id for r in fleet.map(items, suite="map")]
+    assert order == ["map-0", "map-3"]
+
+
+def test_an_iteration_that_can_never_fit_is_refused_at_submit(fleet):
+    with pytest.raises(Exception, match="can never run"):
+        fleet.submit([Iteration("base", ("true",), cpus=4096)], suite="huge")
+    with pytest.raises(Exception, match="can never run"):
+        fleet.submit([Iteration("no-such-image", ("true",))], suite="huge")
+
+
+def test_cancel_a_suite(fleet):
+    ids = fleet.submit(its(6, secs=30, prefix="cx"), suite="cx")
+    fleet.cancel(suite="cx")
+    assert {r.state for r in fleet.wait(ids)} == {"CANCELLED"}
