@@ -114,14 +114,17 @@ class Fleet:
         return Sandbox(self, image, cpus, mem_mib, disk_mib, timeout_s)
 
     def close(self) -> None:
-        if self.embedded:
+        """Disconnect from Ray; an embedded fleet also stops its actors (and their VMs)."""
+        if self.embedded and ray.is_initialized():
             for name in ray.util.list_named_actors():
                 if name.startswith("tryfleet-"):
                     actor = ray.get_actor(name, namespace=NAMESPACE)
                     if name.startswith(ACTOR_PREFIX):
                         ray.get(actor.shutdown.remote())
                     ray.kill(actor, no_restart=True)
-            ray.shutdown()
+        # A driver left connected to a cluster that goes away exits its whole process once
+        # Ray gives up reconnecting: always let go.
+        ray.shutdown()
 
     def __enter__(self) -> Fleet:
         return self

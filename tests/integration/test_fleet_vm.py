@@ -23,6 +23,7 @@ def fleet(tmp_path_factory, data_dir):
 
     f = tryfleet.connect()
     yield f
+    f.close()
     cli("down")
     os.environ.pop("TRYFLEET_LEDGER", None)
 
