@@ -12,7 +12,7 @@ import msgpack
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .node import NodeConfig
+from .node import NodeConfig, PoolTarget
 from .service import NodeService
 
 NAMESPACE = "tryfleet"
@@ -31,7 +31,8 @@ class NodeActor:
     """Ray-facing wrapper: msgpack in and out, NodeService underneath."""
 
     def __init__(self, data_dir: str, host: str | None = None, fake: bool = False,
-                 uri: str = "qemu:///system", fake_images: tuple[str, ...] = ("base",)) -> None:
+                 uri: str = "qemu:///system", fake_images: tuple[str, ...] = ("base",),
+                 pool: tuple[str, ...] | None = None) -> None:
         hypervisor = build = None
         if fake:  # a simulated host: no VMs, the guest agent in threads (see fake_hv.py)
             from .fake_hv import FakeHypervisor, make_fake_image
@@ -42,7 +43,11 @@ class NodeActor:
 
             def build(name: str) -> object:  # a simulated build: the fake image layout
                 return make_fake_image(Path(data_dir), name)
-        config = NodeConfig(data_dir=Path(data_dir), uri=uri, accel="tcg" if fake else None)
+        # A real host keeps warm pools (demand-driven, plus `pool` targets like "base=2");
+        # a simulated one only when given targets.
+        targets = tuple(PoolTarget.parse(t) for t in pool or ())
+        config = NodeConfig(data_dir=Path(data_dir), uri=uri, accel="tcg" if fake else None,
+                            warm_pool=bool(targets) or not fake, pool_targets=targets)
         self.svc = NodeService(config, host, hypervisor, build_image=build)
 
     def start(self, payload: bytes) -> bool:
@@ -97,7 +102,8 @@ class NodeActor:
 
 
 def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake: bool = False,
-                     detached: bool = True, fake_images: tuple[str, ...] = ("base",)) -> Any:
+                     detached: bool = True, fake_images: tuple[str, ...] = ("base",),
+                     pool: tuple[str, ...] | None = None) -> Any:
     """Create (or find) the node agent actor of `host`, pinned to Ray node `node_id`."""
     node_id = node_id or ray.get_runtime_context().get_node_id()
     options: dict[str, Any] = dict(
@@ -108,6 +114,6 @@ def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake:
     if detached:
         options["lifetime"] = "detached"
     actor = ray.remote(NodeActor).options(**options).remote(data_dir, host, fake,
-                                                            fake_images=fake_images)
+                                                            fake_images=fake_images, pool=pool)
     ray.get(actor.ping.remote())
     return actor

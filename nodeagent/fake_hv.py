@@ -17,7 +17,7 @@ from pathlib import Path
 from images.guestagent.agent import Agent
 
 from .errors import HypervisorError
-from .hypervisor import DOMAIN_PREFIX, DomainSpec
+from .hypervisor import DOMAIN_PREFIX, DomainSpec, RestoreSpec
 
 
 @dataclass
@@ -39,6 +39,8 @@ class FakeHypervisor:
         self.never_boot = never_boot
         self.domains: dict[str, _Domain] = {}
         self.started: list[str] = []
+        self.saved: list[str] = []
+        self.restored: list[str] = []
         self._lock = threading.Lock()
 
     def start(self, spec: DomainSpec) -> None:
@@ -98,6 +100,36 @@ class FakeHypervisor:
         if not dom.opened:
             dom.host_sock.close()
         dom.root.cleanup()
+
+    def save(self, name: str, path: Path) -> None:
+        """A saved fake domain is its definition; restoring starts a fresh guest agent."""
+        import json
+
+        with self._lock:
+            dom = self.domains.get(name)
+        if dom is None:
+            raise HypervisorError(f"failed to save {name}: no such domain")
+        spec = dom.spec
+        path.write_text(json.dumps({"name": spec.name, "vcpus": spec.vcpus,
+                                    "mem_mib": spec.mem_mib, "kernel": str(spec.kernel),
+                                    "initrd": str(spec.initrd), "accel": spec.accel}))
+        self.saved.append(name)
+        self.destroy(name)
+
+    def restore(self, path: Path, spec: RestoreSpec) -> str:
+        import json
+
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise HypervisorError(f"unreadable saved domain {path}: {err}") from err
+        self.start(DomainSpec(
+            name=saved["name"], vcpus=saved["vcpus"], mem_mib=saved["mem_mib"],
+            kernel=Path(saved["kernel"]), initrd=Path(saved["initrd"]), disk=spec.disk,
+            backing=spec.chain[0] if spec.chain else None, console_log=spec.console_log,
+            accel=saved["accel"], metadata=spec.metadata))
+        self.restored.append(saved["name"])
+        return str(saved["name"])
 
     def list_domains(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
         with self._lock:

@@ -93,6 +93,11 @@ class GuestChannel:
             raise GuestProtocolError(f"expected pong, got {_brief(msg)}")
         return msg
 
+    def refresh(self, seed: bytes, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+        """Give the guest the host's clock and fresh entropy (after a snapshot restore)."""
+        req = self._request("refresh", now=time.time(), seed=seed)
+        return self._answer(req, "refresh", timeout_s)
+
     def wait_ready(self, deadline: float, interval_s: float = 1.0,
                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Ping until the agent answers. Until the guest opens its port, QEMU leaves what the

@@ -30,6 +30,18 @@ class DomainSpec:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class RestoreSpec:
+    """Where a restored copy of a saved domain keeps its own state. The name and UUID are the
+    saved domain's (libvirt will not restore under others); the disk is a fresh overlay on
+    top of the frozen disk the domain was saved with."""
+
+    disk: Path
+    chain: tuple[Path, ...]  # the overlay's backing files, nearest first
+    console_log: Path
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Hypervisor(Protocol):
     def start(self, spec: DomainSpec) -> None:
@@ -46,6 +58,13 @@ class Hypervisor(Protocol):
 
     def domain_xml(self, name: str) -> str | None:
         """The live definition, kept with the logs of a failed run; None once gone."""
+
+    def save(self, name: str, path: Path) -> None:
+        """Save the running domain's whole state to `path`; the domain is gone afterwards."""
+
+    def restore(self, path: Path, spec: RestoreSpec) -> str:
+        """Start the domain saved at `path` again, with its disk and logs moved as `spec`
+        says; returns its name."""
 
     def close(self) -> None:
         """Release the connection; domains started with it are destroyed with it."""

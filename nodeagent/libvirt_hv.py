@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
@@ -16,7 +17,7 @@ import libvirt
 from images.guestagent.wire import PORT_NAME
 
 from .errors import HypervisorError, HypervisorUnavailable
-from .hypervisor import DOMAIN_PREFIX, DomainSpec
+from .hypervisor import DOMAIN_PREFIX, DomainSpec, RestoreSpec
 
 DEFAULT_URI = "qemu:///system"
 CMDLINE = "console=ttyS0 root=/dev/vda rw quiet panic=-1 init=/sbin/tryfleet-init"
@@ -85,6 +86,48 @@ def _disk_xml(spec: DomainSpec) -> str:
     """
 
 
+def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
+    """The saved definition with the disk moved to a fresh overlay (its backing chain written
+    out whole), the console moved, the agent socket left for libvirt to place, and the
+    metadata replaced. Returns (xml, domain name)."""
+    ET.register_namespace("tf", METADATA_NS)
+    root = ET.fromstring(saved)
+    name = root.findtext("name") or ""
+    for disk in root.iter("disk"):
+        if disk.get("device") != "disk":
+            continue
+        for old in disk.findall("source") + disk.findall("backingStore"):
+            disk.remove(old)
+        anchor = list(disk).index(disk.find("driver")) + 1 if disk.find("driver") is not None else 0
+        disk.insert(anchor, ET.Element("source", file=str(spec.disk)))
+        parent = disk
+        pos = anchor + 1
+        for backing in spec.chain:
+            store = ET.Element("backingStore", type="file")
+            ET.SubElement(store, "format", type="qcow2")
+            ET.SubElement(store, "source", file=str(backing))
+            parent.insert(pos, store)
+            parent, pos = store, 2
+        parent.insert(pos, ET.Element("backingStore"))
+    for tag in ("serial", "console"):
+        for dev in root.iter(tag):
+            src = dev.find("source")
+            if src is not None and dev.get("type") == "file":
+                src.set("path", str(spec.console_log))
+    for chan in root.iter("channel"):
+        src = chan.find("source")
+        if src is not None:
+            src.attrib.pop("path", None)
+    meta = root.find("metadata")
+    if meta is not None:
+        for child in list(meta):
+            meta.remove(child)
+        vm = ET.SubElement(meta, f"{{{METADATA_NS}}}vm")
+        for key, value in sorted(spec.metadata.items()):
+            ET.SubElement(vm, f"{{{METADATA_NS}}}{key}").text = value
+    return ET.tostring(root, encoding="unicode"), name
+
+
 class LibvirtHypervisor:
     def __init__(self, uri: str = DEFAULT_URI) -> None:
         self.uri = uri
@@ -146,6 +189,26 @@ class LibvirtHypervisor:
             if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
                 return
             raise HypervisorError(f"failed to destroy {name}: {err.get_error_message()}") from err
+
+    def save(self, name: str, path: Path) -> None:
+        try:
+            self._conn.lookupByName(name).save(str(path))
+        except libvirt.libvirtError as err:
+            raise HypervisorError(f"failed to save {name}: {err.get_error_message()}") from err
+
+    def restore(self, path: Path, spec: RestoreSpec) -> str:
+        try:
+            saved = self._conn.saveImageGetXMLDesc(str(path), 0)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(f"unreadable saved domain {path}: "
+                                  f"{err.get_error_message()}") from err
+        xml, name = restore_xml(saved, spec)
+        try:
+            self._conn.restoreFlags(str(path), xml, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(f"failed to restore {name} from {path}: "
+                                  f"{err.get_error_message()}") from err
+        return name
 
     def list_domains(self, prefix: str = DOMAIN_PREFIX) -> list[str]:
         try:

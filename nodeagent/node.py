@@ -23,16 +23,19 @@ from .clone import Cloner
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .host import AccelReport, Capacity, Pressure, probe_accel, read_capacity, read_pressure
-from .hypervisor import DOMAIN_PREFIX, DomainSpec, Hypervisor
+from .hypervisor import DOMAIN_PREFIX, DomainSpec, Hypervisor, RestoreSpec
 from .reaper import ReapReport, reap, register_owner
 from .records import ExecResult, IterationOutcome, IterationSpec, SandboxSpec, State
+from .pool import WarmPool
 from .sandbox import Sandbox, prune_logs
+from .snapshots import PoolKey, Slot, Snapshots
 
 log = logging.getLogger("tryfleet.nodeagent")
 
 DEFAULT_DATA_DIR = Path("/var/lib/tryfleet")
 BOOT_TIMEOUT_S = {"kvm": 30.0, "tcg": 120.0}
 MAX_GET_BYTES = 64 * 1024 * 1024
+RESTORE_TIMEOUT_S = 30.0
 
 
 def default_data_dir() -> Path:
@@ -45,6 +48,35 @@ class NodeConfig:
     uri: str = "qemu:///system"
     keep_failed_logs: int = 50
     accel: str | None = None  # None: probe (see host.py); "kvm" or "tcg" to skip the probe
+    warm_pool: bool = False  # keep VMs ready ahead (see pool.py); off for one-shot runs
+    pool_targets: tuple[PoolTarget, ...] = ()  # fixed ready counts, besides the demand-driven
+    pool_budget_mib: int | None = None  # guest memory all pooled VMs may hold; None: 25% of RAM
+    pool_max_per_key: int = 4
+    restore: bool = True  # restore saved guests instead of booting when a slot is ready
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTarget:
+    image: str
+    cpus: int = 1
+    mem_mib: int = 512
+    disk_mib: int | None = None
+    ready: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> PoolTarget:
+        """`IMAGE[:CPUSxMEM_MIB]=N`, e.g. `base=2` or `base:2x1024=1`."""
+        try:
+            what, _, count = text.partition("=")
+            image, _, size = what.partition(":")
+            cpus, mem = (size.split("x") if size else ("1", "512"))
+            target = cls(image, int(cpus), int(mem), None, int(count or "1"))
+        except ValueError:
+            raise BadRequest(f"bad pool target {text!r}: write IMAGE[:CPUSxMEM_MIB]=N, "
+                             "e.g. base=2 or base:2x1024=1") from None
+        if not image or target.ready < 0:
+            raise BadRequest(f"bad pool target {text!r}: write IMAGE[:CPUSxMEM_MIB]=N")
+        return target
 
 
 class NodeAgent:
@@ -72,6 +104,35 @@ class NodeAgent:
         self._build_image = build_image or self._build_from_recipe
         self._build_lock = threading.Lock()
         self.hostname = socket.gethostname()
+        self._snapshots: Snapshots | None = None
+        self.pool: WarmPool | None = None
+        if config.warm_pool:
+            self.pool = WarmPool(self._fill, self._pool_budget(), self._pool_targets(),
+                                 max_per_key=config.pool_max_per_key)
+
+    def _pool_budget(self) -> int:
+        if self.config.pool_budget_mib is not None:
+            return self.config.pool_budget_mib
+        return self.capacity().mem_mib // 4
+
+    def _pool_targets(self) -> dict[PoolKey, int]:
+        out = {}
+        for t in self.config.pool_targets:
+            try:
+                out[self._key(SandboxSpec(t.image, t.cpus, t.mem_mib, t.disk_mib))] = t.ready
+            except NodeAgentError as err:
+                log.warning("warm pool target %s left out: %s", t, err)
+        return out
+
+    def _key(self, spec: SandboxSpec, image: BuiltImage | None = None) -> PoolKey:
+        image = image or self.image(spec.image)
+        return PoolKey(spec.image, image.digest, spec.cpus, spec.mem_mib, spec.disk_mib)
+
+    @property
+    def snapshots(self) -> Snapshots | None:
+        if self._snapshots is None and self.config.restore:
+            self._snapshots = Snapshots(self.config.data_dir / "snapshots", self.accel().accel)
+        return self._snapshots
 
     # ---- host ------------------------------------------------------------------------------
     def accel(self) -> AccelReport:
@@ -100,37 +161,143 @@ class NodeAgent:
     # ---- sandboxes -------------------------------------------------------------------------
     def acquire(self, spec: SandboxSpec,
                 should_stop: Callable[[], bool] | None = None) -> Sandbox:
-        """A booted VM whose guest agent answers; raises if it cannot be had."""
+        """A VM whose guest agent answers: from the warm pool, else restored from a saved
+        guest, else booted. Raises if it cannot be had."""
         _check_sizes(spec)
         image = self.image(spec.image)
         if spec.disk_mib is not None and spec.disk_mib < image.disk_mib:
             raise BadRequest(f"disk_mib={spec.disk_mib} is smaller than image {spec.image!r} "
                              f"({image.disk_mib} MiB); ask for at least that much")
-        accel = self.accel().accel
-        name = f"{DOMAIN_PREFIX}{self.owner.id}-{next(self._seq)}"
-        vm_dir = self.owner.dir / name
+        key = self._key(spec, image)
+        if self.pool is not None:
+            box = self.pool.take(key)
+            if box is not None:
+                box.origin = "pool"
+                return box
+        box = self._restore_any(key, image, should_stop)
+        if box is not None:
+            return box
+        return self._boot(key, image, spec.boot_timeout_s, should_stop)
+
+    def _fill(self, key: PoolKey) -> Sandbox:
+        """One VM for the warm pool: restored when a slot is (or can be made) ready."""
+        image = self.image(key.image)
+        box = self._restore_any(key, image, None)
+        if box is None and self.snapshots is not None and self.snapshots.can_make(key):
+            self._make_slot(key, image)
+            box = self._restore_any(key, image, None)
+        return box or self._boot(key, image, None, None)
+
+    def _new_sandbox(self, name: str, on_destroy: Callable[[Sandbox], None] | None = None
+                     ) -> Sandbox:
+        vm_dir = self.owner.dir / f"vm-{next(self._seq)}"
         vm_dir.mkdir(mode=0o755)
-        sandbox = Sandbox(name, vm_dir, self.hv, self.logs_dir, on_destroy=self._forget)
+
+        def forget(box: Sandbox) -> None:
+            self._forget(box)
+            if on_destroy is not None:
+                on_destroy(box)
+
+        sandbox = Sandbox(name, vm_dir, self.hv, self.logs_dir, on_destroy=forget)
         with self._lock:
-            self._live[name] = sandbox
+            self._live[vm_dir.name] = sandbox
+        return sandbox
+
+    def _boot(self, key: PoolKey, image: BuiltImage, boot_timeout_s: float | None,
+              should_stop: Callable[[], bool] | None) -> Sandbox:
+        accel = self.accel().accel
+        sandbox = self._new_sandbox(f"{DOMAIN_PREFIX}{self.owner.id}-{next(self._seq)}")
+        sandbox.origin = "boot"
         try:
-            overlay = vm_dir / "disk.qcow2"
-            self.cloner.clone(image.rootfs, overlay, spec.disk_mib)
-            self.hv.start(DomainSpec(
-                name=name, vcpus=spec.cpus, mem_mib=spec.mem_mib, kernel=image.kernel,
-                initrd=image.initrd, disk=overlay, backing=image.rootfs,
-                console_log=sandbox.console_log, accel=accel,
-                metadata={"owner": self.owner.id, "image": image.digest},
-            ))
-            channel = GuestChannel(self.hv.open_channel(name))
-            sandbox.attach(channel)
-            boot_timeout = spec.boot_timeout_s or BOOT_TIMEOUT_S[accel]
-            channel.wait_ready(time.monotonic() + boot_timeout, should_stop=should_stop)
+            overlay = sandbox.vm_dir / "disk.qcow2"
+            self.cloner.clone(image.rootfs, overlay, key.disk_mib)
+            self._start_and_wait(sandbox, key, image, overlay, image.rootfs, boot_timeout_s,
+                                 should_stop)
         except BaseException as err:
             kept = sandbox.destroy(keep_logs=not isinstance(err, Cancelled),
                                    details={"phase": "boot", "error": str(err)})
             if isinstance(err, GuestError):
-                raise type(err)(f"{name} did not boot: {err}; console log kept in {kept}") from err
+                raise type(err)(f"{sandbox.name} did not boot: {err}; console log kept in "
+                                f"{kept}") from err
+            raise
+        _ = accel
+        return sandbox
+
+    def _start_and_wait(self, sandbox: Sandbox, key: PoolKey, image: BuiltImage, disk: Path,
+                        backing: Path, boot_timeout_s: float | None,
+                        should_stop: Callable[[], bool] | None) -> None:
+        accel = self.accel().accel
+        self.hv.start(DomainSpec(
+            name=sandbox.name, vcpus=key.cpus, mem_mib=key.mem_mib, kernel=image.kernel,
+            initrd=image.initrd, disk=disk, backing=backing,
+            console_log=sandbox.console_log, accel=accel,
+            metadata={"owner": self.owner.id, "image": image.digest},
+        ))
+        channel = GuestChannel(self.hv.open_channel(sandbox.name))
+        sandbox.attach(channel)
+        channel.wait_ready(time.monotonic() + (boot_timeout_s or BOOT_TIMEOUT_S[accel]),
+                           should_stop=should_stop)
+
+    def _make_slot(self, key: PoolKey, image: BuiltImage) -> None:
+        """Boot a guest once and save it as a new slot (see snapshots.py)."""
+        snaps = self.snapshots
+        assert snaps is not None
+        slot = snaps.new_slot(key)
+        box = Sandbox(slot.name, slot.dir, self.hv, self.logs_dir)
+        try:
+            self.cloner.clone(image.rootfs, slot.disk, key.disk_mib)
+            self._start_and_wait(box, key, image, slot.disk, image.rootfs, None, None)
+            box.channel.close()  # the guest goes back to waiting for a host: save it so
+            self.hv.save(slot.name, slot.dir / "state.tmp")
+            (slot.dir / "state.tmp").rename(slot.state)
+            (slot.dir / "console.log").unlink(missing_ok=True)
+        except BaseException:
+            try:
+                self.hv.destroy(slot.name)
+            finally:
+                snaps.abandon(slot)
+            raise
+        snaps.finish(slot)
+        log.info("saved %s for restores of %s", slot.name, key.image)
+
+    def _restore_any(self, key: PoolKey, image: BuiltImage,
+                     should_stop: Callable[[], bool] | None) -> Sandbox | None:
+        """A VM restored from a free slot of `key`; None when there is none (or it failed:
+        the slot is dropped and the caller boots instead)."""
+        snaps = self.snapshots
+        slot = snaps.take(key) if snaps is not None else None
+        if slot is None:
+            return None
+        assert snaps is not None
+        try:
+            return self._restore(slot, image, should_stop)
+        except Cancelled:
+            snaps.release(slot)
+            raise
+        except NodeAgentError as err:
+            log.warning("restore of %s failed (%s); dropping that slot", slot.name, err)
+            snaps.discard(slot)
+            return None
+
+    def _restore(self, slot: Slot, image: BuiltImage,
+                 should_stop: Callable[[], bool] | None) -> Sandbox:
+        snaps = self.snapshots
+        assert snaps is not None
+        sandbox = self._new_sandbox(slot.name, on_destroy=lambda _box: snaps.release(slot))
+        sandbox.origin = "restore"
+        try:
+            overlay = sandbox.vm_dir / "disk.qcow2"
+            self.cloner.clone(slot.disk, overlay)
+            self.hv.restore(slot.state, RestoreSpec(
+                disk=overlay, chain=(slot.disk, image.rootfs), console_log=sandbox.console_log,
+                metadata={"owner": self.owner.id, "image": image.digest}))
+            channel = GuestChannel(self.hv.open_channel(slot.name))
+            sandbox.attach(channel)
+            channel.wait_ready(time.monotonic() + RESTORE_TIMEOUT_S, interval_s=0.05,
+                               should_stop=should_stop)
+            channel.refresh(os.urandom(64))
+        except BaseException:
+            sandbox.destroy(keep_logs=False)
             raise
         return sandbox
 
@@ -155,13 +322,18 @@ class NodeAgent:
 
     def _forget(self, sandbox: Sandbox) -> None:
         with self._lock:
-            self._live.pop(sandbox.name, None)
+            self._live.pop(sandbox.vm_dir.name, None)
 
     def live(self) -> list[str]:
+        """Names of this agent's VMs: running iterations, sandboxes, and pooled ones."""
         with self._lock:
-            return sorted(self._live)
+            return sorted(box.name for box in self._live.values())
 
     def destroy_all(self) -> None:
+        """The kill switch: every VM goes, pooled ones too, and the pools stay empty until
+        work asks for VMs again."""
+        if self.pool is not None:
+            self.pool.drain()
         with self._lock:
             live = list(self._live.values())
         for sandbox in live:
@@ -170,6 +342,8 @@ class NodeAgent:
     def close(self) -> None:
         """Destroy what is still running and let go of this owner's directory."""
         try:
+            if self.pool is not None:
+                self.pool.close()
             self.destroy_all()
         finally:
             self.hv.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -82,6 +83,9 @@ def reap(hv: Hypervisor, run_dir: Path, keep: str | None = None) -> ReapReport:
     domains = []
     for name in hv.list_domains(DOMAIN_PREFIX):
         owner_id = owner_of(name)
+        if name.startswith(f"{DOMAIN_PREFIX}snap-"):  # restored: the owner is in its metadata
+            found = re.search(r"<(?:\w+:)?owner>([0-9a-f]+)</", hv.domain_xml(name) or "")
+            owner_id = found.group(1) if found else None
         if owner_id is None or gone(owner_id):
             try:
                 hv.destroy(name)

@@ -34,6 +34,7 @@ class Sandbox:
         self._on_destroy = on_destroy
         self._xml: str | None = None
         self.destroyed = False
+        self.origin = "boot"  # or "pool" (handed out ready) or "restore" (from a saved guest)
 
     def attach(self, channel: GuestChannel) -> None:
         self._channel = channel

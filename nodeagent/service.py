@@ -154,6 +154,7 @@ class NodeService:
     # ---- host ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         cap, pressure = self.node.capacity(), self.node.pressure()
+        pool = self.node.pool
         return {
             "host": self.host, "pid": os.getpid(), "accel": self.node.accel().accel,
             "capacity": asdict(cap), "pressure": asdict(pressure),
@@ -161,6 +162,9 @@ class NodeService:
             "buildable": self.node.store.recipe_names(),
             "running": sum(1 for a in self._attempts.values() if not a.done.is_set()),
             "vms": self.node.live(),
+            "warm": pool.warm_by_image() if pool else {},
+            "pool_mem_mib": pool.idle_mem_mib() if pool else 0,
+            "pool": pool.status() if pool else [],
         }
 
     def ping(self) -> str:

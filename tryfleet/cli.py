@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default=None, help="this host's name in the fleet (default: hostname)")
     up.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                     help="shared-resource limit, fleet-wide, e.g. ci-db=8")
+    up.add_argument("--pool", action="append", default=[], metavar="IMAGE[:CPUSxMEM]=N",
+                    help="keep N VMs of this image and size ready on this host, e.g. base=2 "
+                         "(pools also grow with demand, within a quarter of the host's memory)")
     sub.add_parser("down", help="stop what `tryfleet up` started, and nothing else")
     status = sub.add_parser("status", help="hosts, limits and iteration counts")
     status.add_argument("--json", action="store_true", help="print JSON")

@@ -126,10 +126,11 @@ def init(address: str) -> None:
 
 
 def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True,
-                  limits: dict[str, int] | None = None) -> tuple[Any, Any]:
+                  limits: dict[str, int] | None = None,
+                  pool: tuple[str, ...] | None = None) -> tuple[Any, Any]:
     """The node agent of this Ray node and the fleet's scheduler, created if missing."""
     host = host or socket.gethostname()
-    node = start_node_actor(str(data_dir), host, detached=detached)
+    node = start_node_actor(str(data_dir), host, detached=detached, pool=pool)
     return node, ensure_scheduler(data_dir, detached, limits)
 
 

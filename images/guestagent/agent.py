@@ -39,7 +39,7 @@ OUT_HIGH_WATER = 4 * 1024 * 1024
 OUT_LOW_WATER = 1024 * 1024
 # After a command exits, how long its pipes may stay open (held by a background child).
 PIPE_GRACE_S = 0.2
-DISCONNECTED_POLL_S = 0.2
+DISCONNECTED_POLL_S = 0.05
 
 
 class RequestError(Exception):
@@ -258,6 +258,7 @@ class Agent:
             "signal": self._op_signal,
             "write_file": self._op_write_file,
             "read_file": self._op_read_file,
+            "refresh": self._op_refresh,
         }
         handler = handlers.get(msg.get("op"))  # type: ignore[arg-type]
         try:
@@ -270,6 +271,22 @@ class Agent:
     def _op_ping(self, req: int, msg: dict[str, Any]) -> None:
         uptime = time.monotonic() - self.started
         self._send({"ev": "pong", "id": req, "version": wire.PROTOCOL_VERSION, "uptime_s": uptime})
+
+    def _op_refresh(self, req: int, msg: dict[str, Any]) -> None:
+        """A guest restored from a snapshot wakes with the clock and the random state of the
+        moment it was saved: take the host's time and fresh entropy, so no two restored
+        guests share either. Only in a real guest (PID 1); the fake leaves the host alone."""
+        now = _field(msg, "now", (int, float))
+        seed = _field(msg, "seed", bytes, b"") or b""
+        clock_set = seeded = False
+        if self.pid1:
+            time.clock_settime(time.CLOCK_REALTIME, float(now))
+            clock_set = True
+            if seed:
+                with open("/dev/urandom", "wb") as fh:
+                    fh.write(seed[:4096])
+                seeded = True
+        self._send({"ev": "ok", "id": req, "clock_set": clock_set, "seeded": seeded})
 
     def _op_exec(self, req: int, msg: dict[str, Any]) -> None:
         if req in self.procs:

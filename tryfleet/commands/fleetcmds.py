@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nodeagent.errors import BadRequest
+
 from .common import error
 
 FLEET_DOWN = "no tryfleet fleet is running here: start one with `tryfleet up`"
@@ -45,6 +47,10 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
 
     try:
         limits = parse_limits(args.limit)
+        from nodeagent.node import PoolTarget
+
+        for target in args.pool:
+            PoolTarget.parse(target)  # a typo fails here, before anything starts
         if args.address:
             cluster.join(args.address)
             address = args.address
@@ -52,11 +58,12 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
             address = cluster.start_head(data_dir, bind=args.bind, port=args.port,
                                          autoscaling_config=args.autoscaling_config)
         cluster.init(address)
-        cluster.ensure_actors(data_dir, host=args.host or socket.gethostname(), limits=limits)
+        cluster.ensure_actors(data_dir, host=args.host or socket.gethostname(), limits=limits,
+                              pool=tuple(args.pool))
         from tryfleet.fleet import Fleet
 
         status = Fleet(data_dir, embedded=False).status()
-    except (cluster.FleetError, ValueError) as err:
+    except (cluster.FleetError, ValueError, BadRequest) as err:
         return error(str(err))
     hosts = ", ".join(h["host"] for h in status["hosts"] if not h["lost"]) or "none yet"
     print(f"tryfleet is up: Ray at {address}, scheduler pid {status['pid']}, hosts: {hosts}")
