@@ -1,0 +1,35 @@
+"""What the real-VM scenarios share: a node agent on libvirt and the base image."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psutil
+
+from nodeagent import NodeAgent, NodeConfig, SandboxSpec, default_data_dir
+from nodeagent.node import PoolTarget
+
+SPEC = SandboxSpec("base", 1, 512, None)
+
+
+def node(warm_pool: bool, restore: bool, ready: int = 0) -> NodeAgent:
+    targets = (PoolTarget("base", SPEC.cpus, SPEC.mem_mib, None, ready),) if ready else ()
+    try:
+        return NodeAgent(NodeConfig(Path(default_data_dir()), warm_pool=warm_pool,
+                                    restore=restore, pool_targets=targets), reap_on_start=False)
+    except Exception as err:  # no libvirtd, no image: say what to do
+        sys.exit(f"benchmark needs libvirtd and the base image: {err}\n"
+                 "run `bash scripts/setup.sh && .venv/bin/tryfleet image build base` first")
+
+
+def vm_host_mib(name: str) -> float | None:
+    """Host memory of one VM: the proportional set size of its QEMU process."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if any(f"guest={name}," in a or a == f"guest={name}" for a in cmd):
+            try:
+                return proc.memory_full_info().pss / 2**20
+            except psutil.Error:
+                return None
+    return None
