@@ -17,6 +17,13 @@ from .common import percentile, print_table, scratch_dir
 
 TARGET_P50_MS = 2.0
 
+CHART = [
+    ("tryfleet clone: p50 (ms)", "clone_p50_ms"),
+    ("qemu-img create: p50 (ms)", "qemu_img_p50_ms"),
+    ("tryfleet clone: p99 (ms)", "clone_p99_ms"),
+    ("qemu-img create: p99 (ms)", "qemu_img_p99_ms"),
+]
+
 
 def _golden(tmp: Path) -> tuple[Path, str]:
     try:

@@ -13,6 +13,8 @@ from typing import Any
 
 import psutil
 
+from .chart import Spec, save_chart
+
 
 def percentile(samples: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (pct in 0..100) of a non-empty sample."""
@@ -40,13 +42,17 @@ def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
         print(f"  {key:<{width}}  {value}")
 
 
-def finish(name: str, result: dict[str, Any], as_json: bool, save: Path | None) -> None:
+def finish(name: str, result: dict[str, Any], as_json: bool, save: Path | None,
+           chart: Spec | None = None, title: str | None = None) -> None:
+    """Print or save the result; with save, also DIR/NAME.png when the scenario has a chart."""
     result = {"scenario": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": machine(), **result}
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
         (save / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"saved {save / (name + '.json')}")
+        if chart is not None and save_chart(save / f"{name}.png", title or name, result, chart):
+            print(f"saved {save / (name + '.png')}")
     if as_json:
         print(json.dumps(result))
 

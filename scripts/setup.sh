@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     echo "setup: creating .venv and installing tryfleet"
     python3 -m venv .venv
     # pip's own chatter goes to a log, shown only when the install fails.
-    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } \
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test,bench]'; } \
             > .venv/pip.log 2>&1; then
         grep -v "^WARNING: Location" .venv/pip.log | tail -40 >&2
         echo "setup: installing the Python packages failed (full log: .venv/pip.log)" >&2
