@@ -11,6 +11,10 @@ from .common import finish
 
 SCENARIOS = {
     "clone": "our copy-on-write clone vs qemu-img create",
+    "binpack": "hosts our placement fills vs Ray's default, same mix",
+    "acquire": "ready-to-exec latency: pool hit, snapshot restore, cold boot",
+    "exec": "round trip of a command in a ready VM",
+    "campaign": "a small pytest suite N times: pooled+restore vs a fresh boot each",
 }
 
 
@@ -18,12 +22,14 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("name", choices=sorted(SCENARIOS), help="scenario to run")
     p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
-    p.add_argument("--save", type=Path, default=None, help="also write NAME.json into DIR")
+    p.add_argument("--save", type=Path, default=None,
+                   help="also write NAME.json (and the chart, NAME.png) into DIR")
     p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
     args = p.parse_args()
     module = importlib.import_module(f"benchmarks.{args.name}")
     result = module.run(args)
-    finish(args.name, result, args.json, args.save)
+    chart = getattr(module, "CHART", None) or getattr(module, "chart", None)
+    finish(args.name, result, args.json, args.save, chart, f"{args.name}: {SCENARIOS[args.name]}")
     return 0
 
 

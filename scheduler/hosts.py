@@ -79,9 +79,11 @@ class Hosts:
         cap = status["capacity"]
         host.view = HostView(
             name=host.name, cpus=int(cap["cpus"] * self.cpu_overcommit),
-            mem_mib=max(0, cap["mem_mib"] - HOST_RESERVE_MIB), disk_mib=cap["disk_free_mib"],
+            # Idle pooled VMs hold memory: counted as used until an iteration takes one.
+            mem_mib=max(0, cap["mem_mib"] - HOST_RESERVE_MIB - status.get("pool_mem_mib", 0)),
+            disk_mib=cap["disk_free_mib"],
             images=frozenset(status["images"]), buildable=frozenset(status["buildable"]),
-            healthy=True, pressured=host.pressured,
+            healthy=True, pressured=host.pressured, warm=dict(status.get("warm") or {}),
         )
 
     def mark_lost(self, name: str) -> None:
