@@ -114,6 +114,7 @@ def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
             src = dev.find("source")
             if src is not None and dev.get("type") == "file":
                 src.set("path", str(spec.console_log))
+                src.set("append", "on")  # after the boot log the node agent put there
     for chan in root.iter("channel"):
         src = chan.find("source")
         if src is not None:

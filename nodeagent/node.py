@@ -179,14 +179,14 @@ class NodeAgent:
             return box
         return self._boot(key, image, spec.boot_timeout_s, should_stop)
 
-    def _fill(self, key: PoolKey) -> Sandbox:
+    def _fill(self, key: PoolKey, should_stop: Callable[[], bool]) -> Sandbox:
         """One VM for the warm pool: restored when a slot is (or can be made) ready."""
         image = self.image(key.image)
-        box = self._restore_any(key, image, None)
+        box = self._restore_any(key, image, should_stop)
         if box is None and self.snapshots is not None and self.snapshots.can_make(key):
-            self._make_slot(key, image)
-            box = self._restore_any(key, image, None)
-        return box or self._boot(key, image, None, None)
+            self._make_slot(key, image, should_stop)
+            box = self._restore_any(key, image, should_stop)
+        return box or self._boot(key, image, None, should_stop)
 
     def _new_sandbox(self, name: str, on_destroy: Callable[[Sandbox], None] | None = None
                      ) -> Sandbox:
@@ -238,7 +238,8 @@ class NodeAgent:
         channel.wait_ready(time.monotonic() + (boot_timeout_s or BOOT_TIMEOUT_S[accel]),
                            should_stop=should_stop)
 
-    def _make_slot(self, key: PoolKey, image: BuiltImage) -> None:
+    def _make_slot(self, key: PoolKey, image: BuiltImage,
+                   should_stop: Callable[[], bool] | None = None) -> None:
         """Boot a guest once and save it as a new slot (see snapshots.py)."""
         snaps = self.snapshots
         assert snaps is not None
@@ -246,11 +247,10 @@ class NodeAgent:
         box = Sandbox(slot.name, slot.dir, self.hv, self.logs_dir)
         try:
             self.cloner.clone(image.rootfs, slot.disk, key.disk_mib)
-            self._start_and_wait(box, key, image, slot.disk, image.rootfs, None, None)
+            self._start_and_wait(box, key, image, slot.disk, image.rootfs, None, should_stop)
             box.channel.close()  # the guest goes back to waiting for a host: save it so
             self.hv.save(slot.name, slot.dir / "state.tmp")
             (slot.dir / "state.tmp").rename(slot.state)
-            (slot.dir / "console.log").unlink(missing_ok=True)
         except BaseException:
             try:
                 self.hv.destroy(slot.name)
@@ -288,6 +288,11 @@ class NodeAgent:
         try:
             overlay = sandbox.vm_dir / "disk.qcow2"
             self.cloner.clone(slot.disk, overlay)
+            # The console log starts with the slot's boot; the restored guest appends to it.
+            boot_log = slot.dir / "console.log"
+            sandbox.console_log.write_bytes(
+                (boot_log.read_bytes() if boot_log.exists() else b"")
+                + f"\n[tryfleet: restored from {slot.name}]\n".encode())
             self.hv.restore(slot.state, RestoreSpec(
                 disk=overlay, chain=(slot.disk, image.rootfs), console_log=sandbox.console_log,
                 metadata={"owner": self.owner.id, "image": image.digest}))

@@ -26,7 +26,7 @@ log = logging.getLogger("tryfleet.nodeagent")
 
 
 class WarmPool:
-    def __init__(self, fill: Callable[[PoolKey], Sandbox], budget_mib: int,
+    def __init__(self, fill: Callable[[PoolKey, Callable[[], bool]], Sandbox], budget_mib: int,
                  targets: Mapping[PoolKey, int] | None = None, max_per_key: int = 4,
                  window_s: float = 120.0, start: bool = True) -> None:
         self._fill = fill
@@ -125,8 +125,10 @@ class WarmPool:
                 self._filling = key
             box = None
             try:
-                box = self._fill(key)
+                box = self._fill(key, self._aborted)
             except Exception as err:  # a host or image problem: back off, try later
+                if self._aborted():
+                    continue  # drained or closed mid-fill: the VM is already gone
                 fails = self._failures.get(key, (0, 0.0))[0] + 1
                 self._failures[key] = (fails, time.monotonic() + min(60.0, 2.0 ** fails))
                 log.warning("warm pool: could not prepare a %s VM (%s); retrying later",
@@ -140,6 +142,10 @@ class WarmPool:
                     else:
                         self._ready.setdefault(key, deque()).append(box)
                         self._cond.notify_all()
+
+    def _aborted(self) -> bool:
+        """A fill in progress stops at once when the pool is drained or closed."""
+        return self._paused or self._stopped
 
     def _shrink(self) -> None:
         """Destroy ready VMs beyond what their key still wants (called with the lock held)."""
