@@ -7,6 +7,7 @@ can be injected: a start that fails, a boot that never answers, a guest that cra
 
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 import threading
@@ -103,8 +104,6 @@ class FakeHypervisor:
 
     def save(self, name: str, path: Path) -> None:
         """A saved fake domain is its definition; restoring starts a fresh guest agent."""
-        import json
-
         with self._lock:
             dom = self.domains.get(name)
         if dom is None:
@@ -117,8 +116,6 @@ class FakeHypervisor:
         self.destroy(name)
 
     def restore(self, path: Path, spec: RestoreSpec) -> str:
-        import json
-
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as err:
@@ -151,7 +148,6 @@ class FakeHypervisor:
 def make_fake_image(data_dir: Path, name: str = "base", disk_mib: int = 64) -> Path:
     """An image in the store's layout for fake hosts: a real empty qcow2, stand-in boot files."""
     import hashlib
-    import json
     import subprocess
 
     digest = hashlib.sha256(f"fake-{name}".encode()).hexdigest()

@@ -205,7 +205,6 @@ class NodeAgent:
 
     def _boot(self, key: PoolKey, image: BuiltImage, boot_timeout_s: float | None,
               should_stop: Callable[[], bool] | None) -> Sandbox:
-        accel = self.accel().accel
         sandbox = self._new_sandbox(f"{DOMAIN_PREFIX}{self.owner.id}-{next(self._seq)}")
         sandbox.origin = "boot"
         try:
@@ -220,7 +219,6 @@ class NodeAgent:
                 raise type(err)(f"{sandbox.name} did not boot: {err}; console log kept in "
                                 f"{kept}") from err
             raise
-        _ = accel
         return sandbox
 
     def _start_and_wait(self, sandbox: Sandbox, key: PoolKey, image: BuiltImage, disk: Path,

@@ -51,11 +51,11 @@ class WarmPool:
         with self._cond:
             self._asks.setdefault(key, deque()).append(time.monotonic())
             self._paused = False
-            ready = self._ready.get(key)
+            ready = self._ready.get(key, deque())
             box = None
-            while ready and (box is None or box.destroyed):
-                box = ready.popleft()
-            box = None if box is None or box.destroyed else box
+            while ready and box is None:
+                candidate = ready.popleft()
+                box = None if candidate.destroyed else candidate
             if box is None:
                 self.misses += 1
             else:
