@@ -146,8 +146,15 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
     if detached:
         options["lifetime"] = "detached"
     sched = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)
-    ray.get(sched.ping.remote(), timeout=120)
-    return sched
+    deadline = time.monotonic() + 120
+    while True:  # right after a crash Ray may still be restarting it: wait, do not fail
+        try:
+            ray.get(sched.ping.remote(), timeout=120)
+            return sched
+        except ray.exceptions.RayActorError as err:  # includes ActorUnavailableError
+            if time.monotonic() > deadline:
+                raise FleetError(f"the scheduler did not come back within 120 s: {err}") from err
+            time.sleep(0.5)
 
 
 def scheduler(timeout_s: float = 0) -> Any:
