@@ -71,6 +71,19 @@ class NodeActor:
     def ack(self, iid: str, attempt: int) -> None:
         self.svc.ack(iid, attempt)
 
+    def start_many(self, payload: bytes) -> bytes:
+        """Start several attempts in one call: a packed list of start requests in, a packed
+        list of booleans (False: already known here) out."""
+        return pack(self.svc.start_many(unpack(payload)))
+
+    def collect(self, acks: bytes, timeout_s: float, linger_s: float = 0.0) -> bytes:
+        """The scheduler's long-poll: acknowledge (packed [[id, attempt], ...]), then every
+        finished outcome not yet acknowledged, packed."""
+        return pack(self.svc.collect([(a[0], a[1]) for a in unpack(acks)], timeout_s, linger_s))
+
+    def attempts(self) -> bytes:
+        return pack(self.svc.attempts())
+
     def status(self) -> bytes:
         return pack(self.svc.status())
 

@@ -21,6 +21,7 @@ from .records import IterationOutcome, IterationSpec, SandboxSpec, State
 
 log = logging.getLogger("tryfleet.nodeagent")
 KEEP_FINISHED_S = 3600.0
+COLLECT_POLL_S = 0.05  # how often a waiting collect looks at attempts other than the oldest
 
 
 @dataclass
@@ -146,6 +147,39 @@ class NodeService:
             for key, att in list(self._attempts.items()):
                 if att.done.is_set() and att.finished_at < cutoff:
                     del self._attempts[key]
+
+    def start_many(self, requests: list[dict[str, Any]]) -> list[bool]:
+        """start() for each request ({id, attempt, iteration, ids}), in order."""
+        return [self.start(r["id"], r["attempt"], r["iteration"], r["ids"]) for r in requests]
+
+    def collect(self, acks: list[tuple[str, int]], timeout_s: float = 30.0,
+                linger_s: float = 0.0) -> list[dict[str, Any]]:
+        """Forget the acknowledged attempts, then return every finished outcome not yet
+        acknowledged (each with its id and attempt) as soon as there is one, after linger_s
+        more to let others join it; [] after timeout_s. An outcome is kept until acknowledged,
+        so a caller that failed to record it gets it again."""
+        for iid, attempt in acks:
+            self.ack(iid, attempt)
+        deadline = time.monotonic() + timeout_s
+        lingered = False
+        while True:
+            items = list(self._attempts.items())
+            done = [{**att.outcome, "id": key[0], "attempt": key[1]}
+                    for key, att in items if att.done.is_set() and att.outcome is not None]
+            if done and (lingered or linger_s <= 0):
+                return done
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return done
+            if done:
+                lingered = True
+                time.sleep(min(left, linger_s))
+                continue
+            pending = [att for _, att in items if not att.done.is_set()]
+            if pending:  # wakes when the oldest finishes, and looks at the others meanwhile
+                pending[0].done.wait(min(left, COLLECT_POLL_S))
+            else:
+                time.sleep(min(left, COLLECT_POLL_S))
 
     def attempts(self) -> list[dict[str, Any]]:
         return [{"id": k[0], "attempt": k[1], "done": a.done.is_set()}
