@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +97,17 @@ class Row:
     cancel_requested: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a host said became of one attempt: its state and the outcome's fields."""
+
+    iid: str
+    attempt: int
+    state: str
+    outcome: Mapping[str, Any]
+    retry_infra: bool = True  # False for a request the host can never run
+
+
 class Ledger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +120,7 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self.last_cancelled_queued = 0
+        self.commits = 0
 
     def close(self) -> None:
         with self._lock:
@@ -124,6 +136,7 @@ class Ledger:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self.commits += 1
 
     # ---- submit ----------------------------------------------------------------------------
     def ensure_suite(self, name: str, tenant: str, max_iterations: int | None = None,
@@ -139,8 +152,13 @@ class Ledger:
     def submit(self, iterations: Sequence[Iteration], suite: str, tenant: str,
                infra_attempts: int = DEFAULT_INFRA_ATTEMPTS) -> list[str]:
         """Record iterations as QUEUED, all or none. Resubmitting a known id is a no-op."""
+        return [r.id for r in self.submit_rows(iterations, suite, tenant, infra_attempts)]
+
+    def submit_rows(self, iterations: Sequence[Iteration], suite: str, tenant: str,
+                    infra_attempts: int = DEFAULT_INFRA_ATTEMPTS) -> list[Row]:
+        """As submit, returning the rows: new ones as QUEUED, known ids as they stand now."""
         now = time.time()
-        ids = []
+        rows = []
         with self._tx() as db:
             budget = db.execute("SELECT max_iterations FROM suites WHERE name = ?",
                                 (suite,)).fetchone()
@@ -151,69 +169,93 @@ class Ledger:
             for it in iterations:
                 iid = it.id or uuid.uuid4().hex[:16]
                 spec = msgpack.packb(it.to_wire(), use_bin_type=True)
-                old = db.execute("SELECT spec, suite FROM iterations WHERE id = ?",
-                                 (iid,)).fetchone()
+                old = db.execute("SELECT * FROM iterations WHERE id = ?", (iid,)).fetchone()
                 if old is not None:
                     if old["spec"] != spec or old["suite"] != suite:
                         raise LedgerError(f"iteration id {iid!r} was already submitted with "
                                           "another spec or suite; give it a new id")
-                    ids.append(iid)
+                    rows.append(_row(old))
                     continue
                 seq += 1
                 fresh += 1
+                trace_id = uuid.uuid4().hex
+                attempts, runs = max(1, infra_attempts), it.retries + 1
                 db.execute(
                     "INSERT INTO iterations (id, seq, tenant, suite, trace_id, priority, spec, "
                     "limits, state, max_attempts, runs_left, submitted_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?)",
-                    (iid, seq, tenant, suite, uuid.uuid4().hex, it.priority, spec,
-                     ",".join(it.limits), max(1, infra_attempts), it.retries + 1, now))
-                ids.append(iid)
+                    (iid, seq, tenant, suite, trace_id, it.priority, spec,
+                     ",".join(it.limits), attempts, runs, now))
+                rows.append(Row(id=iid, seq=seq, tenant=tenant, suite=suite, trace_id=trace_id,
+                                priority=it.priority, iteration=it, limits=tuple(it.limits),
+                                state="QUEUED", attempt=0, max_attempts=attempts,
+                                runs_left=runs, host=None, cancel_requested=False))
             if budget is not None and budget["max_iterations"] is not None and \
                     count + fresh > budget["max_iterations"]:
                 raise LedgerError(f"suite {suite!r} allows {budget['max_iterations']} "
                                   f"iterations; {count} recorded, {fresh} more refused")
-        return ids
+        return rows
 
     # ---- transitions (fenced) ---------------------------------------------------------------
     def place(self, iid: str, host: str) -> int | None:
         """QUEUED -> PLACED on host with the next attempt number; None if no longer queued."""
+        return self.place_many([(iid, host)])[0]
+
+    def place_many(self, placements: Sequence[tuple[str, str]]) -> list[int | None]:
+        """place() for each (id, host), in one transaction: the attempt numbers, in order."""
+        now = time.time()
+        out: list[int | None] = []
         with self._tx() as db:
-            row = db.execute("SELECT attempt FROM iterations WHERE id = ? AND state = 'QUEUED' "
-                             "AND cancel_requested = 0", (iid,)).fetchone()
-            if row is None:
-                return None
-            attempt = row["attempt"] + 1
-            db.execute("UPDATE iterations SET state = 'PLACED', attempt = ?, host = ? "
-                       "WHERE id = ?", (attempt, host, iid))
-            db.execute("INSERT INTO attempts (iteration_id, attempt, host, placed_at) "
-                       "VALUES (?, ?, ?, ?)", (iid, attempt, host, time.time()))
-            return attempt
+            for iid, host in placements:
+                row = db.execute("SELECT attempt FROM iterations WHERE id = ? AND "
+                                 "state = 'QUEUED' AND cancel_requested = 0", (iid,)).fetchone()
+                if row is None:
+                    out.append(None)
+                    continue
+                attempt = row["attempt"] + 1
+                db.execute("UPDATE iterations SET state = 'PLACED', attempt = ?, host = ? "
+                           "WHERE id = ?", (attempt, host, iid))
+                db.execute("INSERT INTO attempts (iteration_id, attempt, host, placed_at) "
+                           "VALUES (?, ?, ?, ?)", (iid, attempt, host, now))
+                out.append(attempt)
+        return out
 
     def running(self, iid: str, attempt: int) -> bool:
+        return self.running_many([(iid, attempt)])[0]
+
+    def running_many(self, attempts: Sequence[tuple[str, int]]) -> list[bool]:
+        """PLACED -> RUNNING for each (id, attempt) still current, in one transaction."""
+        now = time.time()
         with self._tx() as db:
-            cur = db.execute("UPDATE iterations SET state = 'RUNNING', "
-                             "started_at = COALESCE(started_at, ?) WHERE id = ? AND attempt = ? "
-                             "AND state = 'PLACED'", (time.time(), iid, attempt))
-            return cur.rowcount == 1
+            return [db.execute("UPDATE iterations SET state = 'RUNNING', "
+                               "started_at = COALESCE(started_at, ?) WHERE id = ? AND "
+                               "attempt = ? AND state = 'PLACED'",
+                               (now, iid, attempt)).rowcount == 1
+                    for iid, attempt in attempts]
 
     def finish(self, iid: str, attempt: int, state: str, outcome: dict[str, Any]) -> bool:
         """Commit the result of `attempt`; False (nothing written) if the attempt is stale."""
         if state not in TERMINAL:
             raise ValueError(f"{state} is not a terminal state")
-        now = time.time()
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE iterations SET state = ?, ended_at = ?, duration_s = ?, exit_code = ?, "
-                "signal = ?, stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, "
-                "error = ?, result_attempt = ?, started_at = COALESCE(started_at, ?) "
-                "WHERE id = ? AND attempt = ? AND state IN ('PLACED', 'RUNNING')",
-                (state, now, outcome.get("duration_s"), outcome.get("exit_code"),
-                 outcome.get("signal"), outcome.get("stdout", b""), outcome.get("stderr", b""),
-                 int(bool(outcome.get("stdout_truncated"))),
-                 int(bool(outcome.get("stderr_truncated"))), outcome.get("error"), attempt,
-                 outcome.get("started_at") or now, iid, attempt))
-            self._end_attempt(db, iid, attempt, state, outcome.get("error"))
-            return cur.rowcount == 1
+            return self._finish(db, iid, attempt, state, outcome)
+
+    @classmethod
+    def _finish(cls, db: sqlite3.Connection, iid: str, attempt: int, state: str,
+                outcome: Mapping[str, Any]) -> bool:
+        now = time.time()
+        cur = db.execute(
+            "UPDATE iterations SET state = ?, ended_at = ?, duration_s = ?, exit_code = ?, "
+            "signal = ?, stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, "
+            "error = ?, result_attempt = ?, started_at = COALESCE(started_at, ?) "
+            "WHERE id = ? AND attempt = ? AND state IN ('PLACED', 'RUNNING')",
+            (state, now, outcome.get("duration_s"), outcome.get("exit_code"),
+             outcome.get("signal"), outcome.get("stdout", b""), outcome.get("stderr", b""),
+             int(bool(outcome.get("stdout_truncated"))),
+             int(bool(outcome.get("stderr_truncated"))), outcome.get("error"), attempt,
+             outcome.get("started_at") or now, iid, attempt))
+        cls._end_attempt(db, iid, attempt, state, outcome.get("error"))
+        return cur.rowcount == 1
 
     def retry(self, iid: str, attempt: int, error: str, *, user_failure: bool = False) -> bool:
         """Back to QUEUED for another attempt, if the budget allows; False if stale or spent."""
@@ -221,16 +263,51 @@ class Ledger:
             row = db.execute("SELECT attempt, max_attempts, runs_left, cancel_requested "
                              "FROM iterations WHERE id = ? AND attempt = ? AND state IN "
                              "('PLACED', 'RUNNING')", (iid, attempt)).fetchone()
-            if row is None or row["cancel_requested"]:
-                return False
-            if user_failure and row["runs_left"] <= 1:
-                return False
-            if not user_failure and self._infra_tries(db, iid) >= row["max_attempts"]:
-                return False
-            db.execute("UPDATE iterations SET state = 'QUEUED', host = NULL, "
-                       "runs_left = runs_left - ? WHERE id = ?", (int(user_failure), iid))
-            self._end_attempt(db, iid, attempt, "RETRIED", error)
-            return True
+            return row is not None and self._retry(db, row, iid, attempt, error, user_failure)
+
+    @classmethod
+    def _retry(cls, db: sqlite3.Connection, row: sqlite3.Row, iid: str, attempt: int,
+               error: str, user_failure: bool) -> bool:
+        if row["cancel_requested"]:
+            return False
+        if user_failure and row["runs_left"] <= 1:
+            return False
+        if not user_failure and cls._infra_tries(db, iid) >= row["max_attempts"]:
+            return False
+        db.execute("UPDATE iterations SET state = 'QUEUED', host = NULL, "
+                   "runs_left = runs_left - ? WHERE id = ?", (int(user_failure), iid))
+        cls._end_attempt(db, iid, attempt, "RETRIED", error)
+        return True
+
+    def settle(self, reports: Sequence[Report]) -> list[str | None]:
+        """Record what became of attempts, all in one transaction. For each report, in order:
+        QUEUED when the iteration goes back for another attempt (an infrastructure error
+        within its budget, or a failed command with re-runs left), else the terminal state
+        committed (CANCELLED wins over anything but SUCCEEDED once a cancel was asked for), or
+        None when the attempt is stale and nothing was written."""
+        out: list[str | None] = []
+        with self._tx() as db:
+            for rep in reports:
+                row = db.execute("SELECT attempt, max_attempts, runs_left, cancel_requested "
+                                 "FROM iterations WHERE id = ? AND attempt = ? AND state IN "
+                                 "('PLACED', 'RUNNING')", (rep.iid, rep.attempt)).fetchone()
+                if row is None:
+                    out.append(None)
+                    continue
+                state = rep.state if rep.state in TERMINAL else "INFRA_ERROR"
+                if row["cancel_requested"] and state != "SUCCEEDED":
+                    state = "CANCELLED"
+                error = rep.outcome.get("error")
+                if state == "INFRA_ERROR" and rep.retry_infra and self._retry(
+                        db, row, rep.iid, rep.attempt, error or "infrastructure error", False):
+                    out.append("QUEUED")
+                elif state == "FAILED" and self._retry(db, row, rep.iid, rep.attempt,
+                                                       "command failed", True):
+                    out.append("QUEUED")
+                else:
+                    self._finish(db, rep.iid, rep.attempt, state, rep.outcome)
+                    out.append(state)
+        return out
 
     @staticmethod
     def _infra_tries(db: sqlite3.Connection, iid: str) -> int:
@@ -273,6 +350,7 @@ class Ledger:
 
     # ---- reads -----------------------------------------------------------------------------
     def queued(self, limit: int = 10_000) -> list[Row]:
+        """Queued iterations in admission order; limit -1 for all of them."""
         return self._rows("state = 'QUEUED' AND cancel_requested = 0 ORDER BY priority DESC, "
                           "seq LIMIT ?", (limit,))
 
@@ -371,4 +449,4 @@ def _result(r: sqlite3.Row) -> Result:
     )
 
 
-__all__ = ["Ledger", "LedgerError", "Phase", "Row"]
+__all__ = ["Ledger", "LedgerError", "Phase", "Report", "Row"]

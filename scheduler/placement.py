@@ -8,6 +8,7 @@ rejected is a named reason; "cannot fit now" (wait) is kept apart from "can neve
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -128,7 +129,8 @@ def score(demand: Demand, host: HostView) -> float:
 
 def place(demand: Demand, hosts: Iterable[HostView]) -> Decision:
     rejected: dict[str, Reason] = {}
-    best: tuple[float, str] | None = None
+    best: HostView | None = None
+    best_score = 0.0
     never = True
     for host in hosts:
         reason = check(demand, host)
@@ -138,34 +140,50 @@ def place(demand: Demand, hosts: Iterable[HostView]) -> Decision:
             continue
         never = False
         s = score(demand, host)
-        if best is None or (s, _neg(host.name)) > (best[0], _neg(best[1])):
-            best = (s, host.name)
+        if best is None or s > best_score or (s == best_score and
+                                              _neg(host.name) > _neg(best.name)):
+            best, best_score = host, s
     if best is not None:
-        return Decision(Verdict.PLACED, best[1], best[0], rejected)
+        return Decision(Verdict.PLACED, best.name, best_score, rejected)
     return Decision(Verdict.NEVER if never else Verdict.WAIT, rejected=rejected)
 
 
+@functools.lru_cache(maxsize=4096)
 def _neg(name: str) -> tuple[int, ...]:
     """Ties go to the alphabetically first host, so placement is deterministic."""
     return tuple(-ord(c) for c in name)
 
 
 class Reservations:
-    """Capacity promised to placed-but-not-finished iterations, per host. Keyed, idempotent."""
+    """Capacity promised to placed-but-not-finished iterations, per host. Keyed, idempotent.
+    Per-host totals are kept as reservations come and go, so apply() costs the same however
+    many are held."""
 
     def __init__(self) -> None:
         self._held: dict[str, tuple[str, Demand]] = {}
+        self._used: dict[str, tuple[int, int, int]] = {}  # host -> (cpus, mem_mib, disk_mib)
 
     def reserve(self, key: str, host: str, demand: Demand) -> bool:
         """False (and nothing changes) when key already holds a reservation."""
         if key in self._held:
             return False
         self._held[key] = (host, demand)
+        cpus, mem, disk = self._used.get(host, (0, 0, 0))
+        self._used[host] = (cpus + demand.cpus, mem + demand.mem_mib, disk + demand.disk_mib)
         return True
 
     def unreserve(self, key: str) -> bool:
         """False when key held nothing: calling it twice is harmless."""
-        return self._held.pop(key, None) is not None
+        held = self._held.pop(key, None)
+        if held is None:
+            return False
+        host, d = held
+        cpus, mem, disk = self._used[host]
+        if cpus == d.cpus and mem == d.mem_mib and disk == d.disk_mib:
+            del self._used[host]
+        else:
+            self._used[host] = (cpus - d.cpus, mem - d.mem_mib, disk - d.disk_mib)
+        return True
 
     def host_of(self, key: str) -> str | None:
         held = self._held.get(key)
@@ -176,13 +194,12 @@ class Reservations:
 
     def apply(self, host: HostView) -> HostView:
         """The host as placement should see it: its usage plus what is reserved on it."""
-        held = [d for h, d in self._held.values() if h == host.name]
-        return replace(
-            host,
-            used_cpus=host.used_cpus + sum(d.cpus for d in held),
-            used_mem_mib=host.used_mem_mib + sum(d.mem_mib for d in held),
-            used_disk_mib=host.used_disk_mib + sum(d.disk_mib for d in held),
-        )
+        used = self._used.get(host.name)
+        if used is None:
+            return host
+        return replace(host, used_cpus=host.used_cpus + used[0],
+                       used_mem_mib=host.used_mem_mib + used[1],
+                       used_disk_mib=host.used_disk_mib + used[2])
 
     def __len__(self) -> int:
         return len(self._held)

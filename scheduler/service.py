@@ -1,10 +1,13 @@
 """The scheduler: owns the queue and dispatch. A Ray async actor on the head node.
 
 The ledger is the truth; this process holds only what it can rebuild from the ledger and the
-node agents. A pass: refresh hosts, read queued work, admit (fair share, limits, caps) and
-place (filters, scores, reserve), mark placed in the ledger, start the attempt on its host.
-A restarted scheduler reattaches to attempts still running on their hosts and requeues the
-ones that were lost.
+node agents: the backlog of queued iterations (read once at start, then kept in step with
+submit, retry and cancel) and the attempts in flight. A pass: admit (fair share, limits, caps)
+and place (filters, scores, reserve) from the head of the backlog, mark all placements in the
+ledger in one transaction, hand each host its attempts in one call (dispatch.py). Outcomes
+come back in batches per host and are committed in one transaction per batch, fenced by
+attempt. A restarted scheduler reattaches to attempts still running on their hosts and
+requeues the ones that were lost.
 """
 
 from __future__ import annotations
@@ -19,18 +22,18 @@ from typing import Any
 
 import ray
 
-from nodeagent.actor import pack, unpack
-
 from .admission import Candidate, Policy, PressureLimits, Usage, admit
+from .backlog import Backlog
+from .dispatch import Dispatcher, Flight
 from .hosts import Hosts
-from .ledger import Ledger, Row
+from .ledger import Ledger, Report, Row
+from .metrics import Metrics
 from .placement import Demand, Reservations, Verdict, place
 from .records import InvalidIteration, Iteration
 
 log = logging.getLogger("tryfleet.scheduler")
 SCHEDULER_NAME = "tryfleet-scheduler"
 HOST_REFRESH_S = 1.0
-WAIT_CHUNK_S = 10.0
 DEFAULT_DISK_MIB = 1024
 
 
@@ -46,11 +49,15 @@ class Scheduler:
         self.policy = Policy(limits=dict(limits or {}), default_suite_cap=suite_cap,
                              default_tenant_cap=tenant_cap)
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
+        self.dispatch = Dispatcher(self.hosts, self._on_outcomes, self._host_lost)
         self.res = Reservations()
         self.usage = Usage()
-        self.flying: dict[str, tuple[int, str, Candidate]] = {}  # id -> (attempt, host, cand)
+        self.backlog = Backlog()  # queued iterations, as in the ledger
+        self.rows: dict[str, Row] = {}  # the rows of what is queued or in flight
+        self.flying: dict[str, Flight] = {}
         self.avoid: dict[str, set[str]] = defaultdict(set)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
@@ -61,6 +68,8 @@ class Scheduler:
     def _kick() -> None:
         """Start the loop as soon as this actor is up, also after Ray restarts it, without
         waiting for a caller: a call to ourselves runs right after __init__."""
+        if not ray.is_initialized():  # not running as an actor (tests of the class itself)
+            return
         try:
             ray.get_runtime_context().current_actor.ping.remote()
         except Exception:  # not running as an actor (tests of the class itself)
@@ -96,7 +105,7 @@ class Scheduler:
                 if time.monotonic() - last_refresh > HOST_REFRESH_S:
                     self.hosts.discover()
                     for host in await self.hosts.refresh():
-                        self._host_lost(host)
+                        self._host_lost(host, f"host {host} lost")
                     self._enforce_wall_budgets()
                     last_refresh = time.monotonic()
                 self._schedule()
@@ -111,129 +120,155 @@ class Scheduler:
 
     # ---- scheduling pass -------------------------------------------------------------------
     def _schedule(self) -> None:
-        views = {v.name: self.res.apply(v) for v in self.hosts.views()}
-        if not views:
+        """One pass: admit and place from the head of the backlog, record every placement in
+        one transaction, then hand each host its attempts in one call."""
+        if not self.backlog:
             return
-        rows = {r.id: r for r in self.ledger.queued()}
-        cands = [Candidate(r.id, r.suite, r.tenant, r.priority, r.seq, r.limits,
-                           demand_of(r.iteration)) for r in rows.values()]
+        t_pass = time.perf_counter()
+        base = {v.name: v for v in self.hosts.views()}
+        views = {n: self.res.apply(v) for n, v in base.items()}
+        # Every iteration takes at least one cpu: no more can start in this pass than there
+        # are free cpus, so admission looks at no more than that from each suite.
+        room = sum(max(0, v.cpus - v.used_cpus) for v in views.values()
+                   if v.healthy and not v.pressured and not v.draining)
+        if not views or room <= 0:
+            return
         placed: dict[str, str] = {}
         never: dict[str, str] = {}
+        placed_in = self.metrics.placed
 
         def try_place(c: Candidate) -> bool:
+            t0 = time.perf_counter()
+            avoid = self.avoid.get(c.id)
             # Retries prefer other hosts than the ones that failed, but do not need them.
-            usable = [v for n, v in views.items() if n not in self.avoid.get(c.id, ())]
+            usable = views.values() if not avoid else \
+                [v for n, v in views.items() if n not in avoid]
             decision = place(c.demand, usable)
-            if decision.verdict is not Verdict.PLACED and len(usable) < len(views):
-                decision = place(c.demand, list(views.values()))
-            if decision.verdict is Verdict.PLACED and decision.host is not None:
-                self.res.reserve(c.id, decision.host, c.demand)
-                base = next(v for v in self.hosts.views() if v.name == decision.host)
-                views[decision.host] = self.res.apply(base)
-                placed[c.id] = decision.host
-                return True
-            if decision.verdict is Verdict.NEVER:
+            if decision.verdict is not Verdict.PLACED and avoid:
+                decision = place(c.demand, views.values())
+            ok = decision.verdict is Verdict.PLACED and decision.host is not None
+            if ok:
+                host = decision.host
+                self.res.reserve(c.id, host, c.demand)
+                views[host] = self.res.apply(base[host])
+                placed[c.id] = host
+            elif decision.verdict is Verdict.NEVER:
                 never[c.id] = decision.explain()
-            return False
+            placed_in(time.perf_counter() - t0)
+            return ok
 
-        for c in admit(cands, self.usage, self.policy, try_place):
-            host = placed[c.id]
-            attempt = self.ledger.place(c.id, host)
-            if attempt is None:  # cancelled between the read and now
-                self.res.unreserve(c.id)
-                self.usage.remove(c)
-                continue
-            self.flying[c.id] = (attempt, host, c)
-            log.info("placed %s attempt %d on %s", c.id, attempt, host,
-                     extra={"suite": c.suite, "tenant": c.tenant})
-            self._spawn(self._run_attempt(rows[c.id], attempt, host, c, start=True))
+        admitted = admit(self.backlog.heads(room), self.usage, self.policy, try_place)
         for iid, why in never.items():
             self.ledger.abandon(iid, f"cannot be placed: {why}")
+            self._forget(iid)
+        if admitted:
+            self._launch(admitted, placed)
+        self.metrics.passes += 1
+        self.metrics.pass_s += time.perf_counter() - t_pass
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def _launch(self, admitted: list[Candidate], placed: dict[str, str]) -> None:
+        attempts = self.ledger.place_many([(c.id, placed[c.id]) for c in admitted])
+        batches: dict[str, list[Flight]] = defaultdict(list)
+        for c, attempt in zip(admitted, attempts):
+            self.backlog.discard(c.id)
+            row = self.rows.get(c.id) if attempt is not None else None
+            if attempt is not None and row is None:
+                row = self.ledger.get_row(c.id)
+            if attempt is None or row is None:  # cancelled between the submit and now
+                self.res.unreserve(c.id)
+                self.usage.remove(c)
+                self.rows.pop(c.id, None)
+                continue
+            f = self.flying[c.id] = Flight(attempt, placed[c.id], c, row)
+            batches[f.host].append(f)
+            log.info("placed %s attempt %d on %s", c.id, attempt, f.host,
+                     extra={"suite": c.suite, "tenant": c.tenant})
+        self.ledger.running_many([(f.cand.id, f.attempt) for fs in batches.values()
+                                  for f in fs])
+        for host, flights in batches.items():
+            self.dispatch.start(host, flights)
 
-    async def _run_attempt(self, row: Row, attempt: int, host: str, c: Candidate,
-                           start: bool) -> None:
-        handle = self.hosts.handle(host)
-        outcome: dict[str, Any]
-        try:
-            if handle is None:
-                raise ConnectionError(f"host {host} is gone")
-            if start:
-                self.ledger.running(row.id, attempt)
-                await handle.start.remote(pack({
-                    "id": row.id, "attempt": attempt, "iteration": row.iteration.to_wire(),
-                    "ids": {"tenant": row.tenant, "suite": row.suite, "iteration": row.id,
-                            "attempt": attempt, "trace_id": row.trace_id, "host": host}}))
-            while True:
-                got = await handle.wait.remote(row.id, attempt, WAIT_CHUNK_S)
-                if got is not None:
-                    outcome = unpack(got)
-                    break
-                if self.flying.get(row.id, (None,))[0] != attempt:
-                    return  # settled elsewhere (host declared lost)
-        except (ray.exceptions.RayError, ConnectionError) as err:
-            self.hosts.mark_lost(host)
-            outcome = {"state": "INFRA_ERROR", "error": f"host {host} lost: {err}", "host": host}
-        self._settle(row, attempt, host, c, outcome)
-        if handle is not None:
-            try:
-                handle.ack.remote(row.id, attempt)
-            except ray.exceptions.RayError:
-                pass
+    def _is_flying(self, iid: str, attempt: int) -> bool:
+        f = self.flying.get(iid)
+        return f is not None and f.attempt == attempt
 
-    def _settle(self, row: Row, attempt: int, host: str, c: Candidate,
-                outcome: dict[str, Any]) -> None:
-        if self.flying.get(row.id, (None,))[0] != attempt:
+    def _forget(self, iid: str) -> None:
+        self.backlog.discard(iid)
+        self.rows.pop(iid, None)
+        self.avoid.pop(iid, None)
+
+    # ---- outcomes --------------------------------------------------------------------------
+    def _on_outcomes(self, host: str, outcomes: list[dict[str, Any]]) -> None:
+        """Outcomes collected from host: committed in one transaction (stale attempts are
+        fenced out), then the scheduler's own books."""
+        reports, seen = [], set()
+        for o in outcomes:
+            f = self.flying.get(o["id"])
+            if f is not None and f.attempt == o["attempt"] and f.cand.id not in seen:
+                seen.add(f.cand.id)
+                reports.append(Report(f.cand.id, f.attempt, o.get("state", "INFRA_ERROR"), o,
+                                      retry_infra=not o.get("bad_request")))
+        self._settle(reports)
+
+    def _host_lost(self, host: str, why: str) -> None:
+        self._settle([Report(f.cand.id, f.attempt, "INFRA_ERROR", {"error": why, "host": host})
+                      for f in self.flying.values() if f.host == host])
+
+    def _settle(self, reports: list[Report]) -> None:
+        if not reports:
             return
-        del self.flying[row.id]
-        self.res.unreserve(row.id)
-        self.usage.remove(c)
-        state = outcome.get("state", "INFRA_ERROR")
-        error = outcome.get("error")
-        current = self.ledger.get_row(row.id)
-        if current is not None and current.cancel_requested and state != "SUCCEEDED":
-            state = "CANCELLED"
-        if state == "INFRA_ERROR" and not outcome.get("bad_request"):
-            self.avoid[row.id].add(host)
-            if self.ledger.retry(row.id, attempt, error or "infrastructure error"):
-                log.warning("retrying %s after %s on %s", row.id, error, host)
-                self._poke()
-                return
-        if state == "FAILED" and self.ledger.retry(row.id, attempt, "command failed",
-                                                   user_failure=True):
-            self._poke()
-            return
-        self.ledger.finish(row.id, attempt, state, outcome)
-        self.avoid.pop(row.id, None)
+        for rep, new in zip(reports, self.ledger.settle(reports)):
+            f = self.flying.pop(rep.iid)
+            self.res.unreserve(rep.iid)
+            self.usage.remove(f.cand)
+            if new == "QUEUED":
+                if rep.state not in ("FAILED", "SUCCEEDED"):
+                    self.avoid[rep.iid].add(f.host)
+                log.warning("retrying %s after %s on %s", rep.iid,
+                            rep.outcome.get("error") or rep.state, f.host)
+                self.backlog.add(f.cand)
+            else:
+                self.rows.pop(rep.iid, None)
+                self.avoid.pop(rep.iid, None)
         self._poke()
 
-    def _host_lost(self, host: str) -> None:
-        for iid, (attempt, h, c) in list(self.flying.items()):
-            if h == host:
-                row = self.ledger.get_row(iid)
-                if row is not None:
-                    self._settle(row, attempt, host, c, {
-                        "state": "INFRA_ERROR", "error": f"host {host} lost", "host": host})
-
     async def _reconcile(self) -> None:
-        """After a restart: reattach to attempts still running, requeue the lost ones."""
+        """After a restart: the backlog from the ledger; reattach to attempts still running,
+        requeue the ones their hosts do not know."""
+        for row in self.ledger.queued(limit=-1):
+            self._enqueue(row)
+        lost = []
         for row in self.ledger.in_flight():
-            c = Candidate(row.id, row.suite, row.tenant, row.priority, row.seq, row.limits,
-                          demand_of(row.iteration))
+            c = _candidate(row)
             host = row.host or ""
             self.res.reserve(row.id, host, c.demand)
             self.usage.add(c)
-            self.flying[row.id] = (row.attempt, host, c)
-            if self.hosts.handle(host) is None:
-                self._settle(row, row.attempt, host, c, {
-                    "state": "INFRA_ERROR", "error": f"host {host} gone after a restart"})
+            self.rows[row.id] = row
+            self.flying[row.id] = Flight(row.attempt, host, c, row)
+        by_host: dict[str, list[Flight]] = defaultdict(list)
+        for f in self.flying.values():
+            by_host[f.host].append(f)
+        known = await asyncio.gather(*(self.dispatch.known(h) for h in by_host))
+        for (host, flights), here in zip(by_host.items(), known):
+            if here is None:
+                lost += [Report(f.cand.id, f.attempt, "INFRA_ERROR",
+                                {"error": f"host {host} gone after a restart", "host": host})
+                         for f in flights]
                 continue
-            log.info("reattaching to %s attempt %d on %s", row.id, row.attempt, host)
-            self._spawn(self._run_attempt(row, row.attempt, host, c, start=False))
+            for f in flights:
+                if (f.cand.id, f.attempt) in here:
+                    log.info("reattaching to %s attempt %d on %s", f.cand.id, f.attempt, host)
+                else:
+                    lost.append(Report(f.cand.id, f.attempt, "INFRA_ERROR", {
+                        "error": f"attempt {f.attempt} of {f.cand.id} is unknown on {host} "
+                                 "(its node agent restarted?)", "host": host, "lost": True}))
+            self.dispatch.ensure_collector(host)
+        self._settle([r for r in lost if r.iid in self.flying])
+
+    def _enqueue(self, row: Row) -> None:
+        if row.state == "QUEUED" and not row.cancel_requested and row.id not in self.flying:
+            self.rows[row.id] = row
+            self.backlog.add(_candidate(row))
 
     def _enforce_wall_budgets(self) -> None:
         now = time.time()
@@ -242,8 +277,34 @@ class Scheduler:
             if limit and suite["created_at"] + limit < now:
                 counts = self.ledger.counts(suite["name"])
                 if any(k in counts for k in ("QUEUED", "PLACED", "RUNNING")):
-                    self._cancel_rows(self.ledger.cancel(
-                        suite=suite["name"], reason=f"suite wall-time budget of {limit}s used up"))
+                    rows = self.ledger.cancel(suite=suite["name"],
+                                              reason=f"suite wall-time budget of {limit}s "
+                                                     "used up")
+                    self._drop_queued(suite=suite["name"])
+                    self._spawn(self.dispatch.cancel(rows, self._is_flying))
+
+    def _drop_queued(self, iid: str | None = None, suite: str | None = None,
+                     tenant: str | None = None, everything: bool = False) -> None:
+        """The backlog after the ledger cancelled the queued iterations this selector names
+        (the ledger's precedence: everything, then id, then suite, then tenant)."""
+        if everything:
+            hit = [c.id for c in self.backlog]
+        elif iid is not None:
+            hit = [iid]
+        elif suite is not None:
+            hit = [c.id for c in self.backlog if c.suite == suite]
+        elif tenant is not None:
+            hit = [c.id for c in self.backlog if c.tenant == tenant]
+        else:
+            hit = []
+        for c_id in hit:
+            if c_id in self.backlog:
+                self._forget(c_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # ---- API -------------------------------------------------------------------------------
     async def submit(self, iterations: list[dict[str, Any]], suite: str, tenant: str,
@@ -261,9 +322,11 @@ class Scheduler:
             self.policy = Policy(**{**_policy_dict(self.policy),
                                     "limits": {**self.policy.limits, **limits}})
         self.ledger.ensure_suite(suite, tenant, max_iterations, max_wall_s)
-        ids = self.ledger.submit(its, suite, tenant)
+        rows = self.ledger.submit_rows(its, suite, tenant)
+        for row in rows:
+            self._enqueue(row)
         self._poke()
-        return ids
+        return [r.id for r in rows]
 
     def _check_fits(self, its: list[Iteration]) -> None:
         empty = [v.__class__(**{**_view_dict(v), "used_cpus": 0, "used_mem_mib": 0,
@@ -271,8 +334,12 @@ class Scheduler:
                  for v in self.hosts.views()]
         if not empty:
             return
+        verdicts: dict[Demand, Any] = {}
         for n, it in enumerate(its):
-            decision = place(demand_of(it), empty)
+            demand = demand_of(it)
+            decision = verdicts.get(demand)
+            if decision is None:
+                decision = verdicts[demand] = place(demand, empty)
             if decision.verdict is Verdict.NEVER:
                 raise InvalidIteration(f"iteration {n + 1} ({it.id or 'no id'}) can never run "
                                        f"on this fleet: {decision.explain()}")
@@ -283,21 +350,11 @@ class Scheduler:
         rows = self.ledger.cancel(iid=iid, suite=suite, tenant=tenant, everything=everything,
                                   reason="cancelled by request")
         queued = self.ledger.last_cancelled_queued
-        stopped = await self._cancel_rows(rows)
+        self._drop_queued(iid, suite, tenant, everything)
+        stopped = await self.dispatch.cancel(rows, self._is_flying)
         if everything:
-            await asyncio.gather(*(h.handle.cancel_all.remote() for h in
-                                   self.hosts.by_name.values() if not h.lost),
-                                 return_exceptions=True)
+            await self.dispatch.cancel_all()
         return {"queued_cancelled": queued, "running_stopped": stopped}
-
-    async def _cancel_rows(self, rows: list[tuple[str, int, str]]) -> int:
-        calls = []
-        for iid, attempt, host in rows:
-            handle = self.hosts.handle(host)
-            if handle is not None:
-                calls.append(handle.cancel.remote(iid, attempt))
-        await asyncio.gather(*calls, return_exceptions=True)
-        return len(calls)
 
     async def status(self) -> dict[str, Any]:
         await self._ensure_started()
@@ -313,6 +370,17 @@ class Scheduler:
         await self._ensure_started()
         states = list(TERMINAL) if terminal_only else None
         return [r.to_json() for r in self.ledger.results(ids=ids, suite=suite, states=states)]
+
+    async def stats(self, reset: bool = False) -> dict[str, Any]:
+        """Counters of the dispatch path since the start (or the last reset): placement
+        decision times, passes, ledger commits, Ray calls to hosts, outcomes collected."""
+        out = self.metrics.summary(self.ledger.commits, self.dispatch.calls,
+                                   self.dispatch.collected)
+        if reset:
+            self.metrics = Metrics(commits_at=self.ledger.commits,
+                                   calls_at=dict(self.dispatch.calls),
+                                   collected_at=self.dispatch.collected)
+        return out
 
     async def counts(self, suite: str | None = None) -> dict[str, int]:
         return self.ledger.counts(suite)
@@ -344,6 +412,11 @@ class Scheduler:
         released = self.res.unreserve(lease_id)
         self._poke()
         return released
+
+
+def _candidate(row: Row) -> Candidate:
+    return Candidate(row.id, row.suite, row.tenant, row.priority, row.seq, row.limits,
+                     demand_of(row.iteration))
 
 
 def _policy_dict(p: Policy) -> dict[str, Any]:

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from scheduler.ledger import Ledger, LedgerError
+from scheduler.ledger import Ledger, LedgerError, Report
 from scheduler.records import InvalidIteration, Iteration
 
 
@@ -128,3 +128,76 @@ def test_invalid_iterations_say_which_field(kw, message):
     args = {"image": "base", "command": ("true",), **kw}
     with pytest.raises(InvalidIteration, match=message):
         Iteration(**args)
+
+
+# ---- batches: one transaction for many iterations, each still fenced by its attempt ----------
+
+def _rep(iid, attempt, state, retry_infra=True, **outcome):
+    return Report(iid, attempt, state, {"exit_code": 0 if state == "SUCCEEDED" else 1,
+                                        **outcome}, retry_infra=retry_infra)
+
+
+def test_submit_rows_returns_new_rows_and_known_ones_as_they_stand(ledger):
+    first = ledger.submit_rows([it(id="a", priority=2)], "s", "t")
+    assert [(r.id, r.state, r.attempt, r.priority) for r in first] == [("a", "QUEUED", 0, 2)]
+    assert first[0] == ledger.get_row("a")  # what the scheduler holds is what is on disk
+    ledger.place("a", "h1")
+    again = ledger.submit_rows([it(id="a", priority=2), it(id="b")], "s", "t")
+    assert [(r.id, r.state) for r in again] == [("a", "PLACED"), ("b", "QUEUED")]
+    assert again[1].seq == first[0].seq + 1
+
+
+def test_place_many_is_one_commit_and_skips_what_is_no_longer_queued(ledger):
+    ledger.submit([it(id="a"), it(id="b"), it(id="c")], "s", "t")
+    ledger.cancel(iid="b")
+    before = ledger.commits
+    assert ledger.place_many([("a", "h1"), ("b", "h1"), ("c", "h2")]) == [1, None, 1]
+    assert ledger.commits == before + 1
+    assert ledger.running_many([("a", 1), ("c", 2)]) == [True, False]  # c's attempt is 1
+    assert [ledger.get_row(i).state for i in "abc"] == ["RUNNING", "CANCELLED", "PLACED"]
+    assert [a["host"] for a in ledger.attempts("c")] == ["h2"]
+
+
+def test_settle_a_batch_in_one_commit_each_report_fenced_by_attempt(ledger):
+    ledger.submit([it(id="ok"), it(id="stale"), it(id="infra"), it(id="fail", retries=1),
+                   it(id="bad"), it(id="cx")], "s", "t")
+    first = dict(zip("ok stale infra fail bad cx".split(), ledger.place_many(
+        [(i, "h1") for i in "ok stale infra fail bad cx".split()])))
+    # "stale" was requeued (host lost) and placed again before its first attempt reported
+    assert ledger.retry("stale", first["stale"], "host lost")
+    (second,) = ledger.place_many([("stale", "h2")])
+    ledger.cancel(iid="cx")
+    before = ledger.commits
+    got = ledger.settle([
+        _rep("ok", first["ok"], "SUCCEEDED", stdout=b"done"),
+        _rep("stale", first["stale"], "FAILED"),  # the old attempt: ignored
+        _rep("infra", first["infra"], "INFRA_ERROR", error="boot failed"),
+        _rep("fail", first["fail"], "FAILED"),
+        _rep("bad", first["bad"], "INFRA_ERROR", retry_infra=False, error="no such image"),
+        _rep("cx", first["cx"], "FAILED"),
+    ])
+    assert ledger.commits == before + 1
+    assert got == ["SUCCEEDED", None, "QUEUED", "QUEUED", "INFRA_ERROR", "CANCELLED"]
+    assert ledger.result("ok").stdout == "done"
+    assert ledger.get_row("stale").state == "PLACED" and ledger.get_row("stale").attempt == second
+    assert [a["outcome"] for a in ledger.attempts("infra")] == ["RETRIED"]
+    assert ledger.get_row("fail").runs_left == 1
+    assert ledger.result("bad").error == "no such image"
+    # the same report again (a host that resent it): nothing changes
+    assert ledger.settle([_rep("ok", first["ok"], "FAILED")]) == [None]
+    assert ledger.result("ok").state == "SUCCEEDED"
+
+
+def test_settle_respects_the_retry_budgets(ledger):
+    ledger.submit([it(id="a")], "s", "t", infra_attempts=2)
+    (a1,) = ledger.place_many([("a", "h1")])
+    assert ledger.settle([_rep("a", a1, "INFRA_ERROR", error="x")]) == ["QUEUED"]
+    (a2,) = ledger.place_many([("a", "h2")])
+    assert ledger.settle([_rep("a", a2, "INFRA_ERROR", error="y")]) == ["INFRA_ERROR"]
+    assert ledger.result("a").error == "y"
+
+
+def test_an_unknown_state_from_a_host_is_an_infrastructure_error(ledger):
+    ledger.submit([it(id="a")], "s", "t", infra_attempts=1)
+    (a1,) = ledger.place_many([("a", "h1")])
+    assert ledger.settle([Report("a", a1, "WEIRD", {"error": "lost"})]) == ["INFRA_ERROR"]

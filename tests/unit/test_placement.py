@@ -108,3 +108,20 @@ def test_placement_is_pure():
         else:
             continue
         assert not any(n.split(".")[0] in forbidden for n in names), names
+
+
+def test_reservation_totals_follow_reserve_and_unreserve():
+    # 3 reservations of (1 cpu, 512 MiB, 1024 MiB) on h1, one of 2 cpus on h2; then 2 go
+    res = Reservations()
+    for n in range(3):
+        res.reserve(f"a{n}", "h1", need())
+    res.reserve("b", "h2", need(cpus=2))
+    seen = res.apply(make_host(used_cpus=1))
+    assert (seen.used_cpus, seen.used_mem_mib, seen.used_disk_mib) == (4, 1536, 3072)
+    res.unreserve("a0")
+    res.unreserve("a2")
+    seen = res.apply(make_host())
+    assert (seen.used_cpus, seen.used_mem_mib, seen.used_disk_mib) == (1, 512, 1024)
+    assert res.apply(make_host("h2")).used_cpus == 2
+    res.unreserve("a1")
+    assert res.apply(make_host()) == make_host() and len(res) == 1

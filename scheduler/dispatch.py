@@ -1,0 +1,179 @@
+"""Dispatch: hands placed attempts to their hosts and brings their outcomes back.
+
+Few Ray calls whatever the volume: one `start_many` per host and scheduling pass, and one
+long-poll per host (`collect`) that returns every outcome finished there at once; the next
+poll acknowledges them, after the scheduler committed them to the ledger, so the host forgets
+an outcome only once it is on disk. What an outcome means (finish, retry, fencing) is the
+scheduler's business: the dispatcher reports outcomes and lost hosts through callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from nodeagent.actor import pack, unpack
+
+from .admission import Candidate
+from .hosts import Endpoint, Hosts
+from .ledger import Row
+
+log = logging.getLogger("tryfleet.scheduler")
+WAIT_CHUNK_S = 10.0  # a long-poll returns empty after this long
+COLLECT_LINGER_S = 0.002  # once one outcome is in, wait this long for others to join it
+RETRY_PAUSE_S = 0.5
+CANCEL_RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # pauses before asking a host again to cancel
+
+
+@dataclass(slots=True)
+class Flight:
+    """An attempt placed on a host and not yet settled."""
+
+    attempt: int
+    host: str
+    cand: Candidate
+    row: Row
+
+
+def start_request(f: Flight) -> dict[str, Any]:
+    row = f.row
+    return {"id": row.id, "attempt": f.attempt, "iteration": row.iteration.to_wire(),
+            "ids": {"tenant": row.tenant, "suite": row.suite, "iteration": row.id,
+                    "attempt": f.attempt, "trace_id": row.trace_id, "host": f.host}}
+
+
+class Dispatcher:
+    def __init__(self, hosts: Hosts,
+                 on_outcomes: Callable[[str, list[dict[str, Any]]], None],
+                 on_lost: Callable[[str, str], None]) -> None:
+        self.hosts = hosts
+        self.on_outcomes = on_outcomes  # (host, outcomes); raises if they were not recorded
+        self.on_lost = on_lost  # (host, why): settle everything that was on it
+        self._collectors: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = {"start_many": 0, "collect": 0}
+        self.collected = 0
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- starting --------------------------------------------------------------------------
+    def start(self, host: str, flights: Sequence[Flight]) -> None:
+        """Send these attempts to host in one call. The call leaves now, so a cancel sent
+        after this reaches the host after it; its answer is awaited in the background."""
+        ep = self.hosts.endpoint(host)
+        ref = None
+        if ep is not None:
+            self.calls["start_many"] += 1
+            try:
+                ref = ep.call("start_many", pack([start_request(f) for f in flights]))
+            except ray.exceptions.RayError:
+                ref = None
+            self.ensure_collector(host)
+        self._spawn(self._started(host, ep, ref))
+
+    async def _started(self, host: str, ep: Endpoint | None, ref: Any) -> None:
+        try:
+            if ref is None:
+                raise ConnectionError(f"host {host} is gone")
+            await ref
+        except (ray.exceptions.RayError, ConnectionError) as err:
+            now = self.hosts.endpoint(host)
+            if now is None or now is ep:  # not about an agent found again since
+                self._lost(host, f"host {host} lost: {err}")
+
+    def _lost(self, host: str, why: str) -> None:
+        self.hosts.mark_lost(host)
+        self.on_lost(host, why)
+
+    # ---- collecting ------------------------------------------------------------------------
+    def ensure_collector(self, host: str) -> None:
+        """One long-poll loop per reachable host; a host found again gets a new one."""
+        ep = self.hosts.endpoint(host)
+        if ep is None:
+            return
+        running = self._collectors.get(host)
+        if running is not None and running[0] is ep and not running[1].done():
+            return
+        self._collectors[host] = (ep, self._spawn(self._collect(host, ep)))
+
+    async def _collect(self, host: str, ep: Endpoint) -> None:
+        acks: list[list[Any]] = []
+        while self.hosts.endpoint(host) is ep:
+            try:
+                self.calls["collect"] += 1
+                got = await ep.call("collect", pack(acks), WAIT_CHUNK_S, COLLECT_LINGER_S)
+            except ray.exceptions.RayError as err:
+                if self.hosts.endpoint(host) is ep:
+                    self._lost(host, f"host {host} lost: {err}")
+                return
+            outcomes = unpack(got)
+            acks = []
+            if not outcomes:
+                continue
+            try:
+                self.on_outcomes(host, outcomes)
+            except Exception:  # not recorded: not acknowledged, so the host sends them again
+                log.exception("recording %d outcome(s) from %s failed; will retry",
+                              len(outcomes), host)
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            self.collected += len(outcomes)
+            acks = [[o["id"], o["attempt"]] for o in outcomes]
+
+    async def known(self, host: str) -> set[tuple[str, int]] | None:
+        """The attempts host knows of; None when it cannot be asked."""
+        ep = self.hosts.endpoint(host)
+        if ep is None:
+            return None
+        try:
+            return {(a["id"], a["attempt"]) for a in unpack(await ep.call("attempts"))}
+        except ray.exceptions.RayError as err:
+            self._lost(host, f"host {host} lost: {err}")
+            return None
+
+    # ---- stopping --------------------------------------------------------------------------
+    async def cancel(self, rows: Sequence[tuple[str, int, str]],
+                     flying: Callable[[str, int], bool]) -> int:
+        """Ask each host to stop these attempts; the number of requests sent. An attempt its
+        host did not know yet (its start still on the way) is asked again, in the background,
+        while flying(id, attempt) says it is still out there."""
+        sent = [(iid, attempt, host) for iid, attempt, host in rows
+                if self.hosts.endpoint(host) is not None]
+        missed = await self._cancel_once(sent)
+        if missed:
+            self._spawn(self._cancel_again(missed, flying))
+        return len(sent)
+
+    async def _cancel_once(self, rows: Sequence[tuple[str, int, str]]
+                           ) -> list[tuple[str, int, str]]:
+        """The rows whose host stopped nothing (did not know the attempt, or it was done)."""
+        calls, asked = [], []
+        for iid, attempt, host in rows:
+            ep = self.hosts.endpoint(host)
+            if ep is not None:
+                calls.append(ep.call("cancel", iid, attempt))
+                asked.append((iid, attempt, host))
+        got = await asyncio.gather(*calls, return_exceptions=True)
+        return [row for row, n in zip(asked, got) if n == 0]
+
+    async def _cancel_again(self, rows: list[tuple[str, int, str]],
+                            flying: Callable[[str, int], bool]) -> None:
+        for pause in CANCEL_RETRY_S:
+            await asyncio.sleep(pause)
+            rows = [r for r in rows if flying(r[0], r[1])]
+            if not rows:
+                return
+            rows = await self._cancel_once(rows)
+
+    async def cancel_all(self) -> None:
+        await asyncio.gather(*(h.endpoint.call("cancel_all") for h in self.hosts.alive()),
+                             return_exceptions=True)

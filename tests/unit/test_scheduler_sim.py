@@ -1,0 +1,192 @@
+"""The real scheduler (placement, ledger, dispatch) over simulated hosts in this process:
+no Ray. A stand-in for Ray actor handles runs each `.remote()` call on this event loop."""
+
+import asyncio
+import time
+import types
+
+import pytest
+
+from nodeagent.simhost import Delays, SimHosts, SimHostSpec
+from scheduler.records import TERMINAL
+from scheduler.service import Scheduler
+
+FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
+
+
+class Local:
+    """obj.method.remote(*args) -> a future of obj.method(*args) on the running loop."""
+
+    def __init__(self, obj):
+        self._obj = obj
+        self.calls = {}
+
+    def __getattr__(self, name):
+        fn = getattr(self._obj, name)
+
+        def remote(*args):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return asyncio.ensure_future(fn(*args))
+
+        return types.SimpleNamespace(remote=remote)
+
+
+def make(tmp_path, sim):
+    sched = Scheduler(str(tmp_path / "ledger.db"))
+    handle = Local(sim)
+    sched.hosts.discover = lambda: []  # no Ray to look in: the shared actor is given
+    sched.hosts.groups = {"tryfleet-hosts-test": handle}
+    return sched, handle
+
+
+def wire(n, prefix="it", **kw):
+    return [{"image": "base", "command": ["sim"], "id": f"{prefix}-{i:04d}", **kw}
+            for i in range(n)]
+
+
+async def until_done(sched, suite, n, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts = await sched.counts(suite)
+        if sum(counts.get(s, 0) for s in TERMINAL) >= n:
+            return
+        assert time.monotonic() < deadline, counts
+        await asyncio.sleep(0.01)
+
+
+def test_many_iterations_few_calls_and_one_attempt_each(tmp_path):
+    async def go():
+        sim = SimHosts([SimHostSpec(f"h{i}", cpus=8) for i in range(4)], FAST)
+        sched, handle = make(tmp_path, sim)
+        ids = await sched.submit(wire(300), "s", "t")
+        await until_done(sched, "s", 300)
+        results = await sched.results(ids)
+        assert {r["state"] for r in results} == {"SUCCEEDED"}
+        assert {r["attempts"] for r in results} == {1}
+        stats = await sched.stats()
+        assert stats["placements"] == 300 and stats["placement_p99_ms"] > 0
+        # one start call per host and pass, one long-poll per batch of outcomes
+        assert handle.calls["start_many"] < 300 / 2 and handle.calls["collect"] < 300 / 2
+        assert stats["ledger_commits"] < 300
+        assert not sched.flying and not sched.backlog and not sched.rows
+        assert len(sched.res) == 0
+
+    asyncio.run(go())
+
+
+def test_bin_packing_and_capacity_hold(tmp_path):
+    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=300, exec_sigma=0.01)
+
+    async def go():
+        sim = SimHosts([SimHostSpec("a", cpus=4), SimHostSpec("b", cpus=4)], slow)
+        sched, _ = make(tmp_path, sim)
+        await sched.submit(wire(10), "s", "t")
+        await asyncio.sleep(0.1)
+        on = {}
+        for f in sched.flying.values():
+            on[f.host] = on.get(f.host, 0) + 1
+        assert on == {"a": 4, "b": 4} and len(sched.backlog) == 2  # 8 cpus, 10 asked
+        await until_done(sched, "s", 10)
+
+    asyncio.run(go())
+
+
+def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_ignored(
+        tmp_path):
+    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=200, exec_sigma=0.01)
+
+    async def go():
+        sim = SimHosts([SimHostSpec("a", cpus=16), SimHostSpec("b", cpus=16)], slow)
+        sched, _ = make(tmp_path, sim)
+        ids = await sched.submit(wire(6), "s", "t")
+        await asyncio.sleep(0.05)
+        assert {f.host for f in sched.flying.values()} == {"a"}  # bin-packed on one host
+        gone = sim._hosts.pop("a")  # the host vanishes; its attempts still finish there
+        sched.hosts.mark_lost("a")
+        sched._host_lost("a", "host a lost")
+        await until_done(sched, "s", 6)
+        while gone.running:  # the first attempts report late, to nobody
+            await asyncio.sleep(0.01)
+        results = await sched.results(ids)
+        assert [(r["state"], r["attempts"], r["host"]) for r in results] == \
+            [("SUCCEEDED", 2, "b")] * 6
+        attempts = await sched.attempts(ids[0])
+        assert [(a["host"], a["outcome"]) for a in attempts] == \
+            [("a", "RETRIED"), ("b", "SUCCEEDED")]
+
+    asyncio.run(go())
+
+
+def test_cancel_a_suite_queued_and_running(tmp_path):
+    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=5000, exec_sigma=0.01)
+
+    async def go():
+        # fair share on 3 cpus: s-0, keep-0, s-1 run; s-2..4 and keep-1 wait
+        sim = SimHosts([SimHostSpec("a", cpus=3)], slow)
+        sched, _ = make(tmp_path, sim)
+        ids = await sched.submit(wire(5), "s", "t")
+        other = await sched.submit(wire(2, prefix="keep"), "k", "t")
+        await asyncio.sleep(0.05)
+        assert await sched.cancel(suite="s") == {"queued_cancelled": 3, "running_stopped": 2}
+        await until_done(sched, "s", 5, timeout_s=5)
+        assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
+        # what was not cancelled runs, in the cpus the cancelled ones gave back
+        assert not sched.backlog and sorted(f.cand.id for f in sched.flying.values()) == other
+
+    asyncio.run(go())
+
+
+def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_path):
+    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=150, exec_sigma=0.01)
+
+    async def go():
+        sim = SimHosts([SimHostSpec("a", cpus=2)], slow)
+        first, _ = make(tmp_path, sim)
+        ids = await first.submit(wire(3), "s", "t")
+        await asyncio.sleep(0.03)
+        for task in [first._loop_task, *first.dispatch._tasks]:
+            task.cancel()  # the old scheduler dies
+        (forgotten,) = [f for f in first.flying.values() if f.cand.id == ids[1]]
+        lost = sim._hosts["a"].attempts.pop((ids[1], forgotten.attempt))
+        lost.timer.cancel()  # ... and its host forgot one attempt
+        second, _ = make(tmp_path, sim)
+        await second.ping()
+        await until_done(second, "s", 3)
+        got = {r["id"]: r["attempts"] for r in await second.results(ids)}
+        assert got == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("kw, match", [({"cpus": 64}, "can never run"),
+                                       ({"image": "other"}, "can never run")])
+def test_what_can_never_fit_is_refused_at_submit(tmp_path, kw, match):
+    async def go():
+        sched, _ = make(tmp_path, SimHosts([SimHostSpec("a", cpus=8)], FAST))
+        with pytest.raises(Exception, match=match):
+            await sched.submit(wire(3, **kw), "s", "t")
+
+    asyncio.run(go())
+
+
+class SlowStart(SimHosts):
+    """A host that takes its time to act on a start: a cancel can overtake it."""
+
+    async def start_many(self, host, payload):
+        await asyncio.sleep(0.2)
+        return await super().start_many(host, payload)
+
+
+def test_a_cancel_that_overtakes_the_start_is_sent_again(tmp_path):
+    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=10_000, exec_sigma=0.01)
+
+    async def go():
+        sched, _ = make(tmp_path, SlowStart([SimHostSpec("a", cpus=2)], slow))
+        ids = await sched.submit(wire(2), "s", "t")
+        await asyncio.sleep(0.05)
+        assert len(sched.flying) == 2  # placed, the start not yet acted on
+        assert await sched.cancel(suite="s") == {"queued_cancelled": 0, "running_stopped": 2}
+        await until_done(sched, "s", 2, timeout_s=5)
+        assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
+
+    asyncio.run(go())
