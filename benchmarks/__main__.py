@@ -12,6 +12,7 @@ from .common import finish
 SCENARIOS = {
     "clone": "our copy-on-write clone vs qemu-img create",
     "binpack": "hosts our placement fills vs Ray's default, same mix",
+    "dispatch": "iterations/s through the scheduler vs a Ray task per iteration",
     "acquire": "ready-to-exec latency: pool hit, snapshot restore, cold boot",
     "exec": "round trip of a command in a ready VM",
     "campaign": "a small pytest suite N times: pooled+restore vs a fresh boot each",
