@@ -1,8 +1,10 @@
 """Admission: which queued iterations may start now, in what order. Pure.
 
-Strict priority first; within a priority, fair share across suites (the suite with the fewest
-running iterations for its weight goes next, so one huge suite cannot starve many small ones);
-FIFO inside a suite. Named shared-resource limits (`ci-db=8`) and per-suite and per-tenant
+Strict priority first; within a priority, fair share across suites: the suite with the fewest
+running iterations for its weight goes next, so one huge suite cannot starve many small ones,
+and among suites running equally many, the one started least often so far, so that when there
+are more suites than room they take turns instead of going one after another in submission
+order. FIFO inside a suite. Named shared-resource limits (`ci-db=8`) and per-suite and per-tenant
 concurrency caps hold fleet-wide. Host pressure is judged with hysteresis: a host that crossed
 the high mark takes no new work until every reading is back under the low mark.
 """
@@ -10,7 +12,7 @@ the high mark takes no new work until every reading is back under the low mark.
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .placement import Demand
@@ -38,24 +40,37 @@ class Policy:
 
 
 class Usage:
-    """Running (admitted, not finished) iterations by suite, tenant and shared resource."""
+    """Running (admitted, not finished) iterations by suite, tenant and shared resource, and
+    how many each suite has started so far."""
 
     def __init__(self) -> None:
         self.suites: Counter[str] = Counter()
         self.tenants: Counter[str] = Counter()
         self.limits: Counter[str] = Counter()
+        self.started: Counter[str] = Counter()
 
     def add(self, c: Candidate) -> None:
         self.suites[c.suite] += 1
         self.tenants[c.tenant] += 1
+        self.started[c.suite] += 1
         for name in c.limits:
             self.limits[name] += 1
 
-    def remove(self, c: Candidate) -> None:
+    def remove(self, c: Candidate, ran: bool = True) -> None:
+        """c finished (or, with ran=False, never started after all)."""
         self.suites[c.suite] -= 1
         self.tenants[c.tenant] -= 1
+        if not ran:
+            self.started[c.suite] -= 1
         for name in c.limits:
             self.limits[name] -= 1
+        if self.suites[c.suite] <= 0:
+            del self.suites[c.suite]
+
+    def prune(self, queued: Collection[str]) -> None:
+        """Forget how often suites started once they have nothing running or queued."""
+        for suite in [s for s in self.started if s not in self.suites and s not in queued]:
+            del self.started[suite]
 
 
 def blocked(c: Candidate, usage: Usage, policy: Policy) -> str | None:
@@ -83,10 +98,11 @@ def admit(queue: Sequence[Candidate], usage: Usage, policy: Policy,
     active = set(heads)
     admitted: list[Candidate] = []
 
-    def rank(suite: str) -> tuple[int, float, int]:
+    def rank(suite: str) -> tuple[int, float, float, int]:
         head = heads[suite][0]
         weight = policy.suite_weights.get(suite, 1.0)
-        return (-head.priority, usage.suites[suite] / weight, head.seq)
+        return (-head.priority, usage.suites[suite] / weight, usage.started[suite] / weight,
+                head.seq)
 
     while active:
         suite = min(active, key=rank)

@@ -79,6 +79,10 @@ class Backlog:
         self._lines = lines
         self._entries = len(self._live)
 
+    def suites(self) -> set[str]:
+        """The suites with something queued (or with removed entries not yet dropped)."""
+        return set(self._lines)
+
     def get(self, iid: str) -> Candidate | None:
         return self._live.get(iid)
 

@@ -107,6 +107,7 @@ class Scheduler:
                     for host in await self.hosts.refresh():
                         self._host_lost(host, f"host {host} lost")
                     self._enforce_wall_budgets()
+                    self.usage.prune(self.backlog.suites())
                     last_refresh = time.monotonic()
                 self._schedule()
             except Exception:
@@ -176,7 +177,7 @@ class Scheduler:
                 row = self.ledger.get_row(c.id)
             if attempt is None or row is None:  # cancelled between the submit and now
                 self.res.unreserve(c.id)
-                self.usage.remove(c)
+                self.usage.remove(c, ran=False)
                 self.rows.pop(c.id, None)
                 continue
             f = self.flying[c.id] = Flight(attempt, placed[c.id], c, row)

@@ -93,3 +93,35 @@ def test_pressure_hysteresis():
     assert under_pressure(False, {"cpu_some_avg10": 85}, lim)
     assert under_pressure(True, {"cpu_some_avg10": 50}, lim)  # still above the low mark
     assert not under_pressure(True, {"cpu_some_avg10": 30}, lim)
+
+
+def test_more_suites_than_room_take_turns():
+    # 4 suites of 3 submitted at once, room for one at a time: round robin, not a-a-a-b-b-b
+    usage, policy, order = Usage(), Policy(), []
+    queue = []
+    for k, s in enumerate("abcd"):
+        queue += cands(s, 3, start=k * 10)
+    while queue:
+        (c,) = admit(queue, usage, policy, slots(1))
+        order.append(c.suite)
+        queue.remove(c)
+        usage.remove(c)
+    assert order == list("abcd") * 3
+
+
+def test_a_placement_taken_back_does_not_count_as_a_turn():
+    usage = Usage()
+    a0, b0 = cands("a", 1)[0], cands("b", 1, start=5)[0]
+    usage.add(a0)
+    usage.remove(a0, ran=False)
+    assert admit([a0, b0], usage, Policy(), slots(1)) == [a0]
+
+
+def test_prune_forgets_only_suites_that_are_done():
+    usage = Usage()
+    for c in cands("a", 1) + cands("b", 2, 10) + cands("c", 1, 20):
+        usage.add(c)
+    usage.remove(cands("a", 1)[0])
+    usage.remove(cands("c", 1, 20)[0])
+    usage.prune(queued={"c"})
+    assert set(usage.started) == {"b", "c"} and usage.started["b"] == 2
