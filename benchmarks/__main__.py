@@ -15,6 +15,7 @@ SCENARIOS = {
     "dispatch": "iterations/s through the scheduler vs a Ray task per iteration",
     "acquire": "ready-to-exec latency: pool hit, snapshot restore, cold boot",
     "exec": "round trip of a command in a ready VM",
+    "suites50": "50 suites at once on this host: throttled vs everything admitted at once",
     "campaign": "a small pytest suite N times: pooled+restore vs a fresh boot each",
 }
 

@@ -1,0 +1,228 @@
+"""suites50: 50 suites submitted at once, each a few real-VM iterations, on this host: throttled
+(the scheduler as `tryfleet up` runs it: host capacity, host pressure, fair share across
+suites) and unthrottled (everything admitted at once, one worker per suite, as a naive harness
+with 50 workers would: no capacity or pressure check).
+
+Both modes go through the same path (a Ray started for the run, the real node agent on libvirt
+with its warm pool and snapshot restore, a scheduler with its ledger in a temp dir); only the
+scheduler's admission settings differ. The unthrottled mode is bounded so it cannot take the
+machine down: guest memory is small (256 MiB), the scheduler still refuses to promise more
+memory than the host has, every command has a timeout, each mode has a deadline, and a guard
+flips the kill switch when memory runs low or memory stalls pass a limit (see hostwatch.py).
+The throttled mode runs first, and each waits for CPU pressure to settle before it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sqlite3
+import tempfile
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import print_table, scratch_dir
+from .hostwatch import Guard, HostWatch, settle
+from .suitestats import MODES, chart, summarize
+
+CHART = chart
+MEM_MIB = 256
+ITERATION_TIMEOUT_S = 60.0
+POLL_S = 0.5
+TEST_SCRIPT = '''
+import json, sqlite3, sys, zlib
+
+def test_json():
+    assert json.loads(json.dumps({"suite": sys.argv[1]}))["suite"] == sys.argv[1]
+
+def test_sqlite():
+    db = sqlite3.connect(":memory:")
+    db.execute("create table t (x)")
+    db.executemany("insert into t values (?)", [(i,) for i in range(2000)])
+    assert db.execute("select sum(x) from t").fetchone()[0] == 1999000
+
+def test_zlib():
+    data = bytes(range(256)) * 200
+    assert zlib.decompress(zlib.compress(data)) == data
+
+for name, fn in list(globals().items()):
+    if name.startswith("test_"):
+        fn()
+print("3 passed")
+'''
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    suites: int
+    per_suite: int
+    deadline_s: float  # per mode: then the kill switch
+    settle_s: float  # at most this long waiting for cpu pressure to settle
+
+
+DEFAULT = Size(suites=50, per_suite=3, deadline_s=200.0, settle_s=40.0)
+QUICK = Size(suites=6, per_suite=1, deadline_s=20.0, settle_s=3.0)
+
+
+def suite_name(i: int) -> str:
+    return f"suite-{i:02d}"
+
+
+def iterations(i: int, per_suite: int) -> list[dict[str, Any]]:
+    return [{"image": "base", "command": ["python3", "/root/test_suite.py", suite_name(i)],
+             "files": {"/root/test_suite.py": TEST_SCRIPT}, "cpus": 1, "mem_mib": MEM_MIB,
+             "timeout_s": ITERATION_TIMEOUT_S, "id": f"{suite_name(i)}-{k}"}
+            for k in range(per_suite)]
+
+
+def scheduler_args(mode: str, suites: int, host_cpus: int) -> dict[str, Any]:
+    """The scheduler's settings per mode: throttled is its defaults."""
+    if mode == "throttled":
+        return {}
+    never = {k: 1e9 for k in ("cpu_high", "cpu_low", "memory_high", "memory_low", "io_high",
+                              "io_low", "mem_used_high", "mem_used_low")}
+    return {"pressure": never, "cpu_overcommit": max(1.0, suites / host_cpus),
+            "suite_cap": 1}
+
+
+def describe(args: dict[str, Any]) -> str:
+    if not args:
+        return "defaults (capacity at 1 vcpu per core, pressure checks on, fair share)"
+    return (f"cpu overcommit {args['cpu_overcommit']:g}x, pressure checks off, "
+            f"{args['suite_cap']} at a time per suite")
+
+
+def _host_seen(sched: Any, timeout_s: float = 60.0) -> None:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while not any(h["cpus"] for h in ray.get(sched.status.remote())["hosts"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the scheduler did not see this host's node agent")
+        time.sleep(0.2)
+
+
+def _wait_terminal(sched: Any, total: int, deadline: float) -> bool:
+    import ray
+
+    from scheduler.records import TERMINAL
+
+    while time.monotonic() < deadline:
+        counts = ray.get(sched.counts.remote())
+        if sum(counts.get(s, 0) for s in TERMINAL) >= total:
+            return True
+        time.sleep(POLL_S)
+    return False
+
+
+def _wait_idle(node: Any, timeout_s: float = 90.0) -> None:
+    """Until the node agent runs no iteration (pooled VMs may stay)."""
+    import ray
+
+    from nodeagent.actor import unpack
+
+    deadline = time.monotonic() + timeout_s
+    while unpack(ray.get(node.status.remote()))["running"] and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+
+
+def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
+    import ray
+
+    from nodeagent.actor import NAMESPACE
+    from scheduler.service import Scheduler
+
+    ledger = tmp / f"{mode}.db"
+    args = scheduler_args(mode, size.suites, os.cpu_count() or 1)
+    sched = ray.remote(Scheduler).options(namespace=NAMESPACE, num_cpus=0,
+                                          max_concurrency=1000).remote(str(ledger), **args)
+    _host_seen(sched)
+    if mode == "throttled":  # untimed: slots and the pool made once, for both modes
+        ray.get(sched.submit.remote(iterations(99, 2), "warmup", "bench"))
+        _wait_terminal(sched, 2, time.monotonic() + 300)
+    _wait_idle(node)
+    settled = settle(size.settle_s)
+    stops: list[str] = []
+
+    def kill_switch(reason: str) -> None:
+        stops.append(reason)
+        ray.get(sched.cancel.remote(everything=True))
+
+    total = size.suites * size.per_suite + (2 if mode == "throttled" else 0)  # + warm-up
+    with HostWatch(Guard(), kill_switch) as watch:
+        t0 = time.time()
+        ray.get([sched.submit.remote(iterations(i, size.per_suite), suite_name(i), "bench")
+                 for i in range(size.suites)])
+        if not _wait_terminal(sched, total, time.monotonic() + size.deadline_s) and not stops:
+            kill_switch(f"deadline of {size.deadline_s:g} s passed")
+            _wait_terminal(sched, total, time.monotonic() + 60)
+        stopped_at = time.time()
+    ray.kill(sched, no_restart=True)
+    _wait_idle(node)
+    with closing(sqlite3.connect(ledger)) as db:
+        rows = db.execute("SELECT suite, state, ended_at FROM iterations "
+                          "WHERE suite LIKE 'suite-%'").fetchall()
+    out = summarize(rows, t0, stopped_at, size.suites, watch.peaks)
+    out.update(aborted=stops[0] if stops else None, cpu_psi_at_start=round(settled, 2),
+               scheduler=describe(args))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tryfleet import cluster  # sets Ray's auth mode before Ray is imported, as tryfleet does
+
+    cluster.secure_ray()
+    import ray
+
+    from nodeagent import default_data_dir
+    from nodeagent.actor import start_node_actor
+
+    size = QUICK if args.quick else DEFAULT
+    tmp = Path(tempfile.mkdtemp(prefix="bench-suites50-", dir=scratch_dir()))
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace="tryfleet",
+             include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    modes: dict[str, Any] = {}
+    try:
+        node = start_node_actor(str(default_data_dir()), socket.gethostname(), detached=False)
+        for mode in MODES:
+            modes[mode] = run_mode(mode, size, tmp, node)
+        ray.get(node.shutdown.remote())
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report(size, modes)
+
+
+def report(size: Size, modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    th, un = modes["throttled"], modes["unthrottled"]
+    result = {
+        "suites": size.suites, "iterations_per_suite": size.per_suite,
+        "iteration": f"1 vcpu, {MEM_MIB} MiB, python3 running 3 small tests, "
+                     f"timeout {ITERATION_TIMEOUT_S:g} s",
+        "deadline_s": size.deadline_s, **modes,
+        "targets_met": (th["failed"] == 0 and th["timed_out"] == 0 and th["cancelled"] == 0
+                        and th["cpu_psi_some_avg10_max"] < un["cpu_psi_some_avg10_max"]),
+    }
+    show = lambda v: "-" if v is None else str(v)  # noqa: E731
+    rows = [(label, f"{show(th[key])}  |  {show(un[key])}") for label, key in (
+        ("failed", "failed"), ("timed out", "timed_out"), ("cancelled", "cancelled"),
+        ("succeeded", "succeeded"),
+        ("cpu PSI some avg10 max (%)", "cpu_psi_some_avg10_max"),
+        ("cpu PSI some avg10 mean (%)", "cpu_psi_some_avg10_mean"),
+        ("mem PSI some avg10 max (%)", "mem_psi_some_avg10_max"),
+        ("host memory peak (MiB)", "host_mem_peak_mib"),
+        ("VMs at once, peak", "vms_peak"),
+        ("iterations/min (succeeded)", "iterations_per_min"),
+        ("Jain fairness across suites", "jain_fairness"),
+        ("wall time (s)", "elapsed_s"),
+        ("stopped by", "aborted"))]
+    print_table(f"suites50: {size.suites} suites x {size.per_suite} real-VM iterations, "
+                "submitted at once (throttled | unthrottled)", [
+                    *rows, ("targets (throttled: 0 failed, 0 timed out, less cpu PSI)",
+                            "met" if result["targets_met"] else "MISSED")])
+    return result
