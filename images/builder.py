@@ -55,6 +55,7 @@ def build(name: str, store: ImageStore, *, force: bool = False,
         existing = store.find(name, digest)
         if existing is not None and not force:
             progress(f"{name} {digest[:12]} is up to date ({existing.path})")
+            store.make_current(name, digest)
             return existing
         preflight()
         store.clean_stale()
@@ -69,6 +70,7 @@ def build(name: str, store: ImageStore, *, force: bool = False,
                 manifest["build_s"] = round(clock.elapsed_s(), 1)
                 (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
                 built = store.commit(staging, name, digest, replace=force)
+                store.make_current(name, digest)
             finally:
                 remove_tree(staging)
     clock.done(f"built {name} {digest[:12]}: {built.size_bytes / MIB:.0f} MiB in {built.path}")

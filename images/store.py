@@ -26,6 +26,7 @@ from .kernel import Apt
 from .recipe import RECIPES_DIR, Recipe, load_recipe, recipe_names, recipe_path, valid_name
 
 ROOTFS, KERNEL, INITRD, MANIFEST = "rootfs.qcow2", "vmlinuz", "initrd.img", "manifest.json"
+CURRENT = "current"  # images/<name>/current: the digest the last build of <name> stands for
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 STALE_RE = re.compile(r"^(?:[0-9a-f]{64}\.(?:tmp|old)|build-.+)-(\d+)$")
 DIR_MODE, FILE_MODE = 0o755, 0o644
@@ -80,13 +81,25 @@ class ImageStore:
         raise UnknownImage(name, self.recipe_names())
 
     def builds(self, name: str) -> list[BuiltImage]:
-        """Every complete build of `name`, newest first."""
+        """Every complete build of `name`: the one the last build made current first (see
+        make_current), then newest first."""
         folder = self.images_dir / name
         if not valid_name(name) or not folder.is_dir():
             return []
         found = [self._read(name, p) for p in folder.iterdir() if DIGEST_RE.match(p.name)]
+        try:
+            current = (folder / CURRENT).read_text().strip()
+        except OSError:
+            current = ""
         return sorted((b for b in found if b is not None),
-                      key=lambda b: (b.built_at, b.digest), reverse=True)
+                      key=lambda b: (b.digest == current, b.built_at, b.digest), reverse=True)
+
+    def make_current(self, name: str, digest: str) -> None:
+        """`name` means this build from now on, even when a newer one exists (as after going
+        back to an older recipe or agent: the build is found up to date, not made again)."""
+        tmp = self.images_dir / name / f"{CURRENT}.tmp-{os.getpid()}"
+        tmp.write_text(digest + "\n")
+        os.replace(tmp, self.images_dir / name / CURRENT)
 
     def find(self, name: str, digest: str) -> BuiltImage | None:
         if not valid_name(name) or not DIGEST_RE.match(digest):

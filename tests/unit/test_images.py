@@ -165,6 +165,17 @@ def test_get_returns_the_newest_complete_build(store):
     assert len(store.builds("base")) == 2
 
 
+def test_the_build_made_current_wins_over_a_newer_one(store):
+    # as after going back to an older recipe: its build is found up to date and made current
+    make_build(store.data_dir, digest="a" * 64, built_at="2026-01-01T00:00:00Z")
+    make_build(store.data_dir, digest="b" * 64, built_at="2026-02-01T00:00:00Z")
+    store.make_current("base", "a" * 64)
+    assert store.get("base").digest == "a" * 64
+    assert [i.digest for i in store.list()] == ["a" * 64]
+    store.make_current("base", "c" * 64)  # gone (or never complete): the newest again
+    assert store.get("base").digest == "b" * 64
+
+
 def test_a_build_without_manifest_or_under_a_tmp_name_is_not_complete(store):
     make_build(store.data_dir, digest="a" * 64, manifest=False)
     make_build(store.data_dir, digest="c" * 64, folder_name=f"{'c' * 64}.tmp-{os.getpid()}")
