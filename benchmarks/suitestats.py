@@ -70,10 +70,12 @@ def chart(result: Mapping[str, Any]) -> list[tuple[str, float]]:
         m = result.get(mode) or {}
         for label, key in (("cpu PSI some avg10 max (%)", "cpu_psi_some_avg10_max"),
                            ("mem PSI some avg10 max (%)", "mem_psi_some_avg10_max"),
-                           ("failed + timed out (iterations)", None),
+                           ("failed, timed out or stopped (iterations)", None),
                            ("throughput (iterations/min)", "iterations_per_min"),
+                           ("fairness across suites (Jain index)", "jain_fairness"),
                            ("host memory peak (MiB)", "host_mem_peak_mib")):
-            value = (m.get("failed", 0) + m.get("timed_out", 0)) if key is None else m.get(key)
+            value = m.get(key) if key else sum(m.get(k, 0) for k in ("failed", "timed_out",
+                                                                   "cancelled"))
             if m:
                 out.append((f"{mode}: {label}", value))
     return out

@@ -81,7 +81,8 @@ def test_report_and_chart(capsys):
     assert got["targets_met"] is True
     assert "met" in capsys.readouterr().out
     drawn = {(b.series, b.metric): b.value for b in bars(suites50.CHART, got)}
-    assert drawn[("unthrottled", "failed + timed out")] == 2
+    assert drawn[("unthrottled", "failed, timed out or stopped")] == 2
+    assert drawn[("throttled", "fairness across suites")] == 1.0
     assert drawn[("throttled", "cpu PSI some avg10 max")] == 30.0
     worse = suites50.report(suites50.QUICK, {"throttled": {**un, "aborted": None},
                                              "unthrottled": {**un, "aborted": None}})
