@@ -34,8 +34,8 @@ class Local:
 def make(tmp_path, sim):
     sched = Scheduler(str(tmp_path / "ledger.db"))
     handle = Local(sim)
-    sched.hosts.discover = lambda: []  # no Ray to look in: the shared actor is given
-    sched.hosts.groups = {"tryfleet-hosts-test": handle}
+    sched.engine.hosts.discover = lambda: []  # no Ray to look in: the shared actor is given
+    sched.engine.hosts.groups = {"tryfleet-hosts-test": handle}
     return sched, handle
 
 
@@ -68,8 +68,8 @@ def test_many_iterations_few_calls_and_one_attempt_each(tmp_path):
         # one start call per host and pass, one long-poll per batch of outcomes
         assert handle.calls["start_many"] < 300 / 2 and handle.calls["collect"] < 300 / 2
         assert stats["ledger_commits"] < 300
-        assert not sched.flying and not sched.backlog and not sched.rows
-        assert len(sched.res) == 0
+        assert not sched.engine.flying and not sched.engine.backlog and not sched.engine.rows
+        assert len(sched.engine.res) == 0
 
     asyncio.run(go())
 
@@ -83,9 +83,9 @@ def test_bin_packing_and_capacity_hold(tmp_path):
         await sched.submit(wire(10), "s", "t")
         await asyncio.sleep(0.1)
         on = {}
-        for f in sched.flying.values():
+        for f in sched.engine.flying.values():
             on[f.host] = on.get(f.host, 0) + 1
-        assert on == {"a": 4, "b": 4} and len(sched.backlog) == 2  # 8 cpus, 10 asked
+        assert on == {"a": 4, "b": 4} and len(sched.engine.backlog) == 2  # 8 cpus, 10 asked
         await until_done(sched, "s", 10)
 
     asyncio.run(go())
@@ -100,10 +100,10 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_
         sched, _ = make(tmp_path, sim)
         ids = await sched.submit(wire(6), "s", "t")
         await asyncio.sleep(0.05)
-        assert {f.host for f in sched.flying.values()} == {"a"}  # bin-packed on one host
+        assert {f.host for f in sched.engine.flying.values()} == {"a"}  # bin-packed on one host
         gone = sim._hosts.pop("a")  # the host vanishes; its attempts still finish there
-        sched.hosts.mark_lost("a")
-        sched._host_lost("a", "host a lost")
+        sched.engine.hosts.mark_lost("a")
+        sched.engine._host_lost("a", "host a lost")
         await until_done(sched, "s", 6)
         while gone.running:  # the first attempts report late, to nobody
             await asyncio.sleep(0.01)
@@ -131,7 +131,8 @@ def test_cancel_a_suite_queued_and_running(tmp_path):
         await until_done(sched, "s", 5, timeout_s=5)
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
         # what was not cancelled runs, in the cpus the cancelled ones gave back
-        assert not sched.backlog and sorted(f.cand.id for f in sched.flying.values()) == other
+        engine = sched.engine
+        assert not engine.backlog and sorted(f.cand.id for f in engine.flying.values()) == other
 
     asyncio.run(go())
 
@@ -144,9 +145,9 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
         first, _ = make(tmp_path, sim)
         ids = await first.submit(wire(3), "s", "t")
         await asyncio.sleep(0.03)
-        for task in [first._loop_task, *first.dispatch._tasks]:
+        for task in [first.engine._loop_task, *first.engine.dispatch._tasks]:
             task.cancel()  # the old scheduler dies
-        (forgotten,) = [f for f in first.flying.values() if f.cand.id == ids[1]]
+        (forgotten,) = [f for f in first.engine.flying.values() if f.cand.id == ids[1]]
         lost = sim._hosts["a"].attempts.pop((ids[1], forgotten.attempt))
         lost.timer.cancel()  # ... and its host forgot one attempt
         second, _ = make(tmp_path, sim)
@@ -184,7 +185,7 @@ def test_a_cancel_that_overtakes_the_start_is_sent_again(tmp_path):
         sched, _ = make(tmp_path, SlowStart([SimHostSpec("a", cpus=2)], slow))
         ids = await sched.submit(wire(2), "s", "t")
         await asyncio.sleep(0.05)
-        assert len(sched.flying) == 2  # placed, the start not yet acted on
+        assert len(sched.engine.flying) == 2  # placed, the start not yet acted on
         assert await sched.cancel(suite="s") == {"queued_cancelled": 0, "running_stopped": 2}
         await until_done(sched, "s", 2, timeout_s=5)
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
