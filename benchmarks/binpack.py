@@ -1,7 +1,7 @@
 """binpack: how many hosts a seeded mix fills under our placement vs Ray's default scheduler.
 
 Every iteration of the mix arrives at once and none finishes. Ours: scheduler.placement, used
-as scheduler/service.py uses it (place on the reserved views, reserve on PLACED). Ray's: a real
+as scheduler/engine.py uses it (place on the reserved views, reserve on PLACED). Ray's: a real
 local Ray cluster (ray.cluster_utils) of equal simulated nodes, one long-lived actor per item
 asking for num_cpus and a custom `mem_mib` resource, in the same order.
 """
