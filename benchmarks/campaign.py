@@ -46,7 +46,7 @@ def _campaign(agent: NodeAgent, n: int, workers: int) -> tuple[float, list[State
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    n, workers = (4, 1) if args.quick else (24, 2)
+    n, workers = (3, 1) if args.quick else (24, 2)
     boot_agent = node(warm_pool=False, restore=False)
     try:
         boot_rate, boot_states = _campaign(boot_agent, n, workers)

@@ -66,7 +66,7 @@ class Size:
 
 
 DEFAULT = Size(suites=50, per_suite=3, deadline_s=200.0, settle_s=40.0)
-QUICK = Size(suites=6, per_suite=1, deadline_s=20.0, settle_s=3.0)
+QUICK = Size(suites=4, per_suite=1, deadline_s=20.0, settle_s=3.0)
 
 
 def suite_name(i: int) -> str:
