@@ -1,8 +1,5 @@
 """The backlog: admission order per suite, a bounded head, lazy removal."""
 
-import ast
-import pathlib
-
 import pytest
 
 import scheduler.backlog as bl
@@ -10,6 +7,7 @@ import scheduler.metrics as mt
 from scheduler.admission import Candidate
 from scheduler.backlog import Backlog
 from scheduler.placement import Demand
+from tests.unit.builders import NOT_IN_PURE_MODULES, imported_roots
 
 
 def cand(iid, seq, suite="s", priority=0, tenant="t"):
@@ -77,12 +75,4 @@ def test_metrics_percentiles_are_nearest_rank():
 
 @pytest.mark.parametrize("module", [bl, mt])
 def test_backlog_and_metrics_are_pure(module):
-    forbidden = {"ray", "libvirt", "prometheus_client", "nodeagent"}
-    for node in ast.walk(ast.parse(pathlib.Path(module.__file__).read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        assert not any(n.split(".")[0] in forbidden for n in names), names
+    assert not imported_roots(module) & NOT_IN_PURE_MODULES

@@ -1,12 +1,10 @@
 """Placement as table tests; the arithmetic of each case is in its comment."""
 
-import ast
-import pathlib
-
 import pytest
 
 import scheduler.placement as pl
 from scheduler.placement import Demand, HostView, Reason, Reservations, Verdict, place
+from tests.unit.builders import NOT_IN_PURE_MODULES, imported_roots
 
 
 def make_host(name="h1", cpus=8, mem_mib=32768, disk_mib=100_000, **kw):
@@ -98,16 +96,7 @@ def test_reserve_counts_until_unreserved_and_unreserve_is_idempotent():
 
 
 def test_placement_is_pure():
-    forbidden = {"ray", "libvirt", "prometheus_client", "nodeagent"}
-    tree = ast.parse(pathlib.Path(pl.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        assert not any(n.split(".")[0] in forbidden for n in names), names
+    assert not imported_roots(pl) & NOT_IN_PURE_MODULES
 
 
 def test_reservation_totals_follow_reserve_and_unreserve():
