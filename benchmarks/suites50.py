@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import sys
 import tempfile
 import time
 from contextlib import closing
@@ -173,13 +174,30 @@ def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
     return out
 
 
+def _node(start_node_actor: Any) -> Any:
+    """This host's node agent, for the run; exits with what to do when it cannot run VMs."""
+    import ray
+
+    from nodeagent import default_data_dir
+    from nodeagent.actor import unpack
+
+    hint = "run `bash scripts/setup.sh && .venv/bin/tryfleet image build base` first"
+    try:
+        node = start_node_actor(str(default_data_dir()), socket.gethostname(), detached=False)
+        images = unpack(ray.get(node.status.remote()))["images"]
+    except Exception as err:  # no libvirtd, no permission: say what to do
+        sys.exit(f"suites50 needs libvirtd and the base image: {err}\n{hint}")
+    if "base" not in images:
+        sys.exit(f"suites50 needs the base image, and {default_data_dir()} has none; {hint}")
+    return node
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tryfleet import cluster  # sets Ray's auth mode before Ray is imported, as tryfleet does
 
     cluster.secure_ray()
     import ray
 
-    from nodeagent import default_data_dir
     from nodeagent.actor import start_node_actor
 
     size = QUICK if args.quick else DEFAULT
@@ -188,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     modes: dict[str, Any] = {}
     try:
-        node = start_node_actor(str(default_data_dir()), socket.gethostname(), detached=False)
+        node = _node(start_node_actor)
         for mode in MODES:
             modes[mode] = run_mode(mode, size, tmp, node)
         ray.get(node.shutdown.remote())
