@@ -119,7 +119,7 @@ def _build_into(recipe: Recipe, kernel: KernelPackage, digest: str, apt: Apt, wo
         "name": recipe.name, "digest": digest, "builder_version": BUILDER_VERSION,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel_version": kernel.release, "kernel_package": kernel.spec,
-        "modules": modules, "disk_mib": size_mib,
+        "modules": modules, "disk_mib": size_mib, "warm": list(recipe.warm),
         "rootfs_used_mib": round(used_mib), "rootfs_free_mib": free_mib,
         "recipe": {"suite": recipe.suite, "variant": recipe.variant, "mirror": recipe.mirror,
                    "packages": list(recipe.packages), "headroom_mib": recipe.headroom_mib},

@@ -18,7 +18,7 @@ VARIANTS = ("minbase", "buildd")
 MAX_HEADROOM_MIB = 1024 * 1024
 
 REQUIRED = ("suite", "variant", "mirror", "packages", "kernel_package", "headroom_mib")
-OPTIONAL = ("description",)
+OPTIONAL = ("description", "warm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,9 @@ class Recipe:
     packages: tuple[str, ...]
     kernel_package: str
     headroom_mib: int
+    # Run once in a booted guest before it is saved for snapshot restores, so that restored
+    # guests start with what it read in their page cache (e.g. importing pytest).
+    warm: tuple[str, ...] = ()
 
 
 def valid_name(name: str) -> bool:
@@ -83,6 +86,7 @@ def parse_recipe(path: Path, data: dict[str, Any]) -> Recipe:
         packages=_packages(path, data),
         kernel_package=_matching(path, data, "kernel_package", PACKAGE_RE, "a package name"),
         headroom_mib=_headroom(path, data),
+        warm=_warm(path, data),
     )
 
 
@@ -133,3 +137,11 @@ def _headroom(path: Path, data: dict[str, Any]) -> int:
         raise RecipeError(path, f"'headroom_mib' must be an integer from 0 to {MAX_HEADROOM_MIB}, "
                           f"not {value!r}")
     return value
+
+
+def _warm(path: Path, data: dict[str, Any]) -> tuple[str, ...]:
+    value = data.get("warm", [])
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise RecipeError(path, "'warm' must be a command as a list of strings, like "
+                          f"[\"python3\", \"-c\", \"import pytest\"], not {value!r}")
+    return tuple(value)

@@ -43,6 +43,7 @@ class BuiltImage:
     disk_mib: int  # virtual size of rootfs.qcow2
     built_at: str  # ISO 8601, UTC
     kernel_version: str  # uname -r of the guest kernel
+    warm: tuple[str, ...] = ()  # the recipe's warm-up command (see recipe.py), if any
 
     @property
     def path(self) -> Path:
@@ -116,7 +117,8 @@ class ImageStore:
                 name=name, digest=folder.name, rootfs=files[0], kernel=files[1],
                 initrd=files[2], size_bytes=dir_bytes(folder), disk_mib=int(manifest["disk_mib"]),
                 built_at=str(manifest["built_at"]),
-                kernel_version=str(manifest["kernel_version"]))
+                kernel_version=str(manifest["kernel_version"]),
+                warm=tuple(str(a) for a in manifest.get("warm") or ()))
         except (OSError, ValueError, KeyError, TypeError):
             return None  # incomplete or damaged: not a build
 

@@ -145,7 +145,8 @@ class FakeHypervisor:
             self.destroy(name)
 
 
-def make_fake_image(data_dir: Path, name: str = "base", disk_mib: int = 64) -> Path:
+def make_fake_image(data_dir: Path, name: str = "base", disk_mib: int = 64,
+                    warm: tuple[str, ...] = ()) -> Path:
     """An image in the store's layout for fake hosts: a real empty qcow2, stand-in boot files."""
     import hashlib
     import subprocess
@@ -161,5 +162,5 @@ def make_fake_image(data_dir: Path, name: str = "base", disk_mib: int = 64) -> P
     (folder / "initrd.img").write_bytes(b"fake initrd")
     (folder / "manifest.json").write_text(json.dumps({
         "name": name, "digest": digest, "disk_mib": disk_mib,
-        "built_at": "2026-01-01T00:00:00Z", "kernel_version": "fake"}))
+        "built_at": "2026-01-01T00:00:00Z", "kernel_version": "fake", "warm": list(warm)}))
     return folder

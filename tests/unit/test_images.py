@@ -82,6 +82,7 @@ def test_the_shipped_base_recipe_is_valid():
     wanted = {"python3", "python3-pytest", "python3-msgpack", "git", "sqlite3"}
     assert wanted <= set(recipe.packages)
     assert recipe.kernel_package == "linux-image-cloud-amd64" and recipe.headroom_mib > 0
+    assert recipe.warm[:2] == ("python3", "-c") and "pytest" in recipe.warm[2]
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -95,6 +96,8 @@ def test_the_shipped_base_recipe_is_valid():
     (GOOD_RECIPE.replace('"minbase"', '"fakechroot"'), "'variant' must be one of"),
     (GOOD_RECIPE.replace("http://deb.debian.org/debian", "ftp://x"), "'mirror' must be"),
     ("suite = [unclosed", "is not valid TOML"),
+    (GOOD_RECIPE + 'warm = "python3 -c pass"\n', "'warm' must be a command as a list"),
+    (GOOD_RECIPE + 'warm = ["python3", ""]\n', "'warm' must be a command as a list"),
 ])
 def test_recipe_errors_name_the_file_and_the_problem(tmp_path, text, problem):
     path = write_recipe(tmp_path, text=text)

@@ -96,6 +96,26 @@ def test_a_slot_serves_one_vm_at_a_time(data_dir):
         node.close()
 
 
+def test_the_images_warm_up_runs_once_before_a_guest_is_saved(tmp_path, caplog):
+    # the fake guest's commands run on this host: the warm-up leaves a line in a host file
+    ran = tmp_path / "warm.log"
+    make_image(tmp_path, "base", warm=("sh", "-c", f"echo warmed >> {ran}"))
+    make_image(tmp_path, "cold", warm=("sh", "-c", "echo no such module >&2; exit 1"))
+    node = make_node(tmp_path, restore=True)
+    try:
+        node._make_slot(node._key(SPEC), node.image("base"))
+        assert ran.read_text() == "warmed\n"
+        box = node.acquire(SPEC)
+        assert box.origin == "restore" and ran.read_text() == "warmed\n"  # not on restore
+        box.destroy()
+        cold = SandboxSpec("cold", 1, 512, None)
+        node._make_slot(node._key(cold), node.image("cold"))  # a failed warm-up: saved anyway
+        assert "warm-up" in caplog.text and "no such module" in caplog.text
+        assert node.acquire(cold).origin == "restore"
+    finally:
+        node.close()
+
+
 def test_a_slot_that_cannot_be_restored_is_dropped_and_the_vm_booted(data_dir):
     node = make_node(data_dir, restore=True)
     key = node._key(SPEC)
