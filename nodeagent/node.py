@@ -132,7 +132,10 @@ class NodeAgent:
     @property
     def snapshots(self) -> Snapshots | None:
         if self._snapshots is None and self.config.restore:
-            self._snapshots = Snapshots(self.config.data_dir / "snapshots", self.accel().accel)
+            snaps = Snapshots(self.config.data_dir / "snapshots", self.accel().accel)
+            for folder in snaps.prune({img.digest for img in self.store.list()}):
+                log.info("removed saved guests of an image build no longer current: %s", folder)
+            self._snapshots = snaps
         return self._snapshots
 
     # ---- host ------------------------------------------------------------------------------

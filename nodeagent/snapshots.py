@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,23 @@ class Snapshots:
         self._busy: set[Path] = set()
         self._making: dict[PoolKey, int] = {}
         self._lock = threading.Lock()
+
+    def prune(self, current: Collection[str]) -> list[Path]:
+        """Remove the saved guests of image builds that are no longer current (`current`: the
+        digests of the builds images stand for now), so rebuilds do not pile them up on disk.
+        A VM running from a removed slot keeps its open files."""
+        if not self.root.is_dir():
+            return []
+        keep = {d[:12] for d in current}
+        removed = []
+        with self._lock:
+            busy = {p.parent for p in self._busy}
+            for folder in self.root.iterdir():
+                digest = folder.name.split("-", 1)[0]
+                if folder.is_dir() and digest not in keep and folder not in busy:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+        return removed
 
     def _key_dir(self, key: PoolKey) -> Path:
         return self.root / f"{key.slug}-{self.accel}"

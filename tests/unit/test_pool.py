@@ -116,6 +116,21 @@ def test_the_images_warm_up_runs_once_before_a_guest_is_saved(tmp_path, caplog):
         node.close()
 
 
+def test_saved_guests_of_builds_no_longer_current_are_removed(data_dir):
+    node = make_node(data_dir, restore=True)
+    node._make_slot(node._key(SPEC), node.image("base"))
+    node.close()
+    old = data_dir / "snapshots" / "0123456789ab-1c-512m-0d-tcg" / "0"
+    old.mkdir(parents=True)
+    (old / "state.save").write_text("a guest of a build since replaced")
+    again = make_node(data_dir, restore=True)
+    try:
+        assert again.acquire(SPEC).origin == "restore"  # the current build's slot stays
+        assert not old.parent.exists()
+    finally:
+        again.close()
+
+
 def test_a_slot_that_cannot_be_restored_is_dropped_and_the_vm_booted(data_dir):
     node = make_node(data_dir, restore=True)
     key = node._key(SPEC)
