@@ -102,10 +102,12 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._live: dict[str, Sandbox] = {}
         self._accel: AccelReport | None = None
+        self._accel_lock = threading.Lock()
         self._build_image = build_image or self._build_from_recipe
         self._build_lock = threading.Lock()
         self.hostname = socket.gethostname()
         self._snapshots: Snapshots | None = None
+        self._snapshots_lock = threading.Lock()
         self.pool: WarmPool | None = None
         if config.warm_pool:
             self.pool = WarmPool(self._fill, self._pool_budget(), self._pool_targets(),
@@ -131,26 +133,31 @@ class NodeAgent:
 
     @property
     def snapshots(self) -> Snapshots | None:
-        if self._snapshots is None and self.config.restore:
-            snaps = Snapshots(self.config.data_dir / "snapshots", self.accel().accel)
-            for folder in snaps.prune({img.digest for img in self.store.list()}):
-                log.info("removed saved guests of an image build no longer current: %s", folder)
-            self._snapshots = snaps
-        return self._snapshots
+        # One instance per agent, whichever thread asks first (the pool's refill or a miss):
+        # it alone knows which slots are in use.
+        with self._snapshots_lock:
+            if self._snapshots is None and self.config.restore:
+                snaps = Snapshots(self.config.data_dir / "snapshots", self.accel().accel)
+                for folder in snaps.prune({img.digest for img in self.store.list()}):
+                    log.info("removed saved guests of an image build no longer current: %s",
+                             folder)
+                self._snapshots = snaps
+            return self._snapshots
 
     # ---- host ------------------------------------------------------------------------------
     def accel(self) -> AccelReport:
-        if self._accel is None and self.config.accel is not None:
-            self._accel = AccelReport(self.config.accel, "set in the node configuration", "", "",
-                                      time.time())
-        if self._accel is None:
-            image = self._any_image()
-            self._accel = probe_accel(
-                self.hv, image.kernel if image else None, image.initrd if image else None,
-                self.owner.dir, f"{DOMAIN_PREFIX}{self.owner.id}-canary",
-                cache=self.config.data_dir / "host" / "accel.json",
-            )
-        return self._accel
+        with self._accel_lock:  # one probe (one canary domain name) per agent
+            if self._accel is None and self.config.accel is not None:
+                self._accel = AccelReport(self.config.accel, "set in the node configuration",
+                                          "", "", time.time())
+            if self._accel is None:
+                image = self._any_image()
+                self._accel = probe_accel(
+                    self.hv, image.kernel if image else None, image.initrd if image else None,
+                    self.owner.dir, f"{DOMAIN_PREFIX}{self.owner.id}-canary",
+                    cache=self.config.data_dir / "host" / "accel.json",
+                )
+            return self._accel
 
     def _any_image(self) -> BuiltImage | None:
         images = self.store.list()

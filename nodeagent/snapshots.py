@@ -3,7 +3,9 @@
 A slot is one guest booted once and saved: its frozen disk (`disk.qcow2`, an overlay of the
 golden image) and its memory and device state (`state.save`). libvirt restores a saved guest
 only under its own name and UUID, and two live domains cannot share either, so a slot serves
-one VM at a time: a restored VM holds its slot until it is destroyed. Each restore gets a fresh
+one VM at a time: a restored VM holds its slot until it is destroyed (an flock on the slot's
+`in-use.lock`, so several node agents on one host share slots safely, and a crashed agent's
+slots come free with it). Each restore gets a fresh
 overlay on top of the frozen disk, so nothing a VM writes reaches the slot or the next VM.
 
 Slots live under `<data>/snapshots/<image digest>-<size>-<accel>/<n>/` and survive restarts of
@@ -12,6 +14,8 @@ the node agent; a slot that fails to restore is deleted and made again later.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import threading
 from collections.abc import Collection
@@ -23,6 +27,7 @@ from .hypervisor import DOMAIN_PREFIX
 SLOT_PREFIX = f"{DOMAIN_PREFIX}snap-"
 STATE_FILE = "state.save"
 DISK_FILE = "disk.qcow2"
+LOCK_FILE = "in-use.lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,7 @@ class Snapshots:
         self.root = root
         self.accel = accel
         self.max_slots_per_key = max_slots_per_key
-        self._busy: set[Path] = set()
+        self._busy: dict[Path, int] = {}  # slot dir -> fd holding its in-use lock
         self._making: dict[PoolKey, int] = {}
         self._lock = threading.Lock()
 
@@ -83,13 +88,27 @@ class Snapshots:
         keep = {d[:12] for d in current}
         removed = []
         with self._lock:
-            busy = {p.parent for p in self._busy}
             for folder in self.root.iterdir():
                 digest = folder.name.split("-", 1)[0]
-                if folder.is_dir() and digest not in keep and folder not in busy:
+                if folder.is_dir() and digest not in keep and self._all_free(folder):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(folder)
         return removed
+
+    def _all_free(self, folder: Path) -> bool:
+        """No slot under folder is in use, here or by another process."""
+        fds = []
+        try:
+            for sub in folder.iterdir():
+                if sub.is_dir():
+                    fd = None if sub in self._busy else _claim(sub)
+                    if fd is None:
+                        return False
+                    fds.append(fd)
+            return True
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _key_dir(self, key: PoolKey) -> Path:
         return self.root / f"{key.slug}-{self.accel}"
@@ -109,19 +128,25 @@ class Snapshots:
         with self._lock:
             for slot in self._ready(key):
                 if slot.dir not in self._busy:
-                    self._busy.add(slot.dir)
-                    return slot
+                    fd = _claim(slot.dir)
+                    if fd is not None:
+                        self._busy[slot.dir] = fd
+                        return slot
         return None
 
     def release(self, slot: Slot) -> None:
         with self._lock:
-            self._busy.discard(slot.dir)
+            fd = self._busy.pop(slot.dir, None)
+            if fd is not None:
+                os.close(fd)
 
     def discard(self, slot: Slot) -> None:
         """Delete a slot that failed to restore (an upgraded QEMU, a damaged file)."""
         with self._lock:
-            self._busy.discard(slot.dir)
             shutil.rmtree(slot.dir, ignore_errors=True)
+            fd = self._busy.pop(slot.dir, None)
+            if fd is not None:
+                os.close(fd)
 
     def counts(self, key: PoolKey) -> tuple[int, int]:
         """(ready slots, of which busy)."""
@@ -155,3 +180,17 @@ class Snapshots:
         with self._lock:
             self._making[slot.key] -= 1
             shutil.rmtree(slot.dir, ignore_errors=True)
+
+
+def _claim(slot_dir: Path) -> int | None:
+    """The slot's in-use lock, taken without waiting; None when another holder has it."""
+    try:
+        fd = os.open(slot_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd

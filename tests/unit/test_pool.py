@@ -116,6 +116,23 @@ def test_the_images_warm_up_runs_once_before_a_guest_is_saved(tmp_path, caplog):
         node.close()
 
 
+def test_two_agents_on_one_host_never_restore_the_same_slot(data_dir):
+    first, second = make_node(data_dir, restore=True), make_node(data_dir, restore=True)
+    try:
+        first._make_slot(first._key(SPEC), first.image("base"))
+        a = first.acquire(SPEC)
+        b = second.acquire(SPEC)  # the only slot is in use by the other agent: booted
+        assert (a.origin, b.origin) == ("restore", "boot")
+        a.destroy()
+        c = second.acquire(SPEC)
+        assert c.origin == "restore"
+        b.destroy()
+        c.destroy()
+    finally:
+        first.close()
+        second.close()
+
+
 def test_saved_guests_of_builds_no_longer_current_are_removed(data_dir):
     node = make_node(data_dir, restore=True)
     node._make_slot(node._key(SPEC), node.image("base"))
