@@ -168,7 +168,13 @@ def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
     with closing(sqlite3.connect(ledger)) as db:
         rows = db.execute("SELECT suite, state, ended_at FROM iterations "
                           "WHERE suite LIKE 'suite-%'").fetchall()
+        failures = db.execute(
+            "SELECT id, state, exit_code, error, stderr FROM iterations WHERE suite LIKE "
+            "'suite-%' AND state IN ('FAILED', 'INFRA_ERROR', 'TIMED_OUT') LIMIT 5").fetchall()
     out = summarize(rows, t0, stopped_at, size.suites, watch.peaks)
+    out["failures"] = [{"id": i, "state": st, "exit_code": code, "error": err,
+                        "stderr": (bytes(se or b"")[-300:]).decode(errors="replace")}
+                       for i, st, code, err, se in failures]
     out.update(aborted=stops[0] if stops else None, cpu_psi_at_start=round(settled, 2),
                scheduler=describe(args))
     return out
@@ -239,6 +245,10 @@ def report(size: Size, modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ("Jain fairness across suites", "jain_fairness"),
         ("wall time (s)", "elapsed_s"),
         ("stopped by", "aborted"))]
+    for mode, m in modes.items():
+        for f in m.get("failures", []):
+            print(f"{mode}: {f['id']} {f['state']} exit {f['exit_code']}: "
+                  f"{f['error'] or f['stderr'].strip()[-200:]}")
     print_table(f"suites50: {size.suites} suites x {size.per_suite} real-VM iterations, "
                 "submitted at once (throttled | unthrottled)", [
                     *rows, ("targets (throttled: 0 failed, 0 timed out, less cpu PSI)",
