@@ -64,10 +64,11 @@ class Size:
     per_suite: int
     deadline_s: float  # per mode: then the kill switch
     settle_s: float  # at most this long waiting for cpu pressure to settle
+    warmup: int  # untimed iterations first, so saved guests exist before either mode
 
 
-DEFAULT = Size(suites=50, per_suite=3, deadline_s=200.0, settle_s=40.0)
-QUICK = Size(suites=4, per_suite=1, deadline_s=20.0, settle_s=3.0)
+DEFAULT = Size(suites=50, per_suite=3, deadline_s=200.0, settle_s=40.0, warmup=2)
+QUICK = Size(suites=4, per_suite=1, deadline_s=20.0, settle_s=2.0, warmup=0)
 
 
 def suite_name(i: int) -> str:
@@ -143,9 +144,10 @@ def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
     sched = ray.remote(Scheduler).options(namespace=NAMESPACE, num_cpus=0,
                                           max_concurrency=1000).remote(str(ledger), **args)
     _host_seen(sched)
-    if mode == "throttled":  # untimed: slots and the pool made once, for both modes
-        ray.get(sched.submit.remote(iterations(99, 2), "warmup", "bench"))
-        _wait_terminal(sched, 2, time.monotonic() + 300)
+    warm = size.warmup if mode == "throttled" else 0  # slots and pool made once, for both
+    if warm:
+        ray.get(sched.submit.remote(iterations(99, warm), "warmup", "bench"))
+        _wait_terminal(sched, warm, time.monotonic() + 300)
     _wait_idle(node)
     settled = settle(size.settle_s)
     stops: list[str] = []
@@ -154,7 +156,7 @@ def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
         stops.append(reason)
         ray.get(sched.cancel.remote(everything=True))
 
-    total = size.suites * size.per_suite + (2 if mode == "throttled" else 0)  # + warm-up
+    total = size.suites * size.per_suite + warm
     with HostWatch(Guard(), kill_switch) as watch:
         t0 = time.time()
         ray.get([sched.submit.remote(iterations(i, size.per_suite), suite_name(i), "bench")
