@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -278,15 +279,13 @@ class Engine:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-
     # ---- what the API asks -----------------------------------------------------------------
     def submit(self, its: list[Iteration], suite: str, tenant: str,
                limits: dict[str, int] | None, max_iterations: int | None,
                max_wall_s: float | None) -> list[str]:
         self.check_fits(its)
         if limits:
-            self.policy = Policy(**{**_policy_dict(self.policy),
-                                    "limits": {**self.policy.limits, **limits}})
+            self.policy = replace(self.policy, limits={**self.policy.limits, **limits})
         self.ledger.ensure_suite(suite, tenant, max_iterations, max_wall_s)
         rows = self.ledger.submit_rows(its, suite, tenant)
         for row in rows:
@@ -295,8 +294,7 @@ class Engine:
         return [r.id for r in rows]
 
     def check_fits(self, its: list[Iteration]) -> None:
-        empty = [v.__class__(**{**_view_dict(v), "used_cpus": 0, "used_mem_mib": 0,
-                                "used_disk_mib": 0, "pressured": False})
+        empty = [replace(v, used_cpus=0, used_mem_mib=0, used_disk_mib=0, pressured=False)
                  for v in self.hosts.views()]
         if not empty:
             return
@@ -348,10 +346,3 @@ def _candidate(row: Row) -> Candidate:
     return Candidate(row.id, row.suite, row.tenant, row.priority, row.seq, row.limits,
                      demand_of(row.iteration))
 
-
-def _policy_dict(p: Policy) -> dict[str, Any]:
-    return {f: getattr(p, f) for f in p.__dataclass_fields__}
-
-
-def _view_dict(v: Any) -> dict[str, Any]:
-    return {f: getattr(v, f) for f in v.__dataclass_fields__}
