@@ -21,7 +21,6 @@ from .records import IterationOutcome, IterationSpec, SandboxSpec, State
 
 log = logging.getLogger("tryfleet.nodeagent")
 KEEP_FINISHED_S = 3600.0
-COLLECT_POLL_S = 0.05  # how often a waiting collect looks at attempts other than the oldest
 
 
 @dataclass
@@ -66,6 +65,7 @@ class NodeService:
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._sandboxes: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._finished = threading.Condition()  # notified whenever an attempt ends
 
     # ---- attempts --------------------------------------------------------------------------
     def start(self, iid: str, attempt: int, iteration: dict[str, Any],
@@ -99,6 +99,8 @@ class NodeService:
         att.outcome = outcome
         att.finished_at = time.monotonic()
         att.done.set()
+        with self._finished:
+            self._finished.notify_all()
 
     def wait(self, iid: str, attempt: int, timeout_s: float = 30.0) -> dict[str, Any] | None:
         """The outcome once finished; None if still running after timeout_s.
@@ -141,8 +143,13 @@ class NodeService:
         return n
 
     def ack(self, iid: str, attempt: int) -> None:
+        self._forget([(iid, attempt)])
+
+    def _forget(self, keys: list[tuple[str, int]]) -> None:
+        """Drop acknowledged attempts, and finished ones nobody acknowledged for an hour."""
         with self._lock:
-            self._attempts.pop((iid, attempt), None)
+            for iid, attempt in keys:
+                self._attempts.pop((iid, attempt), None)
             cutoff = time.monotonic() - KEEP_FINISHED_S
             for key, att in list(self._attempts.items()):
                 if att.done.is_set() and att.finished_at < cutoff:
@@ -158,28 +165,23 @@ class NodeService:
         acknowledged (each with its id and attempt) as soon as there is one, after linger_s
         more to let others join it; [] after timeout_s. An outcome is kept until acknowledged,
         so a caller that failed to record it gets it again."""
-        for iid, attempt in acks:
-            self.ack(iid, attempt)
+        self._forget(acks)
         deadline = time.monotonic() + timeout_s
-        lingered = False
-        while True:
-            items = list(self._attempts.items())
-            done = [{**att.outcome, "id": key[0], "attempt": key[1]}
-                    for key, att in items if att.done.is_set() and att.outcome is not None]
-            if done and (lingered or linger_s <= 0):
-                return done
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return done
-            if done:
-                lingered = True
-                time.sleep(min(left, linger_s))
-                continue
-            pending = [att for _, att in items if not att.done.is_set()]
-            if pending:  # wakes when the oldest finishes, and looks at the others meanwhile
-                pending[0].done.wait(min(left, COLLECT_POLL_S))
-            else:
-                time.sleep(min(left, COLLECT_POLL_S))
+        with self._finished:  # checked under it: an attempt ending meanwhile wakes the wait
+            while not (done := self._outcomes()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._finished.wait(left)
+            until = min(deadline, time.monotonic() + linger_s)
+            while (left := until - time.monotonic()) > 0:  # others may join the first
+                self._finished.wait(left)
+            return self._outcomes()
+
+    def _outcomes(self) -> list[dict[str, Any]]:
+        return [{**att.outcome, "id": key[0], "attempt": key[1]}
+                for key, att in list(self._attempts.items())
+                if att.done.is_set() and att.outcome is not None]
 
     def attempts(self) -> list[dict[str, Any]]:
         return [{"id": k[0], "attempt": k[1], "done": a.done.is_set()}
