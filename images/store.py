@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .digest import compute_digest
 from .errors import ImageError, ImageNotBuilt, UnknownImage
-from .kernel import Apt
 from .recipe import RECIPES_DIR, Recipe, load_recipe, recipe_names, recipe_path, valid_name
 
 ROOTFS, KERNEL, INITRD, MANIFEST = "rootfs.qcow2", "vmlinuz", "initrd.img", "manifest.json"
@@ -66,14 +64,14 @@ class ImageStore:
             raise UnknownImage(name, self.recipe_names())
         return load_recipe(path)
 
-    def current_digest(self, name: str, apt: Apt | None = None) -> str:
-        """The digest a build of `name` would have now (resolves the kernel with apt-cache)."""
-        recipe = self.recipe(name)
-        kernel = (apt or Apt()).resolve(recipe.kernel_package)
-        return compute_digest(recipe.path, kernel.spec)
-
     def get(self, name: str) -> BuiltImage:
-        """The newest complete build of `name`."""
+        """The build `name` stands for: the current one (see make_current) when it is
+        complete, else the newest complete build. Called for every VM: the current build is
+        read alone, without listing the others."""
+        current = self._current(name)
+        built = self.find(name, current) if current else None
+        if built is not None:
+            return built
         builds = self.builds(name)
         if builds:
             return builds[0]
@@ -88,12 +86,17 @@ class ImageStore:
         if not valid_name(name) or not folder.is_dir():
             return []
         found = [self._read(name, p) for p in folder.iterdir() if DIGEST_RE.match(p.name)]
-        try:
-            current = (folder / CURRENT).read_text().strip()
-        except OSError:
-            current = ""
+        current = self._current(name)
         return sorted((b for b in found if b is not None),
                       key=lambda b: (b.digest == current, b.built_at, b.digest), reverse=True)
+
+    def _current(self, name: str) -> str:
+        if not valid_name(name):
+            return ""
+        try:
+            return (self.images_dir / name / CURRENT).read_text().strip()
+        except OSError:
+            return ""
 
     def make_current(self, name: str, digest: str) -> None:
         """`name` means this build from now on, even when a newer one exists (as after going
