@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import BuiltImage, ImageNotBuilt, ImageStore
+from images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
 
 from .clone import Cloner
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
@@ -123,7 +123,7 @@ class NodeAgent:
         for t in self.config.pool_targets:
             try:
                 out[self._key(SandboxSpec(t.image, t.cpus, t.mem_mib, t.disk_mib))] = t.ready
-            except NodeAgentError as err:
+            except (NodeAgentError, ImageError) as err:  # an unknown image, a failed build
                 log.warning("warm pool target %s left out: %s", t, err)
         return out
 

@@ -43,6 +43,16 @@ def test_pool_hands_out_ready_vms_and_refills(data_dir):
     assert node.hv.list_domains() == []
 
 
+def test_a_pool_target_of_an_unknown_image_is_left_out_with_a_warning(data_dir, caplog):
+    node = make_node(data_dir, warm_pool=True, restore=False,
+                     pool_targets=(PoolTarget("nosuch", ready=1), PoolTarget("base", ready=1)))
+    try:
+        assert "nosuch" in caplog.text and "left out" in caplog.text
+        assert node.pool.wait_ready(node._key(SPEC), 1, timeout_s=30)  # the others still fill
+    finally:
+        node.close()
+
+
 def test_every_iteration_gets_a_fresh_machine(data_dir):
     node = make_node(data_dir, warm_pool=True, pool_targets=(PoolTarget("base", ready=2),))
     try:
