@@ -85,21 +85,13 @@ class WarmPool:
         with self._cond:
             return sum(k.mem_mib * len(q) for k, q in self._ready.items())
 
-    def warm_by_image(self) -> dict[str, int]:
-        with self._cond:
-            out: dict[str, int] = {}
-            for k, q in self._ready.items():
-                if q:
-                    out[k.image] = out.get(k.image, 0) + len(q)
-            return out
-
     # ---- refilling -------------------------------------------------------------------------
     def _next_key(self) -> PoolKey | None:
         """The key furthest below what it wants that the memory budget still allows."""
         if self._paused:
             return None
         now = time.monotonic()
-        used = sum(k.mem_mib * len(q) for k, q in self._ready.items())
+        used = self.idle_mem_mib()
         best, best_gap = None, 0
         for key in set(self._asks) | set(self.targets):
             fails, until = self._failures.get(key, (0, 0.0))

@@ -20,6 +20,7 @@ import psutil
 
 from .errors import HypervisorError
 from .hypervisor import DOMAIN_PREFIX, Hypervisor
+from .snapshots import SLOT_PREFIX
 
 OWNER_FILE = "owner.json"
 
@@ -53,7 +54,12 @@ def register_owner(run_dir: Path) -> Owner:
     return Owner(owner_id, path)
 
 
-def owner_of(domain: str) -> str | None:
+def owner_of(domain: str, hv: Hypervisor) -> str | None:
+    """The owner id of one of our domains: in its name (`tryfleet-<owner>-<n>`), or, for a
+    guest restored from a slot (named after the slot), in its metadata."""
+    if domain.startswith(SLOT_PREFIX):
+        found = re.search(r"<(?:\w+:)?owner>([0-9a-f]+)</", hv.domain_xml(domain) or "")
+        return found.group(1) if found else None
     if not domain.startswith(DOMAIN_PREFIX):
         return None
     owner = domain[len(DOMAIN_PREFIX):].split("-", 1)[0]
@@ -82,10 +88,7 @@ def reap(hv: Hypervisor, run_dir: Path, keep: str | None = None) -> ReapReport:
 
     domains = []
     for name in hv.list_domains(DOMAIN_PREFIX):
-        owner_id = owner_of(name)
-        if name.startswith(f"{DOMAIN_PREFIX}snap-"):  # restored: the owner is in its metadata
-            found = re.search(r"<(?:\w+:)?owner>([0-9a-f]+)</", hv.domain_xml(name) or "")
-            owner_id = found.group(1) if found else None
+        owner_id = owner_of(name, hv)
         if owner_id is None or gone(owner_id):
             try:
                 hv.destroy(name)

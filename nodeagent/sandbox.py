@@ -78,8 +78,7 @@ class Sandbox:
 
     def _keep_logs(self, details: dict[str, Any]) -> Path | None:
         # Restored VMs share their slot's name: the directory tells them apart.
-        dest = self._logs_dir / (self.name if self.vm_dir.name == self.name
-                                 else f"{self.name}.{self.vm_dir.name}")
+        dest = self._logs_dir / f"{self.name}.{self.vm_dir.name}"
         try:
             dest.mkdir(parents=True, exist_ok=True)
             (dest / "console.log").write_bytes(_tail(self.console_log, CONSOLE_TAIL_BYTES))

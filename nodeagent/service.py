@@ -190,7 +190,11 @@ class NodeService:
     # ---- host ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         cap, pressure = self.node.capacity(), self.node.pressure()
-        pool = self.node.pool
+        pool = self.node.pool.status() if self.node.pool else []
+        warm: dict[str, int] = {}
+        for row in pool:
+            if row["ready"]:
+                warm[row["image"]] = warm.get(row["image"], 0) + row["ready"]
         return {
             "host": self.host, "pid": os.getpid(), "accel": self.node.accel().accel,
             "capacity": asdict(cap), "pressure": asdict(pressure),
@@ -198,9 +202,9 @@ class NodeService:
             "buildable": self.node.store.recipe_names(),
             "running": sum(1 for a in self._attempts.values() if not a.done.is_set()),
             "vms": self.node.live(),
-            "warm": pool.warm_by_image() if pool else {},
-            "pool_mem_mib": pool.idle_mem_mib() if pool else 0,
-            "pool": pool.status() if pool else [],
+            "warm": warm,
+            "pool_mem_mib": sum(row["mem_mib"] * row["ready"] for row in pool),
+            "pool": pool,
         }
 
     def ping(self) -> str:

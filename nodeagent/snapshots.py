@@ -142,11 +142,8 @@ class Snapshots:
 
     def discard(self, slot: Slot) -> None:
         """Delete a slot that failed to restore (an upgraded QEMU, a damaged file)."""
-        with self._lock:
-            shutil.rmtree(slot.dir, ignore_errors=True)
-            fd = self._busy.pop(slot.dir, None)
-            if fd is not None:
-                os.close(fd)
+        shutil.rmtree(slot.dir, ignore_errors=True)
+        self.release(slot)
 
     def counts(self, key: PoolKey) -> tuple[int, int]:
         """(ready slots, of which busy)."""

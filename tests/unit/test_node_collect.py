@@ -51,3 +51,21 @@ def test_collect_waits_for_the_first_outcome_then_returns_empty_on_timeout(svc):
     t0 = time.monotonic()
     got = svc.collect([], timeout_s=10.0, linger_s=0.01)
     assert [o["id"] for o in got] == ["slow"] and time.monotonic() - t0 < 5
+
+
+def test_status_reports_ready_pooled_vms_and_their_memory(tmp_path, monkeypatch):
+    from nodeagent.node import PoolTarget
+
+    monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
+    make_image(tmp_path, "base")
+    s = NodeService(NodeConfig(data_dir=tmp_path, warm_pool=True, restore=False,
+                               pool_targets=(PoolTarget("base", mem_mib=256, ready=2),)),
+                    "h1", FakeHypervisor())
+    try:
+        key = next(iter(s.node.pool.targets))
+        assert s.node.pool.wait_ready(key, 2, timeout_s=30)
+        status = s.status()
+        assert status["warm"] == {"base": 2} and status["pool_mem_mib"] == 512
+        assert [(r["image"], r["ready"]) for r in status["pool"]] == [("base", 2)]
+    finally:
+        s.close()
