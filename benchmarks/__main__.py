@@ -30,7 +30,7 @@ def main() -> int:
     args = p.parse_args()
     module = importlib.import_module(f"benchmarks.{args.name}")
     result = module.run(args)
-    chart = getattr(module, "CHART", None) or getattr(module, "chart", None)
+    chart = getattr(module, "CHART", None)
     finish(args.name, result, args.json, args.save, chart, f"{args.name}: {SCENARIOS[args.name]}")
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from .common import percentile, print_table
-from .vmbench import SPEC, node, vm_host_mib
+from .vmbench import SPEC, ensure_slots, node, vm_host_mib
 
 CHART = [
     ("pool hit p50 (ms)", "pool_hit_p50_ms"),
@@ -35,8 +35,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         key = direct._key(SPEC)
         image = direct.image("base")
-        if direct.snapshots is not None and direct.snapshots.counts(key)[0] == 0:
-            direct._make_slot(key, image)  # one saved guest to restore from, made untimed
+        ensure_slots(direct, 1)  # one saved guest to restore from, made untimed
         for _ in range(rounds):
             t0 = time.perf_counter()
             box = direct._restore_any(key, image, None)

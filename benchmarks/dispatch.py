@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
-    mean_s = sum(sum(_delays().draw(iid)) for iid in ids) / n
+    delays = _delays()
+    mean_s = sum(sum(delays.draw(iid)) for iid in ids) / n
     return _report(n, hosts, cpus, ours, native_s, over_s, mean_s)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent.host import parse_psi
+from nodeagent.host import read_pressure
 
 QEMU_NAMES = ("qemu-system-x86_64", "qemu-kvm")
 
@@ -47,38 +47,37 @@ class Guard:
 
 
 def read_sample(proc_dir: Path = Path("/proc/pressure")) -> Sample:
-    def psi(name: str) -> float:
-        try:
-            return parse_psi((proc_dir / name).read_text()).get("some_avg10", 0.0)
-        except OSError:
-            return 0.0
-
+    psi = read_pressure(proc_dir)
     vm = psutil.virtual_memory()
     vms = 0
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] in QEMU_NAMES:
             vms += 1
-    return Sample(cpu_psi=psi("cpu"), mem_psi=psi("memory"),
+    return Sample(cpu_psi=psi.cpu_some_avg10, mem_psi=psi.memory_some_avg10,
                   mem_used_mib=(vm.total - vm.available) / 2**20,
                   mem_available_pct=100.0 * vm.available / vm.total, vms=vms)
 
 
 @dataclass
 class Peaks:
-    samples: int = 0
-    cpu_psi_max: float = 0.0
     mem_psi_max: float = 0.0
     mem_used_peak_mib: float = 0.0
     vms_peak: int = 0
     cpu_psi: list[float] = field(default_factory=list)
 
     def add(self, s: Sample) -> None:
-        self.samples += 1
-        self.cpu_psi_max = max(self.cpu_psi_max, s.cpu_psi)
         self.mem_psi_max = max(self.mem_psi_max, s.mem_psi)
         self.mem_used_peak_mib = max(self.mem_used_peak_mib, s.mem_used_mib)
         self.vms_peak = max(self.vms_peak, s.vms)
         self.cpu_psi.append(s.cpu_psi)
+
+    @property
+    def samples(self) -> int:
+        return len(self.cpu_psi)
+
+    @property
+    def cpu_psi_max(self) -> float:
+        return max(self.cpu_psi, default=0.0)
 
     @property
     def cpu_psi_mean(self) -> float:
