@@ -6,11 +6,8 @@ directory, so `tryfleet down` can stop exactly what `up` started and nothing els
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # before Ray is imported: it reads it then
-
 import json
+import os
 import shutil
 import signal
 import socket
@@ -25,7 +22,7 @@ import ray
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from nodeagent.actor import NAMESPACE, start_node_actor
+from nodeagent.actor import ACTOR_PREFIX, NAMESPACE, start_node_actor
 from scheduler.service import SCHEDULER_NAME, Scheduler
 
 RAY_PORT = 6390
@@ -182,22 +179,35 @@ def stop(data_dir: Path) -> list[str]:
         except FleetError:
             pass  # the processes are stopped below all the same
     if ray.is_initialized():
-        for name in ray.util.list_named_actors(all_namespaces=False):
-            if name.startswith("tryfleet-"):
-                actor = ray.get_actor(name, namespace=NAMESPACE)
-                if name.startswith("tryfleet-node-"):
-                    try:
-                        ray.get(actor.shutdown.remote(), timeout=30)
-                    except Exception:  # the VMs die with the process anyway (auto-destroy)
-                        pass
-                ray.kill(actor, no_restart=True)
-                done.append(name)
+        done += kill_actors()
         ray.shutdown()
     if st.get("started_head"):
         done += _kill_ray_processes(st.get("temp_dir", RAY_TEMP_DIR), st["address"])
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     shutil.rmtree(st.get("temp_dir", RAY_TEMP_DIR), ignore_errors=True)
     return done
+
+
+def kill_actors() -> list[str]:
+    """Stop tryfleet's actors in the connected Ray: node agents first destroy their VMs."""
+    done = []
+    for name in ray.util.list_named_actors(all_namespaces=False):
+        if name.startswith("tryfleet-"):
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+            if name.startswith(ACTOR_PREFIX):
+                try:
+                    ray.get(actor.shutdown.remote(), timeout=30)
+                except Exception:  # the VMs die with the process anyway (auto-destroy)
+                    pass
+            ray.kill(actor, no_restart=True)
+            done.append(name)
+    return done
+
+
+def running_address(data_dir: Path) -> str | None:
+    """The Ray address of the fleet `tryfleet up` started here, if it is still up."""
+    st = state(data_dir)
+    return st["address"] if st is not None and _head_alive(st["address"]) else None
 
 
 def _kill_ray_processes(temp_dir: str, address: str) -> list[str]:

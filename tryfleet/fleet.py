@@ -116,12 +116,7 @@ class Fleet:
     def close(self) -> None:
         """Disconnect from Ray; an embedded fleet also stops its actors (and their VMs)."""
         if self.embedded and ray.is_initialized():
-            for name in ray.util.list_named_actors():
-                if name.startswith("tryfleet-"):
-                    actor = ray.get_actor(name, namespace=NAMESPACE)
-                    if name.startswith(ACTOR_PREFIX):
-                        ray.get(actor.shutdown.remote())
-                    ray.kill(actor, no_restart=True)
+            cluster.kill_actors()
         # A driver left connected to a cluster that goes away exits its whole process once
         # Ray gives up reconnecting: always let go.
         ray.shutdown()
@@ -227,9 +222,9 @@ def connect(address: str | None = None, data_dir: str | Path | None = None) -> F
     if address is not None:
         cluster.init(address)
         return Fleet(data, embedded=False)
-    st = cluster.state(data)
-    if st is not None and cluster._head_alive(st["address"]):
-        cluster.init(st["address"])
+    running = cluster.running_address(data)
+    if running is not None:
+        cluster.init(running)
         return Fleet(data, embedded=False)
     if not ray.is_initialized():
         ray.init(namespace=NAMESPACE, include_dashboard=False, _node_ip_address="127.0.0.1",

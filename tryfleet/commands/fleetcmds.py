@@ -34,10 +34,9 @@ def connect(args: argparse.Namespace, data_dir: Path) -> Any:
 
     address = getattr(args, "address", None)
     if address is None:
-        st = cluster.state(data_dir)
-        if st is None or not cluster._head_alive(st["address"]):
+        address = cluster.running_address(data_dir)
+        if address is None:
             raise cluster.FleetError(FLEET_DOWN)
-        address = st["address"]
     cluster.init(address)
     return Fleet(data_dir, embedded=False)
 

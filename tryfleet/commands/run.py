@@ -114,8 +114,7 @@ def _fleet_is_up(args: argparse.Namespace, data_dir: Path) -> bool:
         return True
     from tryfleet import cluster
 
-    st = cluster.state(data_dir)
-    return st is not None and cluster._head_alive(st["address"])
+    return cluster.running_address(data_dir) is not None
 
 
 def _report(outcome: IterationOutcome, timeout_s: float) -> int:
