@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from .common import print_table, scratch_dir
+from .common import print_table
+from .onray import local_ray, start_scheduler, wait_terminal
 
 SEED = 20240611
 HOST_CPUS = 16  # a simulated host: 16 vcpus, 32 GiB (as in binpack)
@@ -59,36 +58,19 @@ def _wire(ids: list[str]) -> list[dict[str, Any]]:
 
 
 def _wait_done(sched: Any, suite: str, n: int, timeout_s: float) -> None:
-    import ray
-
-    from scheduler.records import TERMINAL
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        counts = ray.get(sched.counts.remote(suite))
-        if sum(counts.get(s, 0) for s in TERMINAL) >= n:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"suite {suite}: {counts} after {timeout_s:g}s")
-        time.sleep(DONE_POLL_S)
+    if not wait_terminal(sched, n, time.monotonic() + timeout_s, suite, DONE_POLL_S):
+        raise TimeoutError(f"suite {suite}: not all {n} iterations ended within {timeout_s:g}s")
 
 
 def _ours(n: int, hosts: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
     import ray
 
     from nodeagent.simhost import SimHostSpec, start_sim_hosts
-    from tryfleet import cluster
 
     specs = [SimHostSpec(f"sim{i:03d}", cpus=HOST_CPUS, mem_mib=HOST_MEM_MIB)
              for i in range(hosts)]
     sim = start_sim_hosts("bench", specs, _delays())
-    os.environ.pop("TRYFLEET_LEDGER", None)  # the ledger goes in tmp, never the real one
-    sched = cluster.ensure_scheduler(tmp, detached=False)
-    deadline = time.monotonic() + 60
-    while len([h for h in ray.get(sched.status.remote())["hosts"] if h["cpus"]]) < hosts:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the scheduler did not see every simulated host")
-        time.sleep(0.2)
+    sched = start_scheduler(tmp / "ledger.db", hosts)
     warm = _ids("warm", WARMUP)
     ray.get(sched.submit.remote(_wire(warm), "warmup", "bench"))
     _wait_done(sched, "warmup", WARMUP, timeout_s)
@@ -137,24 +119,13 @@ def _ray_native(ids: list[str], num_cpus: float) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tryfleet import cluster  # sets Ray's auth mode before Ray is imported, as tryfleet does
-
-    cluster.secure_ray()
-    import ray
-
     n, hosts = (1000, 10) if args.quick else (10_000, 100)
     cpus = os.cpu_count() or 1
     ids = _ids("it", n)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-dispatch-", dir=scratch_dir()))
-    ray.init(address="local", num_cpus=cpus, namespace="tryfleet", include_dashboard=False,
-             log_to_driver=False, logging_level="WARNING")
-    try:
+    with local_ray("bench-dispatch-") as tmp:
         ours = _ours(n, hosts, tmp, timeout_s=120 if args.quick else 600)
         native_s = _ray_native(ids, 1)
         over_s = _ray_native(ids, RAY_FRACTION)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
     delays = _delays()
     mean_s = sum(sum(delays.draw(iid)) for iid in ids) / n
     return _report(n, hosts, cpus, ours, native_s, over_s, mean_s)

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import sqlite3
 import sys
-import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import print_table, scratch_dir
+from .common import print_table
 from .hostwatch import Guard, HostWatch, settle
+from .onray import local_ray, start_scheduler, wait_terminal
 from .suitestats import MODES, chart, summarize
+from .vmbench import SETUP_HINT
 
 CHART = chart
 MEM_MIB = 256
@@ -99,29 +99,6 @@ def describe(args: dict[str, Any]) -> str:
             f"{args['suite_cap']} at a time per suite")
 
 
-def _host_seen(sched: Any, timeout_s: float = 60.0) -> None:
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while not any(h["cpus"] for h in ray.get(sched.status.remote())["hosts"]):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the scheduler did not see this host's node agent")
-        time.sleep(0.2)
-
-
-def _wait_terminal(sched: Any, total: int, deadline: float) -> bool:
-    import ray
-
-    from scheduler.records import TERMINAL
-
-    while time.monotonic() < deadline:
-        counts = ray.get(sched.counts.remote())
-        if sum(counts.get(s, 0) for s in TERMINAL) >= total:
-            return True
-        time.sleep(POLL_S)
-    return False
-
-
 def _wait_idle(node: Any, timeout_s: float = 90.0) -> None:
     """Until the node agent runs no iteration (pooled VMs may stay)."""
     import ray
@@ -136,18 +113,13 @@ def _wait_idle(node: Any, timeout_s: float = 90.0) -> None:
 def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
     import ray
 
-    from nodeagent.actor import NAMESPACE
-    from scheduler.service import Scheduler
-
     ledger = tmp / f"{mode}.db"
     args = scheduler_args(mode, size.suites, os.cpu_count() or 1)
-    sched = ray.remote(Scheduler).options(namespace=NAMESPACE, num_cpus=0,
-                                          max_concurrency=1000).remote(str(ledger), **args)
-    _host_seen(sched)
+    sched = start_scheduler(ledger, 1, **args)
     warm = size.warmup if mode == "throttled" else 0  # slots and pool made once, for both
     if warm:
         ray.get(sched.submit.remote(iterations(99, warm), "warmup", "bench"))
-        _wait_terminal(sched, warm, time.monotonic() + 300)
+        wait_terminal(sched, warm, time.monotonic() + 300, poll_s=POLL_S)
     _wait_idle(node)
     settled = settle(size.settle_s)
     stops: list[str] = []
@@ -161,9 +133,10 @@ def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
         t0 = time.time()
         ray.get([sched.submit.remote(iterations(i, size.per_suite), suite_name(i), "bench")
                  for i in range(size.suites)])
-        if not _wait_terminal(sched, total, time.monotonic() + size.deadline_s) and not stops:
+        if not wait_terminal(sched, total, time.monotonic() + size.deadline_s,
+                             poll_s=POLL_S) and not stops:
             kill_switch(f"deadline of {size.deadline_s:g} s passed")
-            _wait_terminal(sched, total, time.monotonic() + 60)
+            wait_terminal(sched, total, time.monotonic() + 60, poll_s=POLL_S)
         stopped_at = time.time()
     ray.kill(sched, no_restart=True)
     _wait_idle(node)
@@ -189,38 +162,29 @@ def _node(start_node_actor: Any) -> Any:
     from nodeagent import default_data_dir
     from nodeagent.actor import unpack
 
-    hint = "run `bash scripts/setup.sh && .venv/bin/tryfleet image build base` first"
     try:
         node = start_node_actor(str(default_data_dir()), socket.gethostname(), detached=False)
         images = unpack(ray.get(node.status.remote()))["images"]
     except Exception as err:  # no libvirtd, no permission: say what to do
-        sys.exit(f"suites50 needs libvirtd and the base image: {err}\n{hint}")
+        sys.exit(f"suites50 needs libvirtd and the base image: {err}\n{SETUP_HINT}")
     if "base" not in images:
-        sys.exit(f"suites50 needs the base image, and {default_data_dir()} has none; {hint}")
+        sys.exit(f"suites50 needs the base image, and {default_data_dir()} has none; "
+                 f"{SETUP_HINT}")
     return node
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tryfleet import cluster  # sets Ray's auth mode before Ray is imported, as tryfleet does
-
-    cluster.secure_ray()
-    import ray
-
-    from nodeagent.actor import start_node_actor
-
     size = QUICK if args.quick else DEFAULT
-    tmp = Path(tempfile.mkdtemp(prefix="bench-suites50-", dir=scratch_dir()))
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace="tryfleet",
-             include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     modes: dict[str, Any] = {}
-    try:
+    with local_ray("bench-suites50-") as tmp:
+        import ray
+
+        from nodeagent.actor import start_node_actor
+
         node = _node(start_node_actor)
         for mode in MODES:
             modes[mode] = run_mode(mode, size, tmp, node)
         ray.get(node.shutdown.remote())
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
     return report(size, modes)
 
 

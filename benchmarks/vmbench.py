@@ -11,6 +11,7 @@ from nodeagent import NodeAgent, NodeConfig, SandboxSpec, default_data_dir
 from nodeagent.node import PoolTarget
 
 SPEC = SandboxSpec("base", 1, 512, None)
+SETUP_HINT = "run `bash scripts/setup.sh && .venv/bin/tryfleet image build base` first"
 
 
 def node(warm_pool: bool, restore: bool, ready: int = 0, pool_max: int = 4) -> NodeAgent:
@@ -20,8 +21,7 @@ def node(warm_pool: bool, restore: bool, ready: int = 0, pool_max: int = 4) -> N
                                     restore=restore, pool_targets=targets,
                                     pool_max_per_key=pool_max), reap_on_start=False)
     except Exception as err:  # no libvirtd, no image: say what to do
-        sys.exit(f"benchmark needs libvirtd and the base image: {err}\n"
-                 "run `bash scripts/setup.sh && .venv/bin/tryfleet image build base` first")
+        sys.exit(f"benchmark needs libvirtd and the base image: {err}\n{SETUP_HINT}")
 
 
 def vm_host_mib(name: str) -> float | None:
