@@ -21,8 +21,6 @@ from typing import Any
 from .common import error
 from .fleetcmds import connect, parse_limits
 
-FIELDS = {"id", "image", "command", "files", "env", "timeout_s", "cpus", "mem_mib", "limits",
-          "retries", "disk_mib", "priority", "cwd"}
 RESULT_FIELDS = ("id", "state", "exit_code", "stdout", "stderr", "started_at", "ended_at",
                  "duration_s", "attempts", "host", "trace_id", "suite", "tenant", "error",
                  "stdout_truncated", "stderr_truncated")
@@ -33,6 +31,7 @@ def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
     """Every valid line as an Iteration, and one message per bad line (with its number)."""
     from scheduler.records import InvalidIteration, Iteration
 
+    fields = set(Iteration.__dataclass_fields__)
     its, problems = [], []
     try:
         lines = path.read_text().splitlines()
@@ -46,10 +45,10 @@ def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
             data = json.loads(line)
             if not isinstance(data, dict):
                 raise InvalidIteration("a line must be a JSON object")
-            unknown = set(data) - FIELDS
+            unknown = set(data) - fields
             if unknown:
                 raise InvalidIteration(f"unknown field(s) {', '.join(sorted(unknown))}; "
-                                       f"known: {', '.join(sorted(FIELDS))}")
+                                       f"known: {', '.join(sorted(fields))}")
             if "image" not in data or "command" not in data:
                 raise InvalidIteration("'image' and 'command' are required")
             if not isinstance(data["command"], list):

@@ -18,7 +18,7 @@ def run_in_fleet(args: argparse.Namespace, data_dir: Path, spec: IterationSpec) 
     import ray
 
     from nodeagent.actor import unpack
-    from scheduler.records import InvalidIteration, Iteration
+    from scheduler.records import TERMINAL, InvalidIteration, Iteration
     from tryfleet import cluster
 
     try:
@@ -33,8 +33,9 @@ def run_in_fleet(args: argparse.Namespace, data_dir: Path, spec: IterationSpec) 
     offsets = [0, 0]
     try:
         while True:
-            result = fleet.result(iid)
             where = fleet.where(iid)
+            ended = where is not None and where["state"] in TERMINAL
+            result = fleet.result(iid) if ended else None  # the whole output: only once ended
             if where and where["host"] and where["state"] in ("RUNNING", "PLACED") or result:
                 host = (result.host if result else None) or (where or {}).get("host")
                 attempt = (where or {}).get("attempt", 0)
