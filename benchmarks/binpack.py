@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.placement import Demand, HostView, Reservations, Verdict, place
+from tryfleet.scheduler.placement import Demand, HostView, Reservations, Verdict, place
 
 from .common import print_table
 

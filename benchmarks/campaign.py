@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nodeagent import IterationSpec, NodeAgent, State
+from tryfleet.nodeagent import IterationSpec, NodeAgent, State
 
 from .common import print_table
 from .vmbench import SPEC, ensure_slots, node

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from images import ImageError, ImageStore
-from nodeagent import Cloner, default_data_dir, qemu_img_clone
+from tryfleet.images import ImageError, ImageStore
+from tryfleet.nodeagent import Cloner, default_data_dir, qemu_img_clone
 
 from .common import percentile, print_table, scratch_dir
 

@@ -43,7 +43,7 @@ CHART = [
 
 
 def _delays() -> Any:
-    from nodeagent.simhost import Delays
+    from tryfleet.nodeagent.simhost import Delays
 
     return Delays(seed=SEED, boot_median_ms=5.0, boot_sigma=0.5, exec_median_ms=5.0,
                   exec_sigma=0.5)
@@ -65,7 +65,7 @@ def _wait_done(sched: Any, suite: str, n: int, timeout_s: float) -> None:
 def _ours(n: int, hosts: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
     import ray
 
-    from nodeagent.simhost import SimHostSpec, start_sim_hosts
+    from tryfleet.nodeagent.simhost import SimHostSpec, start_sim_hosts
 
     specs = [SimHostSpec(f"sim{i:03d}", cpus=HOST_CPUS, mem_mib=HOST_MEM_MIB)
              for i in range(hosts)]

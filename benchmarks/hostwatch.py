@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent.host import read_pressure
+from tryfleet.nodeagent.host import read_pressure
 
 QEMU_NAMES = ("qemu-system-x86_64", "qemu-kvm")
 

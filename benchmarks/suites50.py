@@ -103,7 +103,7 @@ def _wait_idle(node: Any, timeout_s: float = 90.0) -> None:
     """Until the node agent runs no iteration (pooled VMs may stay)."""
     import ray
 
-    from nodeagent.actor import unpack
+    from tryfleet.nodeagent.actor import unpack
 
     deadline = time.monotonic() + timeout_s
     while unpack(ray.get(node.status.remote()))["running"] and time.monotonic() < deadline:
@@ -159,8 +159,8 @@ def _node(start_node_actor: Any) -> Any:
     """This host's node agent, for the run; exits with what to do when it cannot run VMs."""
     import ray
 
-    from nodeagent import default_data_dir
-    from nodeagent.actor import unpack
+    from tryfleet.nodeagent import default_data_dir
+    from tryfleet.nodeagent.actor import unpack
 
     try:
         node = start_node_actor(str(default_data_dir()), socket.gethostname(), detached=False)
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with local_ray("bench-suites50-") as tmp:
         import ray
 
-        from nodeagent.actor import start_node_actor
+        from tryfleet.nodeagent.actor import start_node_actor
 
         node = _node(start_node_actor)
         for mode in MODES:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent import NodeAgent, NodeConfig, SandboxSpec, default_data_dir
-from nodeagent.node import PoolTarget
+from tryfleet.nodeagent import NodeAgent, NodeConfig, SandboxSpec, default_data_dir
+from tryfleet.nodeagent.node import PoolTarget
 
 SPEC = SandboxSpec("base", 1, 512, None)
 SETUP_HINT = "run `bash scripts/setup.sh && .venv/bin/tryfleet image build base` first"

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from images.guestagent.agent import Agent
+from tryfleet.images.guestagent.agent import Agent
 
 from .errors import HypervisorError
 from .hypervisor import DOMAIN_PREFIX, DomainSpec, RestoreSpec

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from images.guestagent import wire
+from tryfleet.images.guestagent import wire
 
 from .errors import Cancelled, GuestGone, GuestProtocolError, GuestRequestError, GuestUnresponsive
 from .records import ExecResult

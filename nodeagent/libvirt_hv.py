@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
-from images.guestagent.wire import PORT_NAME
+from tryfleet.images.guestagent.wire import PORT_NAME
 
 from .errors import HypervisorError, HypervisorUnavailable
 from .hypervisor import DOMAIN_PREFIX, DomainSpec, RestoreSpec

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
+from tryfleet.images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
 
 from .clone import Cloner
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
@@ -332,7 +332,7 @@ class NodeAgent:
             return self.store.get(name)
 
     def _build_from_recipe(self, name: str) -> object:
-        from images.builder import build
+        from tryfleet.images.builder import build
 
         return build(name, self.store, progress=lambda line: log.info("%s", line))
 

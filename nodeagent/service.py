@@ -291,7 +291,7 @@ class NodeService:
 
 
 def _is_bad_request(err: Exception) -> bool:
-    from images import ImageError
+    from tryfleet.images import ImageError
 
     from .errors import BadRequest
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from nodeagent.actor import pack, unpack
+from tryfleet.nodeagent.actor import pack, unpack
 
 from .admission import Candidate
 from .hosts import Endpoint, Hosts

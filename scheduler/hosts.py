@@ -14,8 +14,8 @@ from typing import Any
 
 import ray
 
-from nodeagent.actor import ACTOR_PREFIX, NAMESPACE, unpack
-from nodeagent.simhost import SIM_PREFIX
+from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, unpack
+from tryfleet.nodeagent.simhost import SIM_PREFIX
 
 from .admission import PressureLimits, under_pressure
 from .placement import HostView

@@ -40,5 +40,5 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 
 # virtlogd, and libvirtd under a subreaper that reaps QEMU the moment it exits.
-.venv/bin/python -m nodeagent.daemons start
+.venv/bin/python -m tryfleet.nodeagent.daemons start
 echo "setup: ready ($(virsh -c qemu:///system version | grep -i 'running hypervisor'))"

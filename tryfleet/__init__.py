@@ -18,7 +18,7 @@ __all__ = ["Fleet", "Iteration", "Result", "Sandbox", "__version__", "connect"]
 def __getattr__(name: str) -> Any:
     # Importing Ray takes a second or two: only pay for it when the SDK is used.
     if name in ("Iteration", "Result"):
-        from scheduler import records
+        from tryfleet.scheduler import records
 
         return getattr(records, name)
     if name in ("Fleet", "Sandbox", "connect"):

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nodeagent import default_data_dir
+from tryfleet.nodeagent import default_data_dir
 
 from . import __version__
 
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     data_dir = args.data_dir or default_data_dir()
     if args.command == "image":
-        from images.cli import cmd_build, cmd_ls
+        from tryfleet.images.cli import cmd_build, cmd_ls
 
         if args.image_command == "build":
             return cmd_build(args.name, data_dir, args.force)

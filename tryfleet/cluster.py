@@ -22,8 +22,8 @@ import ray
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from nodeagent.actor import ACTOR_PREFIX, NAMESPACE, start_node_actor
-from scheduler.service import SCHEDULER_NAME, Scheduler
+from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, start_node_actor
+from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
 
 RAY_PORT = 6390
 RAY_TEMP_DIR = "/tmp/tryfleet-ray"  # short: Ray puts unix sockets under it

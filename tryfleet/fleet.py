@@ -10,10 +10,10 @@ from typing import Any
 
 import ray
 
-from nodeagent import default_data_dir
-from nodeagent.actor import ACTOR_PREFIX, NAMESPACE, pack, unpack
-from scheduler.ledger import LedgerError
-from scheduler.records import InvalidIteration, Iteration, Result
+from tryfleet.nodeagent import default_data_dir
+from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, pack, unpack
+from tryfleet.scheduler.ledger import LedgerError
+from tryfleet.scheduler.records import InvalidIteration, Iteration, Result
 
 from . import cluster
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from images import ImageError, ImageStore
-from nodeagent import NodeAgent, NodeConfig, default_data_dir
+from tryfleet.images import ImageError, ImageStore
+from tryfleet.nodeagent import NodeAgent, NodeConfig, default_data_dir
 
 
 def pytest_collection_modifyitems(items):

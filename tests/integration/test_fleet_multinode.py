@@ -7,8 +7,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from nodeagent.actor import start_node_actor
-from scheduler.records import Iteration
+from tryfleet.nodeagent.actor import start_node_actor
+from tryfleet.scheduler.records import Iteration
 from tryfleet import cluster as fleet_cluster
 from tryfleet.fleet import Fleet
 

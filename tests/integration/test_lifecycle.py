@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from nodeagent import IterationSpec, NodeAgent, NodeConfig, State
+from tryfleet.nodeagent import IterationSpec, NodeAgent, NodeConfig, State
 
 from .conftest import tryfleet_domains
 
@@ -58,7 +58,7 @@ def test_disk_quota_grows_the_root_filesystem(node, leaves_nothing):
 
 CRASHING_RUN = textwrap.dedent("""
     import sys, time
-    from nodeagent import NodeAgent, NodeConfig, SandboxSpec
+    from tryfleet.nodeagent import NodeAgent, NodeConfig, SandboxSpec
     from pathlib import Path
     node = NodeAgent(NodeConfig(data_dir=Path(sys.argv[1])))
     box = node.acquire(SandboxSpec("base"))

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from nodeagent import IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
-from nodeagent.node import PoolTarget
+from tryfleet.nodeagent import IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
+from tryfleet.nodeagent.node import PoolTarget
 
 from .conftest import tryfleet_domains
 

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from nodeagent import GuestRequestError, SandboxSpec
+from tryfleet.nodeagent import GuestRequestError, SandboxSpec
 
 
 @pytest.fixture(scope="module")

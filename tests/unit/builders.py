@@ -4,7 +4,7 @@ import ast
 import pathlib
 from types import ModuleType
 
-from nodeagent.fake_hv import make_fake_image as make_image
+from tryfleet.nodeagent.fake_hv import make_fake_image as make_image
 
 __all__ = ["imported_roots", "make_image"]
 NOT_IN_PURE_MODULES = {"ray", "libvirt", "prometheus_client", "nodeagent"}

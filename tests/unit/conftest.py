@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from images.guestagent.agent import Agent
-from nodeagent.guest import GuestChannel
+from tryfleet.images.guestagent.agent import Agent
+from tryfleet.nodeagent.guest import GuestChannel
 
 
 class AgentPair:

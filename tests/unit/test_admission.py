@@ -1,4 +1,4 @@
-from scheduler.admission import (
+from tryfleet.scheduler.admission import (
     Candidate,
     Policy,
     PressureLimits,
@@ -7,7 +7,7 @@ from scheduler.admission import (
     blocked,
     under_pressure,
 )
-from scheduler.placement import Demand
+from tryfleet.scheduler.placement import Demand
 
 D = Demand(1, 512, 1024, "base")
 

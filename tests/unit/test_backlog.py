@@ -2,11 +2,11 @@
 
 import pytest
 
-import scheduler.backlog as bl
-import scheduler.metrics as mt
-from scheduler.admission import Candidate
-from scheduler.backlog import Backlog
-from scheduler.placement import Demand
+from tryfleet.scheduler import backlog as bl
+from tryfleet.scheduler import metrics as mt
+from tryfleet.scheduler.admission import Candidate
+from tryfleet.scheduler.backlog import Backlog
+from tryfleet.scheduler.placement import Demand
 from tests.unit.builders import NOT_IN_PURE_MODULES, imported_roots
 
 

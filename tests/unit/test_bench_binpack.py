@@ -5,7 +5,7 @@ import pytest
 from benchmarks import binpack
 from benchmarks.binpack import fill, lower_bounds, make_hosts, mix, pack_with_tryfleet
 from benchmarks.chart import bars, save_chart
-from scheduler.placement import Demand, HostView
+from tryfleet.scheduler.placement import Demand, HostView
 
 
 def make_host(cpus=16, mem_mib=32768, disk_mib=100_000):

@@ -6,7 +6,7 @@ from benchmarks import suites50
 from benchmarks.chart import bars
 from benchmarks.hostwatch import Guard, HostWatch, Peaks, Sample, settle
 from benchmarks.suitestats import jain, summarize
-from scheduler.records import Iteration
+from tryfleet.scheduler.records import Iteration
 
 
 def sample(cpu=10.0, mem=0.0, used=1000.0, avail=80.0, vms=2):

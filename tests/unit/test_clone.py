@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from nodeagent import CloneError, Cloner, qemu_img_clone
+from tryfleet.nodeagent import CloneError, Cloner, qemu_img_clone
 
 
 @pytest.fixture

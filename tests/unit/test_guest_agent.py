@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from images.guestagent import wire
-from nodeagent import GuestGone, GuestProtocolError, GuestRequestError
-from nodeagent.guest import GuestChannel
+from tryfleet.images.guestagent import wire
+from tryfleet.nodeagent import GuestGone, GuestProtocolError, GuestRequestError
+from tryfleet.nodeagent.guest import GuestChannel
 
 
 def test_ping_answers_with_the_protocol_version(agent_pair):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent import host
-from nodeagent.fake_hv import FakeHypervisor
+from tryfleet.nodeagent import host
+from tryfleet.nodeagent.fake_hv import FakeHypervisor
 
 
 def test_parse_psi():

@@ -10,15 +10,15 @@ import subprocess
 
 import pytest
 
-import images
-from images import cli
-from images.builder import fs_size_mib, guest_path, shrink, usage_bytes
-from images.digest import compute_digest
-from images.errors import BuildError, ImageError, ImageNotBuilt, RecipeError, UnknownImage
-from images.kernel import Apt
-from images.recipe import RECIPES_DIR, load_recipe
-from images.steps import run
-from images.store import ImageStore
+from tryfleet import images
+from tryfleet.images import cli
+from tryfleet.images.builder import fs_size_mib, guest_path, shrink, usage_bytes
+from tryfleet.images.digest import compute_digest
+from tryfleet.images.errors import BuildError, ImageError, ImageNotBuilt, RecipeError, UnknownImage
+from tryfleet.images.kernel import Apt
+from tryfleet.images.recipe import RECIPES_DIR, load_recipe
+from tryfleet.images.steps import run
+from tryfleet.images.store import ImageStore
 
 GOOD_RECIPE = """\
 suite = "bookworm"

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from images.digest import BOOT_DIR
-from images.errors import BuildError
-from images.initramfs import (
+from tryfleet.images.digest import BOOT_DIR
+from tryfleet.images.errors import BuildError
+from tryfleet.images.initramfs import (
     LOAD_ORDER,
     VIRTIO_MODULES,
     build_initramfs,
@@ -20,7 +20,7 @@ from images.initramfs import (
     regular,
     symlink,
 )
-from images.kernel import KernelTree
+from tryfleet.images.kernel import KernelTree
 
 RELEASE = "6.1.0-99-cloud-amd64"
 INIT = BOOT_DIR / "initramfs-init"

@@ -1,6 +1,6 @@
 """The public surface of each package is what its __all__ says, and it is pinned here."""
 
-import nodeagent
+from tryfleet import nodeagent
 
 
 def test_nodeagent_public_api_is_pinned():
@@ -19,7 +19,7 @@ def test_guest_agent_imports_nothing_of_the_host_side():
     import ast
     import pathlib
 
-    import images.guestagent as ga
+    from tryfleet.images import guestagent as ga
 
     for path in pathlib.Path(ga.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -31,7 +31,7 @@ def test_guest_agent_imports_nothing_of_the_host_side():
 
 
 def test_fake_hypervisor_implements_the_boundary():
-    from nodeagent.fake_hv import FakeHypervisor
-    from nodeagent.hypervisor import Hypervisor
+    from tryfleet.nodeagent.fake_hv import FakeHypervisor
+    from tryfleet.nodeagent.hypervisor import Hypervisor
 
     assert isinstance(FakeHypervisor(), Hypervisor)

@@ -4,8 +4,8 @@ import signal
 
 import pytest
 
-from scheduler.ledger import Ledger, LedgerError, Report
-from scheduler.records import InvalidIteration, Iteration
+from tryfleet.scheduler.ledger import Ledger, LedgerError, Report
+from tryfleet.scheduler.records import InvalidIteration, Iteration
 
 
 def it(**kw):

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from nodeagent.fake_hv import FakeHypervisor
-from nodeagent.node import NodeConfig
-from nodeagent.service import NodeService
+from tryfleet.nodeagent.fake_hv import FakeHypervisor
+from tryfleet.nodeagent.node import NodeConfig
+from tryfleet.nodeagent.service import NodeService
 from tests.unit.builders import make_image
 
 
@@ -54,7 +54,7 @@ def test_collect_waits_for_the_first_outcome_then_returns_empty_on_timeout(svc):
 
 
 def test_status_reports_ready_pooled_vms_and_their_memory(tmp_path, monkeypatch):
-    from nodeagent.node import PoolTarget
+    from tryfleet.nodeagent.node import PoolTarget
 
     monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
     make_image(tmp_path, "base")

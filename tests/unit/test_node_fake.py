@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from nodeagent import (
+from tryfleet.nodeagent import (
     BadRequest,
     IterationSpec,
     NodeAgent,
@@ -15,8 +15,8 @@ from nodeagent import (
     SandboxSpec,
     State,
 )
-from nodeagent.fake_hv import FakeHypervisor
-from nodeagent.reaper import OWNER_FILE
+from tryfleet.nodeagent.fake_hv import FakeHypervisor
+from tryfleet.nodeagent.reaper import OWNER_FILE
 from tests.unit.builders import make_image
 
 

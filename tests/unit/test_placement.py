@@ -2,8 +2,8 @@
 
 import pytest
 
-import scheduler.placement as pl
-from scheduler.placement import Demand, HostView, Reason, Reservations, Verdict, place
+from tryfleet.scheduler import placement as pl
+from tryfleet.scheduler.placement import Demand, HostView, Reason, Reservations, Verdict, place
 from tests.unit.builders import NOT_IN_PURE_MODULES, imported_roots
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent import BadRequest, IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
-from nodeagent.fake_hv import FakeHypervisor
-from nodeagent.hypervisor import RestoreSpec
-from nodeagent.libvirt_hv import restore_xml
-from nodeagent.node import PoolTarget
+from tryfleet.nodeagent import BadRequest, IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
+from tryfleet.nodeagent.fake_hv import FakeHypervisor
+from tryfleet.nodeagent.hypervisor import RestoreSpec
+from tryfleet.nodeagent.libvirt_hv import restore_xml
+from tryfleet.nodeagent.node import PoolTarget
 from tests.unit.builders import make_image
 
 

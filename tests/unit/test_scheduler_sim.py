@@ -7,9 +7,9 @@ import types
 
 import pytest
 
-from nodeagent.simhost import Delays, SimHosts, SimHostSpec
-from scheduler.records import TERMINAL
-from scheduler.service import Scheduler
+from tryfleet.nodeagent.simhost import Delays, SimHosts, SimHostSpec
+from tryfleet.scheduler.records import TERMINAL
+from tryfleet.scheduler.service import Scheduler
 
 FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
 

@@ -2,8 +2,8 @@
 
 import asyncio
 
-from nodeagent.actor import pack, unpack
-from nodeagent.simhost import Delays, SimHosts, SimHostSpec
+from tryfleet.nodeagent.actor import pack, unpack
+from tryfleet.nodeagent.simhost import Delays, SimHosts, SimHostSpec
 
 FAST = Delays(seed=7, boot_median_ms=1, boot_sigma=0.1, exec_median_ms=1, exec_sigma=0.1)
 

@@ -1,7 +1,7 @@
 import msgpack
 import pytest
 
-from images.guestagent import wire
+from tryfleet.images.guestagent import wire
 
 
 def test_frames_round_trip_across_arbitrary_splits():

@@ -29,7 +29,7 @@ STATES = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED", "INFRA_ERROR")
 
 def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
     """Every valid line as an Iteration, and one message per bad line (with its number)."""
-    from scheduler.records import InvalidIteration, Iteration
+    from tryfleet.scheduler.records import InvalidIteration, Iteration
 
     fields = set(Iteration.__dataclass_fields__)
     its, problems = [], []

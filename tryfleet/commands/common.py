@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from images import ImageError
-from nodeagent import HypervisorUnavailable, NodeAgent, NodeConfig
+from tryfleet.images import ImageError
+from tryfleet.nodeagent import HypervisorUnavailable, NodeAgent, NodeConfig
 
 EXIT_INFRA = 125  # tryfleet itself could not do what was asked
 EXIT_TIMEOUT = 124  # as timeout(1)

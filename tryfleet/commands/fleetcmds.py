@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodeagent.errors import BadRequest
+from tryfleet.nodeagent.errors import BadRequest
 
 from .common import error
 
@@ -46,7 +46,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
 
     try:
         limits = parse_limits(args.limit)
-        from nodeagent.node import PoolTarget
+        from tryfleet.nodeagent.node import PoolTarget
 
         for target in args.pool:
             PoolTarget.parse(target)  # a typo fails here, before anything starts
@@ -146,7 +146,7 @@ def logs(args: argparse.Namespace, data_dir: Path) -> int:
                 if where["host"] else None
             import ray
 
-            from nodeagent.actor import unpack
+            from tryfleet.nodeagent.actor import unpack
 
             out = unpack(ray.get(got)) if got is not None else None
             print(f"# {args.id}: {where['state']} on {where['host'] or '-'} "

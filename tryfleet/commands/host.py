@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from nodeagent import NodeAgentError
+from tryfleet.nodeagent import NodeAgentError
 
 from .common import error, open_node
 

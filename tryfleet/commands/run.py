@@ -7,8 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
-from images import ImageError
-from nodeagent import BadRequest, IterationOutcome, IterationSpec, NodeAgentError, State
+from tryfleet.images import ImageError
+from tryfleet.nodeagent import BadRequest, IterationOutcome, IterationSpec, NodeAgentError, State
 
 from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, error, open_node
 

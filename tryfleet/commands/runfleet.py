@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from nodeagent import IterationSpec
+from tryfleet.nodeagent import IterationSpec
 
 from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, error
 from .fleetcmds import connect
@@ -17,8 +17,8 @@ from .fleetcmds import connect
 def run_in_fleet(args: argparse.Namespace, data_dir: Path, spec: IterationSpec) -> int:
     import ray
 
-    from nodeagent.actor import unpack
-    from scheduler.records import TERMINAL, InvalidIteration, Iteration
+    from tryfleet.nodeagent.actor import unpack
+    from tryfleet.scheduler.records import TERMINAL, InvalidIteration, Iteration
     from tryfleet import cluster
 
     try:
