@@ -1,0 +1,53 @@
+"""The records that cross between the scheduler and the node agents, and their codec."""
+
+import msgpack
+import pytest
+
+from tryfleet import wire
+
+
+def _status() -> wire.HostStatus:
+    return wire.HostStatus(
+        host="h1", pid=7, accel="tcg", capacity=wire.Capacity("h1", 8, 32768, 100_000),
+        pressure=wire.Pressure(cpu_some_avg10=12.5), images=("base",), buildable=("base",),
+        pool=(wire.PoolRow("base", 1, 512, None, ready=2, wanted=3, filling=True),))
+
+
+def test_records_round_trip_with_nested_records_enums_and_bytes():
+    out = wire.Outcome("it-1", 2, wire.State.INFRA_ERROR, "h1", stdout=b"\x00\xff",
+                       failure=wire.Failure.LOST, duration_s=1.5)
+    assert wire.unpack(wire.Outcome, wire.pack(out)) == out
+    assert wire.unpack_map(wire.HostStatus, wire.pack({"h1": _status()})) == {"h1": _status()}
+    req = wire.StartRequest("it-1", 1, wire.IterationSpec("base", ("true",),
+                                                          put=(("/a", b"x"),)))
+    assert wire.unpack_list(wire.StartRequest, wire.pack([req])) == [req]
+
+
+def test_host_status_derives_warm_vms_and_pooled_memory_from_its_pool_rows():
+    st = _status()
+    assert st.warm == {"base": 2}
+    assert st.pool_mem_mib == 1024
+
+
+def test_a_field_of_the_wrong_type_is_refused_naming_the_field():
+    raw = wire.pack(wire.AttemptKey("it-1", 3)).replace(b"\x03", b"\xa13")  # 3 -> "3"
+    with pytest.raises(wire.WireError, match=r"AttemptKey\.attempt: expected int, got str"):
+        wire.unpack(wire.AttemptKey, raw)
+
+
+def test_a_missing_required_field_is_refused_and_an_unknown_one_ignored():
+    with pytest.raises(wire.WireError, match="field 'attempt' is missing"):
+        wire.unpack(wire.AttemptKey, msgpack.packb({"id": "x"}))
+    got = wire.unpack(wire.AttemptKey, msgpack.packb({"id": "x", "attempt": 1, "new": 2}))
+    assert got == wire.AttemptKey("x", 1)
+
+
+def test_an_unknown_enum_value_is_refused_with_the_allowed_ones():
+    data = msgpack.packb({"id": "x", "attempt": 1, "state": "MAYBE", "host": "h"})
+    with pytest.raises(wire.WireError, match="'MAYBE' is not one of SUCCEEDED"):
+        wire.unpack(wire.Outcome, data)
+
+
+def test_bytes_that_are_not_msgpack_are_a_wire_error():
+    with pytest.raises(wire.WireError, match="not a msgpack message"):
+        wire.unpack(wire.AttemptKey, b"\xc1")

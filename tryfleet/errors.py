@@ -1,0 +1,48 @@
+"""One error root for everything tryfleet raises. Each subclass also inherits the builtin it
+resembles, so `except ValueError` or `except TimeoutError` keep working for callers who know
+nothing of tryfleet.
+
+Two families matter to callers and to the scheduler's retry policy:
+- BadRequest: the request can never succeed as given (a field out of range, an unknown image,
+  a size no host has). Retrying it is pointless; the message says what to change.
+- InfrastructureError: tryfleet could not do it this time (a VM that did not boot, a guest
+  protocol error, a host lost, an image build that failed on a network error). Retried.
+"""
+
+from __future__ import annotations
+
+
+class TryfleetError(Exception):
+    """Root of every error tryfleet raises."""
+
+
+class BadRequest(TryfleetError, ValueError):
+    """A request that can never be honoured as given; the message names the field and why."""
+
+
+class InfrastructureError(TryfleetError, RuntimeError):
+    """tryfleet could not do what was asked this time; trying again may work."""
+
+
+class CannotPlace(BadRequest):
+    """No host of the fleet could ever take this request as the fleet is (size, image)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NoRoom(TryfleetError, TimeoutError):
+    """The request fits the fleet, but no room came free before the wait ended."""
+
+
+class NotFound(TryfleetError, LookupError):
+    """No such iteration, suite or sandbox (or not one the caller may see)."""
+
+
+class FleetUnavailable(TryfleetError, ConnectionError):
+    """The fleet could not be started, reached or stopped; the message says what to do."""
+
+
+__all__ = ["BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError", "NoRoom",
+           "NotFound", "TryfleetError"]

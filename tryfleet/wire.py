@@ -1,0 +1,389 @@
+"""Everything that crosses between the scheduler and the node agents: small frozen records and
+their msgpack codec. The scheduler knows the node side only through this module; the node side
+never imports the scheduler.
+
+Every record is a frozen dataclass of plain fields (str, int, float, bool, bytes, None, enums,
+tuples, str-keyed dicts and other records). `pack(record)` gives msgpack bytes (a map of field
+names, so a field added later is ignored by an older reader); `unpack(Type, data)` checks every
+field's type on the way in and raises WireError naming the field. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import msgpack
+
+from .errors import TryfleetError
+
+T = TypeVar("T")
+
+
+class WireError(TryfleetError, ValueError):
+    """Bytes that do not decode to the record they should be; the message names the field."""
+
+
+class State(enum.StrEnum):
+    """How an attempt ended, as its host saw it."""
+
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # the command ran and failed
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    INFRA_ERROR = "INFRA_ERROR"
+
+
+class Failure(enum.StrEnum):
+    """Why an attempt ended in INFRA_ERROR: decides whether it is tried again."""
+
+    BAD_REQUEST = "bad_request"  # this request can never run as given: not retried
+    INFRA = "infra"  # the VM, guest, hypervisor or an image build failed: retried
+    LOST = "lost"  # its host does not know the attempt (the node agent restarted): retried
+    HOST_LOST = "host_lost"  # its host stopped answering: retried elsewhere
+
+
+# ---- starting attempts -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ids:
+    """The ids that explain an attempt, bound to every log line and record about it."""
+
+    tenant: str = ""
+    suite: str = ""
+    iteration: str = ""
+    attempt: int = 0
+    trace_id: str = ""
+    host: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IterationSpec:
+    """One iteration as a host runs it: a fresh VM, files in, one command, files out, VM gone."""
+
+    image: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    stdin: bytes | None = None
+    put: tuple[tuple[str, bytes], ...] = ()  # (guest path, content)
+    get: tuple[str, ...] = ()  # guest paths to bring back
+    timeout_s: float = 600.0
+    cpus: int = 1
+    mem_mib: int = 512
+    disk_mib: int | None = None
+    max_output: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    id: str
+    attempt: int
+    spec: IterationSpec
+    ids: Ids = field(default_factory=Ids)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptKey:
+    id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """An attempt a host knows of, and whether it has ended there."""
+
+    id: str
+    attempt: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one attempt on its host."""
+
+    id: str
+    attempt: int
+    state: State
+    host: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    started_at: float | None = None  # wall clock, seconds since the epoch
+    ended_at: float | None = None
+    duration_s: float | None = None  # host monotonic
+    error: str | None = None
+    failure: Failure | None = None  # set when state is INFRA_ERROR
+    vm: str | None = None
+    kept_logs: str | None = None
+
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(self.id, self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Live output of an attempt past the offsets asked for, and whether it has ended."""
+
+    stdout: bytes
+    stderr: bytes
+    done: bool
+
+
+# ---- hosts -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    hostname: str
+    cpus: int
+    mem_mib: int
+    disk_free_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """PSI averages over 10 s (percent of time stalled) and memory in use, in percent."""
+
+    cpu_some_avg10: float = 0.0
+    memory_some_avg10: float = 0.0
+    memory_full_avg10: float = 0.0
+    io_some_avg10: float = 0.0
+    io_full_avg10: float = 0.0
+    mem_used_pct: float = 0.0
+    load1: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRow:
+    """One kind of warm VM on a host: how many are ready and wanted."""
+
+    image: str
+    cpus: int
+    mem_mib: int
+    disk_mib: int | None
+    ready: int
+    wanted: int
+    filling: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """One host as its node agent reports it: the only host-status schema."""
+
+    host: str
+    pid: int
+    accel: str  # "kvm", "tcg", or "sim" for a simulated host
+    capacity: Capacity
+    pressure: Pressure
+    images: tuple[str, ...] = ()  # built here
+    buildable: tuple[str, ...] = ()  # recipes this host can build
+    running: int = 0  # attempts running
+    vms: tuple[str, ...] = ()
+    pool: tuple[PoolRow, ...] = ()
+
+    @property
+    def warm(self) -> dict[str, int]:
+        """Ready pooled VMs per image."""
+        out: dict[str, int] = {}
+        for row in self.pool:
+            if row.ready:
+                out[row.image] = out.get(row.image, 0) + row.ready
+        return out
+
+    @property
+    def pool_mem_mib(self) -> int:
+        """Memory held by idle pooled VMs."""
+        return sum(row.mem_mib * row.ready for row in self.pool)
+
+
+# ---- interactive sandboxes -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SandboxOpen:
+    sid: str
+    image: str
+    cpus: int = 1
+    mem_mib: int = 512
+    disk_mib: int | None = None
+    timeout_s: float = 600.0
+    ids: Ids = field(default_factory=Ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    stdin: bytes | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecReply:
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExecChunk:
+    """One item of a streamed exec: output as it comes (stream 1 stdout, 2 stderr), then the
+    reply (and no data) once the command ended."""
+
+    stream: int = 0
+    data: bytes = b""
+    reply: ExecReply | None = None
+
+
+# ---- the node protocol -----------------------------------------------------------------------
+class NodeProtocol(Protocol):
+    """What the scheduler calls on a node-agent actor, which serves one host or (a simulated
+    group) several; every per-host call names its host. Payloads are this module's bytes."""
+
+    def status_all(self) -> bytes: ...  # pack_map(HostStatus), keyed by host
+
+    def start_many(self, host: str, requests: bytes) -> bytes: ...  # [StartRequest] -> [bool]
+
+    def collect(self, host: str, acks: bytes, timeout_s: float,
+                linger_s: float) -> bytes: ...  # [AttemptKey] -> [Outcome]
+
+    def attempts(self, host: str) -> bytes: ...  # [AttemptInfo]
+
+    def output(self, host: str, key: bytes, out_offset: int,
+               err_offset: int) -> bytes | None: ...  # AttemptKey -> Output
+
+    def cancel(self, host: str, iid: str, attempt: int | None) -> int: ...
+
+    def cancel_all(self, host: str) -> int: ...
+
+
+# ---- codec -----------------------------------------------------------------------------------
+def pack(value: Any) -> bytes:
+    """A record, or a list or str-keyed dict of records, as msgpack bytes."""
+    return msgpack.packb(_plain(value), use_bin_type=True)
+
+
+def unpack(cls: type[T], data: bytes) -> T:
+    got: T = _decode(cls, _load(data), cls.__name__)
+    return got
+
+
+def unpack_list(cls: type[T], data: bytes) -> list[T]:
+    raw = _load(data)
+    if not isinstance(raw, list):
+        raise WireError(f"expected a list of {cls.__name__}, got {type(raw).__name__}")
+    return [_decode(cls, item, f"{cls.__name__}[{n}]") for n, item in enumerate(raw)]
+
+
+def unpack_map(cls: type[T], data: bytes) -> dict[str, T]:
+    raw = _load(data)
+    if not isinstance(raw, dict):
+        raise WireError(f"expected a map of {cls.__name__}, got {type(raw).__name__}")
+    return {str(k): _decode(cls, v, f"{cls.__name__}[{k!r}]") for k, v in raw.items()}
+
+
+def _load(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as err:
+        raise WireError(f"not a msgpack message: {err}") from None
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _decode(tp: Any, raw: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if raw is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _decode(option, raw, where)
+            except WireError as err:
+                errors.append(str(err))
+        raise WireError(errors[0] if len(errors) == 1 else f"{where}: no type fits {raw!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(raw, (list, tuple)):
+            raise WireError(f"{where}: expected a list, got {type(raw).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v, f"{where}[{n}]") for n, v in enumerate(raw))
+        if len(args) != len(raw):
+            raise WireError(f"{where}: expected {len(args)} items, got {len(raw)}")
+        return tuple(_decode(a, v, f"{where}[{n}]") for n, (a, v) in enumerate(zip(args, raw, strict=True)))
+    if origin is dict:
+        key_t, val_t = typing.get_args(tp)
+        if not isinstance(raw, dict):
+            raise WireError(f"{where}: expected a map, got {type(raw).__name__}")
+        return {_decode(key_t, k, where): _decode(val_t, v, f"{where}[{k!r}]")
+                for k, v in raw.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _record(tp, raw, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(raw)
+        except ValueError:
+            raise WireError(f"{where}: {raw!r} is not one of "
+                            f"{', '.join(str(m.value) for m in tp)}") from None
+    if tp is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    if tp in (str, int, bytes, bool) and type(raw) is tp:
+        return raw
+    if tp is Any:
+        return raw
+    raise WireError(f"{where}: expected {getattr(tp, '__name__', tp)}, "
+                    f"got {type(raw).__name__}")
+
+
+def _record(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise WireError(f"{where}: expected a {cls.__name__} map, got {type(raw).__name__}")
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _decode(hints[f.name], raw[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise WireError(f"{where}: field {f.name!r} is missing")
+    return cls(**kwargs)
+
+
+__all__ = [
+    "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk", "ExecReply", "ExecRequest",
+    "Failure", "HostStatus", "Ids", "IterationSpec", "NodeProtocol", "Outcome", "Output",
+    "PoolRow", "Pressure", "SandboxOpen", "StartRequest", "State", "WireError", "pack",
+    "unpack", "unpack_list", "unpack_map",
+]
