@@ -343,7 +343,8 @@ def _decode(tp: Any, raw: Any, where: str) -> Any:
             return tuple(_decode(args[0], v, f"{where}[{n}]") for n, v in enumerate(raw))
         if len(args) != len(raw):
             raise WireError(f"{where}: expected {len(args)} items, got {len(raw)}")
-        return tuple(_decode(a, v, f"{where}[{n}]") for n, (a, v) in enumerate(zip(args, raw, strict=True)))
+        pairs = enumerate(zip(args, raw, strict=True))
+        return tuple(_decode(a, v, f"{where}[{n}]") for n, (a, v) in pairs)
     if origin is dict:
         key_t, val_t = typing.get_args(tp)
         if not isinstance(raw, dict):
