@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from .records import IN_FLIGHT, TERMINAL, Iteration, Phase, Result
+from .records import IN_FLIGHT, TERMINAL, Iteration, Phase, Result, Row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS iterations (
@@ -77,24 +77,6 @@ DEFAULT_INFRA_ATTEMPTS = 3
 
 class LedgerError(RuntimeError):
     """The ledger refused a write (an id reused with another spec, a budget exceeded, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    id: str
-    seq: int
-    tenant: str
-    suite: str
-    trace_id: str
-    priority: int
-    iteration: Iteration
-    limits: tuple[str, ...]
-    state: str
-    attempt: int
-    max_attempts: int
-    runs_left: int
-    host: str | None
-    cancel_requested: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,27 @@ class Iteration:
 
 
 @dataclass(frozen=True, slots=True)
+class Row:
+    """An iteration as the ledger holds it: what was submitted and where it stands."""
+
+    id: str
+    seq: int
+    tenant: str
+    suite: str
+    trace_id: str
+    priority: int
+    iteration: Iteration
+    limits: tuple[str, ...]
+    state: str
+    attempt: int
+    max_attempts: int
+    runs_left: int
+    host: str | None
+    cancel_requested: bool
+    infra_tries: int = 0  # attempts that ended in an infrastructure error
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     id: str
     state: str
