@@ -1,0 +1,622 @@
+"""The scheduler's decisions as a pure state machine: events in, actions out. Pure: no Ray,
+SQLite, threads, clocks or sleeps; the time comes in with the events.
+
+    core = Core(policy)
+    actions = core.handle(Submitted(rows))          # -> []
+    actions = core.handle(HostsSeen(views))         # -> []
+    actions = core.handle(Tick(now))                # -> [RecordPlacements, StartOnHost, ...]
+
+The shell (engine.py) performs the actions in order: what must be on disk first comes first
+(placements are recorded before they are started; outcomes are committed before a host is told
+to forget them). `Core.state` is the one state object: every iteration that has not ended, each
+in exactly one place (queued in the backlog, or in flight on a host), with the reservations and
+usage derived from it by one transition function rather than maps kept in step by hand.
+
+Retries are a pure function of an outcome and the iteration's budget (`retry_policy`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from tryfleet.errors import CannotPlace
+from tryfleet.wire import Failure, Outcome
+from tryfleet.wire import State as Ended
+
+from .admission import Candidate, Policy, Usage, admit
+from .backlog import Backlog
+from .metrics import Metrics
+from .placement import Demand, HostView, Reservations, Verdict, place
+from .records import Iteration, Row
+
+DEFAULT_DISK_MIB = 1024
+
+
+def demand_of(it: Iteration) -> Demand:
+    return Demand(it.cpus, it.mem_mib, it.disk_mib or DEFAULT_DISK_MIB, it.image)
+
+
+# ---- events ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """Rows the ledger recorded (new ones QUEUED; known ids as they stand)."""
+
+    rows: tuple[Row, ...]
+    suite: str = ""
+    created_at: float = 0.0  # the suite's creation time and wall budget, if it has one
+    max_wall_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """After a (re)start: every row the ledger holds that has not ended, and the suites with
+    wall budgets as (name, created_at, max_wall_s)."""
+
+    rows: tuple[Row, ...]
+    suites: tuple[tuple[str, float, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostsSeen:
+    """The usable hosts as their node agents last reported them."""
+
+    views: tuple[HostView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostAttempts:
+    """The attempts a host knows of (after a restart of either side); None: it cannot be asked."""
+
+    host: str
+    known: frozenset[tuple[str, int]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomesCollected:
+    host: str
+    outcomes: tuple[Outcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostLost:
+    host: str
+    why: str
+
+
+class Scope(enum.StrEnum):
+    ITERATION = "iteration"
+    SUITE = "suite"
+    TENANT = "tenant"
+    EVERYTHING = "everything"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    scope: Scope
+    name: str = ""  # the iteration id, suite or tenant; empty for EVERYTHING
+    reason: str = "cancelled by request"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOpened:
+    """Capacity for an interactive sandbox, until expires_at (wall clock)."""
+
+    lease_id: str
+    demand: Demand
+    expires_at: float
+    tenant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseExtended:
+    lease_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseClosed:
+    lease_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes (wall clock, seconds since the epoch): budgets and leases expire, and a
+    scheduling pass admits and places what can start now."""
+
+    now: float
+
+
+Event = (Submitted | Recovered | HostsSeen | HostAttempts | OutcomesCollected | HostLost
+         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | Tick)
+
+
+# ---- actions ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Launch:
+    id: str
+    attempt: int
+    host: str
+    row: Row
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPlacements:
+    """Write these attempts as started on their hosts, all in one transaction."""
+
+    launches: tuple[Launch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StartOnHost:
+    host: str
+    launches: tuple[Launch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StopOnHost:
+    host: str
+    attempts: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StopEverywhere:
+    """The kill switch: every host stops everything, warm pools included."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkCancelled:
+    """Record that these in-flight iterations were asked to stop (so a restart knows)."""
+
+    ids: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Commit the terminal state of `attempt` (0: it never started)."""
+
+    id: str
+    attempt: int
+    state: Ended
+    error: str | None = None
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Back to the queue for another attempt, with the budget left."""
+
+    id: str
+    attempt: int
+    error: str
+    runs_left: int
+    infra_tries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """A queued iteration no host can ever take: INFRA_ERROR without an attempt."""
+
+    id: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGranted:
+    lease_id: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRefused:
+    lease_id: str
+    never: bool  # True: no host could ever take it; False: no room now
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSandbox:
+    """A lease ended without its owner closing it (expired, or its host was lost)."""
+
+    lease_id: str
+    host: str
+    why: str
+
+
+Action = (RecordPlacements | StartOnHost | StopOnHost | StopEverywhere | MarkCancelled
+          | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | CloseSandbox)
+
+
+# ---- the retry policy ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Budget:
+    runs_left: int  # runs of a failing command left, this one included
+    infra_tries: int  # attempts that ended in an infrastructure error so far
+    max_attempts: int  # most attempts an infrastructure error may use
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    runs_left: int
+    infra_tries: int
+
+
+def retry_policy(state: Ended, failure: Failure | None, budget: Budget) -> Ended | Retry:
+    """What becomes of an attempt that ended in `state`: the terminal state to commit, or a
+    Retry with the budget left. A cancelled iteration ends CANCELLED unless it succeeded; an
+    infrastructure error is tried again (up to max_attempts attempts) unless the request can
+    never run; a failed command runs again while its retries last; the rest is final."""
+    if budget.cancel_requested and state is not Ended.SUCCEEDED:
+        return Ended.CANCELLED
+    if state is Ended.INFRA_ERROR:
+        tries = budget.infra_tries + 1
+        if failure is not Failure.BAD_REQUEST and tries < budget.max_attempts:
+            return Retry(budget.runs_left, tries)
+        return state
+    if state is Ended.FAILED and budget.runs_left > 1:
+        return Retry(budget.runs_left - 1, budget.infra_tries)
+    return state
+
+
+# ---- the state -------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Work:
+    """One iteration that has not ended: queued (host None) or in flight on `host`."""
+
+    row: Row
+    cand: Candidate
+    attempt: int
+    runs_left: int
+    infra_tries: int
+    host: str | None = None
+    cancel: bool = False
+    avoid: set[str] = field(default_factory=set)  # hosts where an attempt failed
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.runs_left, self.infra_tries, self.row.max_attempts, self.cancel)
+
+
+@dataclass(slots=True)
+class Lease:
+    host: str
+    demand: Demand
+    expires_at: float
+    tenant: str
+
+
+@dataclass
+class SchedulerState:
+    work: dict[str, Work] = field(default_factory=dict)
+    backlog: Backlog = field(default_factory=Backlog)  # the queued ones, in admission order
+    reservations: Reservations = field(default_factory=Reservations)  # in flight, and leases
+    usage: Usage = field(default_factory=Usage)  # in flight, by suite, tenant and limit
+    hosts: dict[str, HostView] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    budgets: dict[str, tuple[float, float]] = field(default_factory=dict)  # suite -> wall
+    policy: Policy = field(default_factory=Policy)
+
+    def flying(self, iid: str, attempt: int) -> bool:
+        w = self.work.get(iid)
+        return w is not None and w.host is not None and w.attempt == attempt
+
+    def on_host(self, host: str) -> list[Work]:
+        return [w for w in self.work.values() if w.host == host]
+
+
+def candidate(row: Row) -> Candidate:
+    return Candidate(row.id, row.suite, row.tenant, row.priority, row.seq, row.limits,
+                     demand_of(row.iteration))
+
+
+class Core:
+    def __init__(self, policy: Policy | None = None,
+                 timer: Callable[[], float] | None = None) -> None:
+        self.state = SchedulerState(policy=policy or Policy())
+        self.metrics = Metrics()
+        self._timer = timer  # only to time placement decisions and passes for the metrics
+
+    # ---- transitions: the one place that moves work between queued, flying and ended ------
+    def _queue(self, w: Work) -> None:
+        w.host = None
+        self.state.work[w.row.id] = w
+        self.state.backlog.add(w.cand)
+
+    def _fly(self, w: Work, host: str, attempt: int) -> None:
+        s = self.state
+        s.backlog.discard(w.row.id)
+        w.host, w.attempt = host, attempt
+        s.reservations.reserve(w.row.id, host, w.cand.demand)  # idempotent: placement's own
+        s.usage.add(w.cand)
+
+    def _land(self, w: Work) -> None:
+        """w is no longer in flight (it ended, or goes back to the queue)."""
+        if w.host is not None:
+            self.state.reservations.unreserve(w.row.id)
+            self.state.usage.remove(w.cand)
+            w.host = None
+
+    def _end(self, w: Work) -> None:
+        self._land(w)
+        self.state.backlog.discard(w.row.id)
+        del self.state.work[w.row.id]
+
+    # ---- events ----------------------------------------------------------------------------
+    def handle(self, event: Event) -> list[Action]:
+        match event:
+            case Submitted():
+                return self._submitted(event)
+            case Recovered():
+                return self._recovered(event)
+            case HostsSeen():
+                self.state.hosts = {v.name: v for v in event.views}
+                return []
+            case HostAttempts():
+                return self._host_attempts(event)
+            case OutcomesCollected():
+                return self._outcomes(event)
+            case HostLost():
+                return self._host_lost(event)
+            case CancelRequested():
+                return self._cancel(event)
+            case LeaseOpened():
+                return self._lease(event)
+            case LeaseExtended():
+                lease = self.state.leases.get(event.lease_id)
+                if lease is not None:
+                    lease.expires_at = event.expires_at
+                return []
+            case LeaseClosed():
+                if self.state.leases.pop(event.lease_id, None) is not None:
+                    self.state.reservations.unreserve(event.lease_id)
+                return []
+            case Tick():
+                return [*self._expire(event.now), *self._pass()]
+        raise TypeError(f"not a scheduler event: {event!r}")
+
+    def _submitted(self, ev: Submitted) -> list[Action]:
+        if ev.max_wall_s is not None and ev.suite:
+            self.state.budgets[ev.suite] = (ev.created_at, ev.max_wall_s)
+        for row in ev.rows:
+            if row.state == "QUEUED" and not row.cancel_requested \
+                    and row.id not in self.state.work:
+                self._queue(self._work(row))
+        return []
+
+    def _work(self, row: Row) -> Work:
+        return Work(row, candidate(row), row.attempt, row.runs_left, row.infra_tries,
+                    cancel=row.cancel_requested)
+
+    def _recovered(self, ev: Recovered) -> list[Action]:
+        for name, created_at, max_wall_s in ev.suites:
+            self.state.budgets[name] = (created_at, max_wall_s)
+        actions: list[Action] = []
+        for row in ev.rows:
+            if row.id in self.state.work:
+                continue
+            w = self._work(row)
+            if row.state == "QUEUED":
+                if row.cancel_requested:
+                    actions.append(Finish(row.id, row.attempt, Ended.CANCELLED,
+                                          "cancelled by request"))
+                else:
+                    self._queue(w)
+            else:  # in flight when the scheduler stopped: held until its host is asked
+                self.state.work[row.id] = w
+                self._fly(w, row.host or "", row.attempt)
+        return actions
+
+    def _host_attempts(self, ev: HostAttempts) -> list[Action]:
+        """Flights the host does not know were lost with a restart of its node agent."""
+        if ev.known is None:
+            return self._host_lost(HostLost(ev.host, f"host {ev.host} gone after a restart"))
+        lost = [w for w in self.state.on_host(ev.host)
+                if (w.row.id, w.attempt) not in ev.known]
+        return self._settle([(w, Ended.INFRA_ERROR, Failure.LOST,
+                              f"attempt {w.attempt} of {w.row.id} is unknown on {ev.host} "
+                              "(its node agent restarted?)", None) for w in lost])
+
+    def _outcomes(self, ev: OutcomesCollected) -> list[Action]:
+        todo = []
+        for o in ev.outcomes:
+            w = self.state.work.get(o.id)
+            if w is not None and w.host is not None and w.attempt == o.attempt:
+                todo.append((w, o.state, o.failure, o.error, o))
+        return self._settle(todo)
+
+    def _host_lost(self, ev: HostLost) -> list[Action]:
+        actions = self._settle([(w, Ended.INFRA_ERROR, Failure.HOST_LOST, ev.why, None)
+                                for w in self.state.on_host(ev.host)])
+        for lease_id, lease in list(self.state.leases.items()):
+            if lease.host == ev.host:
+                del self.state.leases[lease_id]
+                self.state.reservations.unreserve(lease_id)
+                actions.append(CloseSandbox(lease_id, ev.host, ev.why))
+        self.state.hosts.pop(ev.host, None)
+        return actions
+
+    def _settle(self, todo: Iterable[tuple[Work, Ended, Failure | None, str | None,
+                                           Outcome | None]]) -> list[Action]:
+        actions: list[Action] = []
+        for w, state, failure, error, outcome in todo:
+            if not self.state.flying(w.row.id, w.attempt):
+                continue  # settled already by an earlier item of the same batch
+            verdict = retry_policy(state, failure, w.budget)
+            host = w.host or ""
+            self._land(w)
+            if isinstance(verdict, Retry):
+                if state is not Ended.FAILED:
+                    w.avoid.add(host)
+                w.runs_left, w.infra_tries = verdict.runs_left, verdict.infra_tries
+                actions.append(Requeue(w.row.id, w.attempt, error or state.value,
+                                       w.runs_left, w.infra_tries))
+                self._queue(w)
+            else:
+                if verdict is Ended.CANCELLED and state is not Ended.CANCELLED:
+                    error = "cancelled by request"
+                actions.append(Finish(w.row.id, w.attempt, verdict, error, outcome))
+                self._end(w)
+        return actions
+
+    # ---- cancel ----------------------------------------------------------------------------
+    def _matches(self, ev: CancelRequested) -> list[Work]:
+        work = self.state.work
+        if ev.scope is Scope.ITERATION:
+            return [work[ev.name]] if ev.name in work else []
+        if ev.scope is Scope.SUITE:
+            return [w for w in work.values() if w.row.suite == ev.name]
+        if ev.scope is Scope.TENANT:
+            return [w for w in work.values() if w.row.tenant == ev.name]
+        return list(work.values())
+
+    def _cancel(self, ev: CancelRequested) -> list[Action]:
+        actions: list[Action] = []
+        flying: list[Work] = []
+        for w in self._matches(ev):
+            if w.host is None:
+                actions.append(Finish(w.row.id, w.attempt, Ended.CANCELLED, ev.reason))
+                self._end(w)
+            elif not w.cancel:
+                w.cancel = True
+                flying.append(w)
+        if flying:
+            actions.append(MarkCancelled(tuple(w.row.id for w in flying), ev.reason))
+            by_host: dict[str, list[tuple[str, int]]] = defaultdict(list)
+            for w in flying:
+                by_host[w.host or ""].append((w.row.id, w.attempt))
+            actions += [StopOnHost(h, tuple(keys)) for h, keys in by_host.items()]
+        if ev.scope is Scope.EVERYTHING:
+            actions.append(StopEverywhere())
+        return actions
+
+    # ---- leases (interactive sandboxes) ----------------------------------------------------
+    def _lease(self, ev: LeaseOpened) -> list[Action]:
+        s = self.state
+        if ev.lease_id in s.leases:
+            return [LeaseGranted(ev.lease_id, s.leases[ev.lease_id].host)]
+        decision = place(ev.demand, [s.reservations.apply(v) for v in s.hosts.values()])
+        if decision.verdict is Verdict.PLACED and decision.host is not None:
+            s.reservations.reserve(ev.lease_id, decision.host, ev.demand)
+            s.leases[ev.lease_id] = Lease(decision.host, ev.demand, ev.expires_at, ev.tenant)
+            return [LeaseGranted(ev.lease_id, decision.host)]
+        return [LeaseRefused(ev.lease_id, decision.verdict is Verdict.NEVER, decision.explain())]
+
+    def _expire(self, now: float) -> list[Action]:
+        s = self.state
+        actions: list[Action] = []
+        for lease_id, lease in list(s.leases.items()):
+            if lease.expires_at <= now:
+                del s.leases[lease_id]
+                s.reservations.unreserve(lease_id)
+                actions.append(CloseSandbox(lease_id, lease.host, "its timeout passed"))
+        live_suites = {w.row.suite for w in s.work.values()}
+        for suite, (created_at, max_wall_s) in list(s.budgets.items()):
+            if suite not in live_suites:
+                del s.budgets[suite]
+            elif created_at + max_wall_s < now:
+                del s.budgets[suite]
+                actions += self._cancel(CancelRequested(
+                    Scope.SUITE, suite, f"suite wall-time budget of {max_wall_s:g}s used up"))
+        s.usage.prune(s.backlog.suites())
+        return actions
+
+    # ---- the scheduling pass ---------------------------------------------------------------
+    def _pass(self) -> list[Action]:
+        """Admit and place from the head of the backlog; every placement recorded in one
+        action, each host's starts in one action."""
+        s = self.state
+        if not s.backlog:
+            return []
+        views = {n: s.reservations.apply(v) for n, v in s.hosts.items()}
+        # Every iteration takes at least one cpu: no more can start in this pass than there
+        # are free cpus, so admission looks at no more than that from each suite.
+        room = sum(max(0, v.cpus - v.used_cpus) for v in views.values()
+                   if v.healthy and not v.pressured and not v.draining)
+        if room <= 0:
+            return []
+        t_pass = self._timer() if self._timer else 0.0
+        placed: dict[str, str] = {}
+        never: dict[str, str] = {}
+
+        def try_place(c: Candidate) -> bool:
+            t0 = self._timer() if self._timer else 0.0
+            avoid = s.work[c.id].avoid
+            # Retries prefer other hosts than the ones that failed, but do not need them.
+            usable = [v for n, v in views.items() if n not in avoid] if avoid \
+                else views.values()
+            decision = place(c.demand, usable)
+            if decision.verdict is not Verdict.PLACED and avoid:
+                decision = place(c.demand, views.values())
+            if decision.verdict is Verdict.PLACED and decision.host is not None:
+                placed[c.id] = decision.host
+                s.reservations.reserve(c.id, decision.host, c.demand)
+                views[decision.host] = s.reservations.apply(s.hosts[decision.host])
+            elif decision.verdict is Verdict.NEVER:
+                never[c.id] = decision.explain()
+            if self._timer:
+                self.metrics.placed(self._timer() - t0)
+            return c.id in placed
+
+        # admit() counts what it admits in usage as it goes (caps and fair share need it);
+        # _fly counts it again, so admission works on a copy.
+        admitted = admit(s.backlog.heads(room), _copy(s.usage), s.policy, try_place)
+        actions: list[Action] = []
+        for iid, why in never.items():
+            actions.append(Abandon(iid, f"cannot be placed: {why}"))
+            self._end(s.work[iid])
+        launches = []
+        for c in admitted:
+            w = s.work[c.id]
+            self._fly(w, placed[c.id], w.attempt + 1)
+            launches.append(Launch(c.id, w.attempt, placed[c.id], w.row))
+        if launches:
+            actions.append(RecordPlacements(tuple(launches)))
+            by_host: dict[str, list[Launch]] = defaultdict(list)
+            for launch in launches:
+                by_host[launch.host].append(launch)
+            actions += [StartOnHost(h, tuple(ls)) for h, ls in by_host.items()]
+        self.metrics.passes += 1
+        if self._timer:
+            self.metrics.pass_s += self._timer() - t_pass
+        return actions
+
+    # ---- queries ---------------------------------------------------------------------------
+    def check_fits(self, its: Sequence[Iteration]) -> None:
+        """CannotPlace when no host, even empty and well, could ever take one of them."""
+        empty = [replace(v, used_cpus=0, used_mem_mib=0, used_disk_mib=0, pressured=False)
+                 for v in self.state.hosts.values()]
+        if not empty:
+            return
+        seen: dict[Demand, str | None] = {}
+        for n, it in enumerate(its):
+            demand = demand_of(it)
+            if demand not in seen:
+                decision = place(demand, empty)
+                seen[demand] = decision.explain() if decision.verdict is Verdict.NEVER else None
+            why = seen[demand]
+            if why is not None:
+                raise CannotPlace(f"iteration {n + 1} ({it.id or 'no id'}) can never run on "
+                                  f"this fleet: {why}", why)
+
+
+def _copy(usage: Usage) -> Usage:
+    out = Usage()
+    out.suites.update(usage.suites)
+    out.tenants.update(usage.tenants)
+    out.limits.update(usage.limits)
+    out.started.update(usage.started)
+    return out
+
+
+__all__ = [
+    "Abandon", "Action", "Budget", "CancelRequested", "CloseSandbox", "Core", "Event",
+    "Finish", "HostAttempts", "HostLost", "HostsSeen", "Launch", "LeaseClosed",
+    "LeaseExtended", "LeaseGranted", "LeaseOpened", "LeaseRefused", "MarkCancelled",
+    "OutcomesCollected", "RecordPlacements", "Recovered", "Requeue", "Retry",
+    "SchedulerState", "Scope", "StartOnHost", "StopEverywhere", "StopOnHost", "Submitted",
+    "Tick", "demand_of", "retry_policy",
+]
