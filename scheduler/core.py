@@ -52,11 +52,12 @@ class Submitted:
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
-    """After a (re)start: every row the ledger holds that has not ended, and the suites with
-    wall budgets as (name, created_at, max_wall_s)."""
+    """After a (re)start: every row the ledger holds that has not ended, the suites with
+    wall budgets as (name, created_at, max_wall_s), and the sandboxes' leases by id."""
 
     rows: tuple[Row, ...]
     suites: tuple[tuple[str, float, float], ...] = ()
+    leases: tuple[tuple[str, Lease], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +177,15 @@ class MarkCancelled:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Commit the terminal state of `attempt` (0: it never started)."""
+    """Commit the terminal state of `attempt`, or (queued) of an iteration waiting in the
+    queue after `attempt` attempts."""
 
     id: str
     attempt: int
     state: Ended
     error: str | None = None
     outcome: Outcome | None = None
+    queued: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +397,9 @@ class Core:
     def _recovered(self, ev: Recovered) -> list[Action]:
         for name, created_at, max_wall_s in ev.suites:
             self.state.budgets[name] = (created_at, max_wall_s)
+        for lease_id, lease in ev.leases:
+            if self.state.reservations.reserve(lease_id, lease.host, lease.demand):
+                self.state.leases[lease_id] = lease
         actions: list[Action] = []
         for row in ev.rows:
             if row.id in self.state.work:
@@ -402,7 +408,7 @@ class Core:
             if row.state == "QUEUED":
                 if row.cancel_requested:
                     actions.append(Finish(row.id, row.attempt, Ended.CANCELLED,
-                                          "cancelled by request"))
+                                          "cancelled by request", queued=True))
                 else:
                     self._queue(w)
             else:  # in flight when the scheduler stopped: held until its host is asked
@@ -478,7 +484,8 @@ class Core:
         flying: list[Work] = []
         for w in self._matches(ev):
             if w.host is None:
-                actions.append(Finish(w.row.id, w.attempt, Ended.CANCELLED, ev.reason))
+                actions.append(Finish(w.row.id, w.attempt, Ended.CANCELLED, ev.reason,
+                                      queued=True))
                 self._end(w)
             elif not w.cancel:
                 w.cancel = True

@@ -12,14 +12,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+from .core import Abandon, Finish, Launch, MarkCancelled, Requeue
 from .records import IN_FLIGHT, TERMINAL, Iteration, Phase, Result, Row
 
 SCHEMA = """
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS iterations (
     stderr_truncated INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     result_attempt INTEGER,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    infra_tries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS iterations_state ON iterations(state, priority, seq);
 CREATE INDEX IF NOT EXISTS iterations_suite ON iterations(suite);
@@ -79,17 +80,6 @@ class LedgerError(RuntimeError):
     """The ledger refused a write (an id reused with another spec, a budget exceeded, ...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
-    """What a host said became of one attempt: its state and the outcome's fields."""
-
-    iid: str
-    attempt: int
-    state: str
-    outcome: Mapping[str, Any]
-    retry_infra: bool = True  # False for a request the host can never run
-
-
 class Ledger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +91,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self.last_cancelled_queued = 0
+        _migrate(self._db)
         self.commits = 0
 
     def close(self) -> None:
@@ -130,6 +120,13 @@ class Ledger:
                 db.execute("UPDATE suites SET max_iterations = COALESCE(?, max_iterations), "
                            "max_wall_s = COALESCE(?, max_wall_s) WHERE name = ?",
                            (max_iterations, max_wall_s, name))
+
+    def suite_budget(self, name: str) -> tuple[float, float | None]:
+        """(created_at, max_wall_s) of a suite; (0.0, None) when it is unknown."""
+        with self._lock:
+            r = self._db.execute("SELECT created_at, max_wall_s FROM suites WHERE name = ?",
+                                 (name,)).fetchone()
+        return (0.0, None) if r is None else (r["created_at"], r["max_wall_s"])
 
     def submit(self, iterations: Sequence[Iteration], suite: str, tenant: str,
                infra_attempts: int = DEFAULT_INFRA_ATTEMPTS) -> list[str]:
@@ -178,125 +175,70 @@ class Ledger:
                                   f"iterations; {count} recorded, {fresh} more refused")
         return rows
 
-    # ---- transitions (fenced) ---------------------------------------------------------------
-    def place(self, iid: str, host: str) -> int | None:
-        """QUEUED -> PLACED on host with the next attempt number; None if no longer queued."""
-        return self.place_many([(iid, host)])[0]
-
-    def place_many(self, placements: Sequence[tuple[str, str]]) -> list[int | None]:
-        """place() for each (id, host), in one transaction: the attempt numbers, in order."""
+    # ---- what the scheduler's core decided (every write fenced by attempt) -----------------
+    def launch(self, launches: Sequence[Launch]) -> list[bool]:
+        """QUEUED -> RUNNING on its host under the attempt the core chose, all in one
+        transaction; False for an iteration that was no longer queued at attempt - 1."""
         now = time.time()
-        out: list[int | None] = []
+        out = []
         with self._tx() as db:
-            for iid, host in placements:
-                row = db.execute("SELECT attempt FROM iterations WHERE id = ? AND "
-                                 "state = 'QUEUED' AND cancel_requested = 0", (iid,)).fetchone()
-                if row is None:
-                    out.append(None)
-                    continue
-                attempt = row["attempt"] + 1
-                db.execute("UPDATE iterations SET state = 'PLACED', attempt = ?, host = ? "
-                           "WHERE id = ?", (attempt, host, iid))
-                db.execute("INSERT INTO attempts (iteration_id, attempt, host, placed_at) "
-                           "VALUES (?, ?, ?, ?)", (iid, attempt, host, now))
-                out.append(attempt)
+            for lc in launches:
+                cur = db.execute(
+                    "UPDATE iterations SET state = 'RUNNING', attempt = ?, host = ?, "
+                    "started_at = COALESCE(started_at, ?) WHERE id = ? AND attempt = ? AND "
+                    "state = 'QUEUED'", (lc.attempt, lc.host, now, lc.id, lc.attempt - 1))
+                if cur.rowcount == 1:
+                    db.execute("INSERT INTO attempts (iteration_id, attempt, host, placed_at) "
+                               "VALUES (?, ?, ?, ?)", (lc.id, lc.attempt, lc.host, now))
+                out.append(cur.rowcount == 1)
         return out
 
-    def running(self, iid: str, attempt: int) -> bool:
-        return self.running_many([(iid, attempt)])[0]
-
-    def running_many(self, attempts: Sequence[tuple[str, int]]) -> list[bool]:
-        """PLACED -> RUNNING for each (id, attempt) still current, in one transaction."""
-        now = time.time()
+    def commit(self, actions: Sequence[Finish | Requeue | Abandon | MarkCancelled]
+               ) -> list[bool]:
+        """Record what became of iterations, all in one transaction; for each action, whether
+        it applied (False: the ledger already holds a later attempt or an ending)."""
+        out = []
         with self._tx() as db:
-            return [db.execute("UPDATE iterations SET state = 'RUNNING', "
-                               "started_at = COALESCE(started_at, ?) WHERE id = ? AND "
-                               "attempt = ? AND state = 'PLACED'",
-                               (now, iid, attempt)).rowcount == 1
-                    for iid, attempt in attempts]
-
-    def finish(self, iid: str, attempt: int, state: str, outcome: dict[str, Any]) -> bool:
-        """Commit the result of `attempt`; False (nothing written) if the attempt is stale."""
-        if state not in TERMINAL:
-            raise ValueError(f"{state} is not a terminal state")
-        with self._tx() as db:
-            return self._finish(db, iid, attempt, state, outcome)
+            for a in actions:
+                if isinstance(a, Finish):
+                    out.append(self._finish(db, a))
+                elif isinstance(a, Requeue):
+                    cur = db.execute(
+                        "UPDATE iterations SET state = 'QUEUED', host = NULL, runs_left = ?, "
+                        "infra_tries = ? WHERE id = ? AND attempt = ? AND state IN "
+                        "('PLACED', 'RUNNING')", (a.runs_left, a.infra_tries, a.id, a.attempt))
+                    self._end_attempt(db, a.id, a.attempt, "RETRIED", a.error)
+                    out.append(cur.rowcount == 1)
+                elif isinstance(a, Abandon):
+                    cur = db.execute("UPDATE iterations SET state = 'INFRA_ERROR', ended_at = ?, "
+                                     "error = ? WHERE id = ? AND state = 'QUEUED'",
+                                     (time.time(), a.why, a.id))
+                    out.append(cur.rowcount == 1)
+                else:
+                    cur = db.execute(
+                        f"UPDATE iterations SET cancel_requested = 1 WHERE id IN "
+                        f"({_marks(a.ids)}) AND state NOT IN ({_marks(TERMINAL)})",
+                        (*a.ids, *TERMINAL))
+                    out.append(cur.rowcount == len(a.ids))
+        return out
 
     @classmethod
-    def _finish(cls, db: sqlite3.Connection, iid: str, attempt: int, state: str,
-                outcome: Mapping[str, Any]) -> bool:
+    def _finish(cls, db: sqlite3.Connection, a: Finish) -> bool:
         now = time.time()
+        o = a.outcome
         cur = db.execute(
             "UPDATE iterations SET state = ?, ended_at = ?, duration_s = ?, exit_code = ?, "
             "signal = ?, stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, "
-            "error = ?, result_attempt = ?, started_at = COALESCE(started_at, ?) "
-            "WHERE id = ? AND attempt = ? AND state IN ('PLACED', 'RUNNING')",
-            (state, now, outcome.get("duration_s"), outcome.get("exit_code"),
-             outcome.get("signal"), outcome.get("stdout", b""), outcome.get("stderr", b""),
-             int(bool(outcome.get("stdout_truncated"))),
-             int(bool(outcome.get("stderr_truncated"))), outcome.get("error"), attempt,
-             outcome.get("started_at") or now, iid, attempt))
-        cls._end_attempt(db, iid, attempt, state, outcome.get("error"))
+            "error = ?, result_attempt = ? WHERE id = ? AND attempt = ? AND "
+            + ("state = 'QUEUED'" if a.queued else "state IN ('PLACED', 'RUNNING')"),
+            (a.state.value, now, o.duration_s if o else None, o.exit_code if o else None,
+             o.signal if o else None, o.stdout if o else b"", o.stderr if o else b"",
+             int(bool(o and o.stdout_truncated)), int(bool(o and o.stderr_truncated)),
+             a.error if a.error is not None else (o.error if o else None),
+             None if a.queued else a.attempt, a.id, a.attempt))
+        if not a.queued:
+            cls._end_attempt(db, a.id, a.attempt, a.state.value, a.error)
         return cur.rowcount == 1
-
-    def retry(self, iid: str, attempt: int, error: str, *, user_failure: bool = False) -> bool:
-        """Back to QUEUED for another attempt, if the budget allows; False if stale or spent."""
-        with self._tx() as db:
-            row = db.execute("SELECT attempt, max_attempts, runs_left, cancel_requested "
-                             "FROM iterations WHERE id = ? AND attempt = ? AND state IN "
-                             "('PLACED', 'RUNNING')", (iid, attempt)).fetchone()
-            return row is not None and self._retry(db, row, iid, attempt, error, user_failure)
-
-    @classmethod
-    def _retry(cls, db: sqlite3.Connection, row: sqlite3.Row, iid: str, attempt: int,
-               error: str, user_failure: bool) -> bool:
-        if row["cancel_requested"]:
-            return False
-        if user_failure and row["runs_left"] <= 1:
-            return False
-        if not user_failure and cls._infra_tries(db, iid) >= row["max_attempts"]:
-            return False
-        db.execute("UPDATE iterations SET state = 'QUEUED', host = NULL, "
-                   "runs_left = runs_left - ? WHERE id = ?", (int(user_failure), iid))
-        cls._end_attempt(db, iid, attempt, "RETRIED", error)
-        return True
-
-    def settle(self, reports: Sequence[Report]) -> list[str | None]:
-        """Record what became of attempts, all in one transaction. For each report, in order:
-        QUEUED when the iteration goes back for another attempt (an infrastructure error
-        within its budget, or a failed command with re-runs left), else the terminal state
-        committed (CANCELLED wins over anything but SUCCEEDED once a cancel was asked for), or
-        None when the attempt is stale and nothing was written."""
-        out: list[str | None] = []
-        with self._tx() as db:
-            for rep in reports:
-                row = db.execute("SELECT attempt, max_attempts, runs_left, cancel_requested "
-                                 "FROM iterations WHERE id = ? AND attempt = ? AND state IN "
-                                 "('PLACED', 'RUNNING')", (rep.iid, rep.attempt)).fetchone()
-                if row is None:
-                    out.append(None)
-                    continue
-                state = rep.state if rep.state in TERMINAL else "INFRA_ERROR"
-                if row["cancel_requested"] and state != "SUCCEEDED":
-                    state = "CANCELLED"
-                error = rep.outcome.get("error")
-                if state == "INFRA_ERROR" and rep.retry_infra and self._retry(
-                        db, row, rep.iid, rep.attempt, error or "infrastructure error", False):
-                    out.append("QUEUED")
-                elif state == "FAILED" and self._retry(db, row, rep.iid, rep.attempt,
-                                                       "command failed", True):
-                    out.append("QUEUED")
-                else:
-                    self._finish(db, rep.iid, rep.attempt, state, rep.outcome)
-                    out.append(state)
-        return out
-
-    @staticmethod
-    def _infra_tries(db: sqlite3.Connection, iid: str) -> int:
-        (n,) = db.execute("SELECT COUNT(*) FROM attempts WHERE iteration_id = ? AND "
-                          "(outcome IS NULL OR outcome IN ('RETRIED', 'INFRA_ERROR'))",
-                          (iid,)).fetchone()
-        return int(n)
 
     @staticmethod
     def _end_attempt(db: sqlite3.Connection, iid: str, attempt: int, outcome: str,
@@ -305,30 +247,15 @@ class Ledger:
                    "iteration_id = ? AND attempt = ? AND ended_at IS NULL",
                    (time.time(), outcome, error, iid, attempt))
 
-    def abandon(self, iid: str, error: str) -> bool:
-        """QUEUED -> INFRA_ERROR without an attempt: it can never be placed."""
-        with self._tx() as db:
-            cur = db.execute("UPDATE iterations SET state = 'INFRA_ERROR', ended_at = ?, "
-                             "error = ? WHERE id = ? AND state = 'QUEUED'",
-                             (time.time(), error, iid))
-            return cur.rowcount == 1
-
-    def cancel(self, *, iid: str | None = None, suite: str | None = None,
-               tenant: str | None = None, everything: bool = False,
-               reason: str = "cancelled") -> list[tuple[str, int, str]]:
-        """Queued matches end CANCELLED now; in-flight ones are flagged and returned
-        as (id, attempt, host) for the dispatcher to stop."""
-        where, args = _selector(iid, suite, tenant, everything)
-        now = time.time()
-        with self._tx() as db:
-            db.execute(f"UPDATE iterations SET cancel_requested = 1 WHERE {where} AND state NOT IN "
-                       f"({_marks(TERMINAL)})", (*args, *TERMINAL))
-            cur = db.execute(f"UPDATE iterations SET state = 'CANCELLED', ended_at = ?, "
-                             f"error = ? WHERE {where} AND state = 'QUEUED'", (now, reason, *args))
-            self.last_cancelled_queued = cur.rowcount
-            rows = db.execute(f"SELECT id, attempt, host FROM iterations WHERE {where} AND "
-                              f"state IN ({_marks(IN_FLIGHT)})", (*args, *IN_FLIGHT)).fetchall()
-        return [(r["id"], r["attempt"], r["host"]) for r in rows]
+    def recover(self) -> tuple[list[Row], list[tuple[str, float, float]]]:
+        """What a (re)started scheduler needs: every iteration that has not ended, in
+        admission order, and the suites with a wall budget (name, created_at, max_wall_s)."""
+        rows = self._rows(f"state NOT IN ({_marks(TERMINAL)}) ORDER BY priority DESC, seq",
+                          TERMINAL)
+        with self._lock:
+            suites = self._db.execute("SELECT name, created_at, max_wall_s FROM suites WHERE "
+                                      "max_wall_s IS NOT NULL").fetchall()
+        return rows, [(r["name"], r["created_at"], r["max_wall_s"]) for r in suites]
 
     # ---- reads -----------------------------------------------------------------------------
     def queued(self, limit: int = 10_000) -> list[Row]:
@@ -388,21 +315,15 @@ class Ledger:
                 "SELECT * FROM attempts WHERE iteration_id = ? ORDER BY attempt", (iid,))]
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added since a ledger was first made."""
+    have = {r["name"] for r in db.execute("PRAGMA table_info(iterations)")}
+    if "infra_tries" not in have:
+        db.execute("ALTER TABLE iterations ADD COLUMN infra_tries INTEGER NOT NULL DEFAULT 0")
+
+
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values) or "NULL"
-
-
-def _selector(iid: str | None, suite: str | None, tenant: str | None,
-              everything: bool) -> tuple[str, tuple[Any, ...]]:
-    if everything:
-        return "1 = 1", ()
-    if iid is not None:
-        return "id = ?", (iid,)
-    if suite is not None:
-        return "suite = ?", (suite,)
-    if tenant is not None:
-        return "tenant = ?", (tenant,)
-    raise ValueError("cancel needs an id, a suite, a tenant, or everything=True")
 
 
 def _row(r: sqlite3.Row) -> Row:
@@ -413,6 +334,7 @@ def _row(r: sqlite3.Row) -> Row:
         limits=tuple(x for x in r["limits"].split(",") if x), state=r["state"],
         attempt=r["attempt"], max_attempts=r["max_attempts"], runs_left=r["runs_left"],
         host=r["host"], cancel_requested=bool(r["cancel_requested"]),
+        infra_tries=r["infra_tries"],
     )
 
 
@@ -431,4 +353,4 @@ def _result(r: sqlite3.Row) -> Result:
     )
 
 
-__all__ = ["Ledger", "LedgerError", "Phase", "Report", "Row"]
+__all__ = ["Ledger", "LedgerError", "Phase", "Row"]

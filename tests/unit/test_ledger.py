@@ -4,8 +4,10 @@ import signal
 
 import pytest
 
-from tryfleet.scheduler.ledger import Ledger, LedgerError, Report
+from tryfleet.scheduler.core import Abandon, Finish, Launch, MarkCancelled, Requeue
+from tryfleet.scheduler.ledger import SCHEMA, Ledger, LedgerError
 from tryfleet.scheduler.records import InvalidIteration, Iteration
+from tryfleet.wire import Outcome, State
 
 
 def it(**kw):
@@ -46,51 +48,91 @@ def test_a_bad_batch_loses_nothing_and_adds_nothing(ledger):
     assert [r.id for r in ledger.queued()] == ["a"]
 
 
-def test_result_is_committed_once_and_stale_attempts_are_ignored(ledger):
+def _launch(ledger, iid, host="h1"):
+    """Start the next attempt of iid on host, as the scheduler's core would."""
+    row = ledger.get_row(iid)
+    (ok,) = ledger.launch([Launch(iid, row.attempt + 1, host, row)])
+    assert ok
+    return row.attempt + 1
+
+
+def _out(iid, attempt, state, **kw):
+    return Outcome(iid, attempt, state, "h1", exit_code=0 if state is State.SUCCEEDED else 1,
+                   **kw)
+
+
+def test_a_result_is_committed_once_and_a_stale_attempt_changes_nothing(ledger):
     ledger.submit([it(id="a")], "s", "t")
-    first = ledger.place("a", "h1")
-    assert ledger.running("a", first)
-    assert ledger.retry("a", first, "host lost")
-    second = ledger.place("a", "h2")
+    first = _launch(ledger, "a")
+    assert ledger.commit([Requeue("a", first, "host lost", runs_left=1, infra_tries=1)])
+    second = _launch(ledger, "a", "h2")
     assert second == first + 1
-    assert ledger.finish("a", second, "SUCCEEDED", {"exit_code": 0, "stdout": b"ok"})
-    # the first attempt's result arrives late: ignored
-    assert not ledger.finish("a", first, "FAILED", {"exit_code": 1})
-    # and the second cannot commit twice
-    assert not ledger.finish("a", second, "FAILED", {"exit_code": 1})
+    win = Finish("a", second, State.SUCCEEDED, outcome=_out("a", second, State.SUCCEEDED,
+                                                              stdout=b"ok"))
+    late = Finish("a", first, State.FAILED, outcome=_out("a", first, State.FAILED))
+    assert ledger.commit([win, late, win]) == [True, False, False]
     r = ledger.result("a")
     assert (r.state, r.exit_code, r.stdout, r.attempts, r.host) == ("SUCCEEDED", 0, "ok", 2, "h2")
+    assert [(a["attempt"], a["outcome"]) for a in ledger.attempts("a")] == [
+        (1, "RETRIED"), (2, "SUCCEEDED")]
 
 
-def test_infra_retries_are_bounded(ledger):
-    ledger.submit([it(id="a")], "s", "t", infra_attempts=2)
-    a1 = ledger.place("a", "h1")
-    assert ledger.retry("a", a1, "boot failed")
-    a2 = ledger.place("a", "h2")
-    assert not ledger.retry("a", a2, "boot failed again")
+def test_a_requeue_keeps_the_budget_the_core_decided(ledger):
+    ledger.submit([it(id="a", retries=2)], "s", "t")
+    first = _launch(ledger, "a")
+    ledger.commit([Requeue("a", first, "boot failed", runs_left=3, infra_tries=1)])
+    row = ledger.get_row("a")
+    assert (row.state, row.attempt, row.runs_left, row.infra_tries) == ("QUEUED", 1, 3, 1)
 
 
-def test_user_failures_retry_only_when_asked(ledger):
-    ledger.submit([it(id="never"), it(id="twice", retries=1)], "s", "t")
-    a = ledger.place("never", "h")
-    assert not ledger.retry("never", a, "exit 1", user_failure=True)
-    b = ledger.place("twice", "h")
-    assert ledger.retry("twice", b, "exit 1", user_failure=True)
-    b2 = ledger.place("twice", "h")
-    assert not ledger.retry("twice", b2, "exit 1", user_failure=True)
+def test_a_launch_is_fenced_by_the_attempt_before_it(ledger):
+    ledger.submit([it(id="a")], "s", "t")
+    row = ledger.get_row("a")
+    assert ledger.launch([Launch("a", 2, "h1", row)]) == [False]  # attempt 1 never happened
+    assert ledger.launch([Launch("a", 1, "h1", row)]) == [True]
+    assert ledger.launch([Launch("a", 1, "h1", row)]) == [False]  # already running
 
 
-def test_cancel_queued_now_and_flag_in_flight(ledger):
+def test_a_queued_iteration_is_cancelled_and_a_running_one_only_flagged(ledger):
     ledger.submit([it(id="q"), it(id="r")], "s", "t")
-    ledger.submit([it(id="other")], "s2", "t")
-    att = ledger.place("r", "h1")
-    assert ledger.cancel(suite="s") == [("r", att, "h1")]
-    assert ledger.result("q").state == "CANCELLED"
-    assert ledger.place("q", "h1") is None
-    assert ledger.get_row("r").cancel_requested
-    assert not ledger.retry("r", att, "x")  # a cancelled iteration is not retried
-    assert ledger.finish("r", att, "CANCELLED", {})
-    assert ledger.result("other").state == "QUEUED"
+    att = _launch(ledger, "r")
+    assert ledger.commit([Finish("q", 0, State.CANCELLED, "cancelled", queued=True),
+                          MarkCancelled(("r",), "cancelled")]) == [True, True]
+    assert ledger.result("q").state == "CANCELLED" and ledger.attempts("q") == []
+    row = ledger.get_row("r")
+    assert (row.state, row.cancel_requested) == ("RUNNING", True)
+    assert ledger.commit([Finish("r", att, State.CANCELLED, "cancelled")]) == [True]
+    assert ledger.result("r").state == "CANCELLED"
+
+
+def test_abandon_ends_a_queued_iteration_without_an_attempt(ledger):
+    ledger.submit([it(id="a")], "s", "t")
+    assert ledger.commit([Abandon("a", "cannot be placed: no host has 64 cpus")]) == [True]
+    r = ledger.result("a")
+    assert (r.state, r.error, r.attempts) == ("INFRA_ERROR",
+                                              "cannot be placed: no host has 64 cpus", 0)
+
+
+def test_recover_gives_every_unended_row_and_the_wall_budgets(ledger):
+    ledger.ensure_suite("s", "t", max_wall_s=60)
+    ledger.submit([it(id="a"), it(id="b"), it(id="c")], "s", "t")
+    _launch(ledger, "b")
+    ledger.commit([Abandon("c", "no")])
+    rows, budgets = ledger.recover()
+    assert [(r.id, r.state) for r in rows] == [("a", "QUEUED"), ("b", "RUNNING")]
+    assert [(name, wall) for name, _, wall in budgets] == [("s", 60)]
+
+
+def test_an_older_ledger_gains_the_infra_tries_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.replace(",\n    infra_tries INTEGER NOT NULL DEFAULT 0", ""))
+    db.close()
+    led = Ledger(path)
+    led.submit([it(id="a")], "s", "t")
+    assert led.get_row("a").infra_tries == 0
 
 
 def test_suite_budget_of_iterations(ledger):
@@ -128,76 +170,3 @@ def test_invalid_iterations_say_which_field(kw, message):
     args = {"image": "base", "command": ("true",), **kw}
     with pytest.raises(InvalidIteration, match=message):
         Iteration(**args)
-
-
-# ---- batches: one transaction for many iterations, each still fenced by its attempt ----------
-
-def _rep(iid, attempt, state, retry_infra=True, **outcome):
-    return Report(iid, attempt, state, {"exit_code": 0 if state == "SUCCEEDED" else 1,
-                                        **outcome}, retry_infra=retry_infra)
-
-
-def test_submit_rows_returns_new_rows_and_known_ones_as_they_stand(ledger):
-    first = ledger.submit_rows([it(id="a", priority=2)], "s", "t")
-    assert [(r.id, r.state, r.attempt, r.priority) for r in first] == [("a", "QUEUED", 0, 2)]
-    assert first[0] == ledger.get_row("a")  # what the scheduler holds is what is on disk
-    ledger.place("a", "h1")
-    again = ledger.submit_rows([it(id="a", priority=2), it(id="b")], "s", "t")
-    assert [(r.id, r.state) for r in again] == [("a", "PLACED"), ("b", "QUEUED")]
-    assert again[1].seq == first[0].seq + 1
-
-
-def test_place_many_is_one_commit_and_skips_what_is_no_longer_queued(ledger):
-    ledger.submit([it(id="a"), it(id="b"), it(id="c")], "s", "t")
-    ledger.cancel(iid="b")
-    before = ledger.commits
-    assert ledger.place_many([("a", "h1"), ("b", "h1"), ("c", "h2")]) == [1, None, 1]
-    assert ledger.commits == before + 1
-    assert ledger.running_many([("a", 1), ("c", 2)]) == [True, False]  # c's attempt is 1
-    assert [ledger.get_row(i).state for i in "abc"] == ["RUNNING", "CANCELLED", "PLACED"]
-    assert [a["host"] for a in ledger.attempts("c")] == ["h2"]
-
-
-def test_settle_a_batch_in_one_commit_each_report_fenced_by_attempt(ledger):
-    ledger.submit([it(id="ok"), it(id="stale"), it(id="infra"), it(id="fail", retries=1),
-                   it(id="bad"), it(id="cx")], "s", "t")
-    first = dict(zip("ok stale infra fail bad cx".split(), ledger.place_many(
-        [(i, "h1") for i in "ok stale infra fail bad cx".split()])))
-    # "stale" was requeued (host lost) and placed again before its first attempt reported
-    assert ledger.retry("stale", first["stale"], "host lost")
-    (second,) = ledger.place_many([("stale", "h2")])
-    ledger.cancel(iid="cx")
-    before = ledger.commits
-    got = ledger.settle([
-        _rep("ok", first["ok"], "SUCCEEDED", stdout=b"done"),
-        _rep("stale", first["stale"], "FAILED"),  # the old attempt: ignored
-        _rep("infra", first["infra"], "INFRA_ERROR", error="boot failed"),
-        _rep("fail", first["fail"], "FAILED"),
-        _rep("bad", first["bad"], "INFRA_ERROR", retry_infra=False, error="no such image"),
-        _rep("cx", first["cx"], "FAILED"),
-    ])
-    assert ledger.commits == before + 1
-    assert got == ["SUCCEEDED", None, "QUEUED", "QUEUED", "INFRA_ERROR", "CANCELLED"]
-    assert ledger.result("ok").stdout == "done"
-    assert ledger.get_row("stale").state == "PLACED" and ledger.get_row("stale").attempt == second
-    assert [a["outcome"] for a in ledger.attempts("infra")] == ["RETRIED"]
-    assert ledger.get_row("fail").runs_left == 1
-    assert ledger.result("bad").error == "no such image"
-    # the same report again (a host that resent it): nothing changes
-    assert ledger.settle([_rep("ok", first["ok"], "FAILED")]) == [None]
-    assert ledger.result("ok").state == "SUCCEEDED"
-
-
-def test_settle_respects_the_retry_budgets(ledger):
-    ledger.submit([it(id="a")], "s", "t", infra_attempts=2)
-    (a1,) = ledger.place_many([("a", "h1")])
-    assert ledger.settle([_rep("a", a1, "INFRA_ERROR", error="x")]) == ["QUEUED"]
-    (a2,) = ledger.place_many([("a", "h2")])
-    assert ledger.settle([_rep("a", a2, "INFRA_ERROR", error="y")]) == ["INFRA_ERROR"]
-    assert ledger.result("a").error == "y"
-
-
-def test_an_unknown_state_from_a_host_is_an_infrastructure_error(ledger):
-    ledger.submit([it(id="a")], "s", "t", infra_attempts=1)
-    (a1,) = ledger.place_many([("a", "h1")])
-    assert ledger.settle([Report("a", a1, "WEIRD", {"error": "lost"})]) == ["INFRA_ERROR"]
