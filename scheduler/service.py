@@ -14,7 +14,8 @@ from typing import Any
 
 import ray
 
-from .engine import DEFAULT_DISK_MIB, Engine
+from .core import DEFAULT_DISK_MIB, LeaseGranted, Scope
+from .engine import Engine
 from .placement import Demand
 from .records import TERMINAL, InvalidIteration, Iteration
 
@@ -70,17 +71,29 @@ class Scheduler:
     async def cancel(self, iid: str | None = None, suite: str | None = None,
                      tenant: str | None = None, everything: bool = False) -> dict[str, int]:
         await self._ensure_started()
-        return await self.engine.cancel(iid, suite, tenant, everything)
+        if everything:
+            return self.engine.cancel(Scope.EVERYTHING)
+        if iid is not None:
+            return self.engine.cancel(Scope.ITERATION, iid)
+        if suite is not None:
+            return self.engine.cancel(Scope.SUITE, suite)
+        if tenant is not None:
+            return self.engine.cancel(Scope.TENANT, tenant)
+        raise InvalidIteration("cancel needs an id, a suite, a tenant, or everything")
 
     async def lease(self, lease_id: str, image: str, cpus: int, mem_mib: int,
-                    disk_mib: int | None) -> dict[str, Any]:
-        """Hold capacity for an interactive sandbox: placed, waiting, or never possible."""
+                    disk_mib: int | None, timeout_s: float) -> dict[str, Any]:
+        """Hold capacity for an interactive sandbox for timeout_s: placed, waiting, or never
+        possible. A lease nobody releases ends with its timeout (its sandbox is closed)."""
         await self._ensure_started()
-        return self.engine.lease(lease_id, Demand(cpus, mem_mib,
-                                                  disk_mib or DEFAULT_DISK_MIB, image))
+        got = self.engine.lease(lease_id, Demand(cpus, mem_mib, disk_mib or DEFAULT_DISK_MIB,
+                                                 image), timeout_s)
+        if isinstance(got, LeaseGranted):
+            return {"verdict": "placed", "host": got.host, "why": ""}
+        return {"verdict": "never" if got.never else "wait", "host": None, "why": got.why}
 
-    async def release(self, lease_id: str) -> bool:
-        return self.engine.release(lease_id)
+    async def release(self, lease_id: str) -> None:
+        self.engine.release(lease_id)
 
     # ---- queries -----------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -88,7 +101,7 @@ class Scheduler:
         e = self.engine
         return {"pid": os.getpid(), "ledger": str(self.ledger.path),
                 "counts": self.ledger.counts(), "hosts": e.hosts.describe(),
-                "limits": dict(e.policy.limits), "in_flight": len(e.flying),
+                "limits": dict(e.policy.limits), "in_flight": e.in_flight,
                 "suites": {s["name"]: self.ledger.counts(s["name"]) for s in self.ledger.suites()}}
 
     async def results(self, ids: list[str] | None = None, suite: str | None = None,
