@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from tryfleet.nodeagent.actor import pack, unpack
+from tryfleet.wire import AttemptInfo, AttemptKey, Ids, Outcome, StartRequest, pack, unpack_list
 
 from .admission import Candidate
 from .hosts import Endpoint, Hosts
@@ -40,16 +40,16 @@ class Flight:
     row: Row
 
 
-def start_request(f: Flight) -> dict[str, Any]:
+def start_request(f: Flight) -> StartRequest:
     row = f.row
-    return {"id": row.id, "attempt": f.attempt, "iteration": row.iteration.to_wire(),
-            "ids": {"tenant": row.tenant, "suite": row.suite, "iteration": row.id,
-                    "attempt": f.attempt, "trace_id": row.trace_id, "host": f.host}}
+    return StartRequest(row.id, f.attempt, row.iteration.to_spec(), Ids(
+        tenant=row.tenant, suite=row.suite, iteration=row.id, attempt=f.attempt,
+        trace_id=row.trace_id, host=f.host))
 
 
 class Dispatcher:
     def __init__(self, hosts: Hosts,
-                 on_outcomes: Callable[[str, list[dict[str, Any]]], None],
+                 on_outcomes: Callable[[str, list[Outcome]], None],
                  on_lost: Callable[[str, str], None]) -> None:
         self.hosts = hosts
         self.on_outcomes = on_outcomes  # (host, outcomes); raises if they were not recorded
@@ -106,7 +106,7 @@ class Dispatcher:
         self._collectors[host] = (ep, self._spawn(self._collect(host, ep)))
 
     async def _collect(self, host: str, ep: Endpoint) -> None:
-        acks: list[list[Any]] = []
+        acks: list[AttemptKey] = []
         while self.hosts.endpoint(host) is ep:
             try:
                 self.calls["collect"] += 1
@@ -115,7 +115,7 @@ class Dispatcher:
                 if self.hosts.endpoint(host) is ep:
                     self._lost(host, f"host {host} lost: {err}")
                 return
-            outcomes = unpack(got)
+            outcomes = unpack_list(Outcome, got)
             acks = []
             if not outcomes:
                 continue
@@ -127,7 +127,7 @@ class Dispatcher:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
             self.collected += len(outcomes)
-            acks = [[o["id"], o["attempt"]] for o in outcomes]
+            acks = [o.key for o in outcomes]
 
     async def known(self, host: str) -> set[tuple[str, int]] | None:
         """The attempts host knows of; None when it cannot be asked."""
@@ -135,7 +135,8 @@ class Dispatcher:
         if ep is None:
             return None
         try:
-            return {(a["id"], a["attempt"]) for a in unpack(await ep.call("attempts"))}
+            return {(a.id, a.attempt)
+                    for a in unpack_list(AttemptInfo, await ep.call("attempts"))}
         except ray.exceptions.RayError as err:
             self._lost(host, f"host {host} lost: {err}")
             return None
@@ -163,7 +164,7 @@ class Dispatcher:
                 calls.append(ep.call("cancel", iid, attempt))
                 asked.append((iid, attempt, host))
         got = await asyncio.gather(*calls, return_exceptions=True)
-        return [row for row, n in zip(asked, got) if n == 0]
+        return [row for row, n in zip(asked, got, strict=True) if n == 0]
 
     async def _cancel_again(self, rows: list[tuple[str, int, str]],
                             flying: Callable[[str, int], bool]) -> None:

@@ -14,12 +14,15 @@ that were lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from tryfleet.wire import Failure, Outcome
 
 from .admission import Candidate, Policy, PressureLimits, Usage, admit
 from .backlog import Backlog
@@ -85,10 +88,8 @@ class Engine:
             except Exception:
                 log.exception("scheduling pass failed; trying again")
             assert self._wake is not None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), HOST_REFRESH_S)
-            except asyncio.TimeoutError:
-                pass
             self._wake.clear()
 
     # ---- scheduling pass -------------------------------------------------------------------
@@ -119,9 +120,9 @@ class Engine:
             decision = place(c.demand, usable)
             if decision.verdict is not Verdict.PLACED and avoid:
                 decision = place(c.demand, views.values())
-            ok = decision.verdict is Verdict.PLACED and decision.host is not None
-            if ok:
-                host = decision.host
+            host = decision.host if decision.verdict is Verdict.PLACED else None
+            ok = host is not None
+            if host is not None:
                 self.res.reserve(c.id, host, c.demand)
                 views[host] = self.res.apply(base[host])
                 placed[c.id] = host
@@ -142,7 +143,7 @@ class Engine:
     def _launch(self, admitted: list[Candidate], placed: dict[str, str]) -> None:
         attempts = self.ledger.place_many([(c.id, placed[c.id]) for c in admitted])
         batches: dict[str, list[Flight]] = defaultdict(list)
-        for c, attempt in zip(admitted, attempts):
+        for c, attempt in zip(admitted, attempts, strict=True):
             self.backlog.discard(c.id)
             row = self.rows.get(c.id) if attempt is not None else None
             if attempt is not None and row is None:
@@ -171,26 +172,25 @@ class Engine:
         self.avoid.pop(iid, None)
 
     # ---- outcomes --------------------------------------------------------------------------
-    def _on_outcomes(self, host: str, outcomes: list[dict[str, Any]]) -> None:
+    def _on_outcomes(self, host: str, outcomes: list[Outcome]) -> None:
         """Outcomes collected from host: committed in one transaction (stale attempts are
         fenced out), then the scheduler's own books."""
         reports, seen = [], set()
         for o in outcomes:
-            f = self.flying.get(o["id"])
-            if f is not None and f.attempt == o["attempt"] and f.cand.id not in seen:
+            f = self.flying.get(o.id)
+            if f is not None and f.attempt == o.attempt and f.cand.id not in seen:
                 seen.add(f.cand.id)
-                reports.append(Report(f.cand.id, f.attempt, o.get("state", "INFRA_ERROR"), o,
-                                      retry_infra=not o.get("bad_request")))
+                reports.append(Report(f.cand.id, f.attempt, o))
         self._settle(reports)
 
     def _host_lost(self, host: str, why: str) -> None:
-        self._settle([Report(f.cand.id, f.attempt, "INFRA_ERROR", {"error": why, "host": host})
+        self._settle([Report.lost(f.cand.id, f.attempt, host, why, Failure.HOST_LOST)
                       for f in self.flying.values() if f.host == host])
 
     def _settle(self, reports: list[Report]) -> None:
         if not reports:
             return
-        for rep, new in zip(reports, self.ledger.settle(reports)):
+        for rep, new in zip(reports, self.ledger.settle(reports), strict=True):
             f = self.flying.pop(rep.iid)
             self.res.unreserve(rep.iid)
             self.usage.remove(f.cand)
@@ -198,7 +198,7 @@ class Engine:
                 if rep.state not in ("FAILED", "SUCCEEDED"):
                     self.avoid[rep.iid].add(f.host)
                 log.warning("retrying %s after %s on %s", rep.iid,
-                            rep.outcome.get("error") or rep.state, f.host)
+                            rep.outcome.error or rep.state, f.host)
                 self.backlog.add(f.cand)
             else:
                 self.rows.pop(rep.iid, None)
@@ -222,19 +222,19 @@ class Engine:
         for f in self.flying.values():
             by_host[f.host].append(f)
         known = await asyncio.gather(*(self.dispatch.known(h) for h in by_host))
-        for (host, flights), here in zip(by_host.items(), known):
+        for (host, flights), here in zip(by_host.items(), known, strict=True):
             if here is None:
-                lost += [Report(f.cand.id, f.attempt, "INFRA_ERROR",
-                                {"error": f"host {host} gone after a restart", "host": host})
+                lost += [Report.lost(f.cand.id, f.attempt, host,
+                                     f"host {host} gone after a restart", Failure.HOST_LOST)
                          for f in flights]
                 continue
             for f in flights:
                 if (f.cand.id, f.attempt) in here:
                     log.info("reattaching to %s attempt %d on %s", f.cand.id, f.attempt, host)
                 else:
-                    lost.append(Report(f.cand.id, f.attempt, "INFRA_ERROR", {
-                        "error": f"attempt {f.attempt} of {f.cand.id} is unknown on {host} "
-                                 "(its node agent restarted?)", "host": host, "lost": True}))
+                    lost.append(Report.lost(
+                        f.cand.id, f.attempt, host, f"attempt {f.attempt} of {f.cand.id} is "
+                        f"unknown on {host} (its node agent restarted?)", Failure.LOST))
             self.dispatch.ensure_collector(host)
         self._settle([r for r in lost if r.iid in self.flying])
 

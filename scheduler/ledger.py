@@ -12,13 +12,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
+
+from tryfleet.wire import Failure, Outcome, State
 
 from .records import IN_FLIGHT, TERMINAL, Iteration, Phase, Result
 
@@ -99,13 +101,27 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What a host said became of one attempt: its state and the outcome's fields."""
+    """What became of one attempt: its host's outcome, or the scheduler's own conclusion when
+    the host cannot say (see `lost`)."""
 
     iid: str
     attempt: int
-    state: str
-    outcome: Mapping[str, Any]
-    retry_infra: bool = True  # False for a request the host can never run
+    outcome: Outcome
+
+    @classmethod
+    def lost(cls, iid: str, attempt: int, host: str, error: str, failure: Failure) -> Report:
+        """An attempt that ended without word from its host (LOST, HOST_LOST): INFRA_ERROR."""
+        return cls(iid, attempt, Outcome(iid, attempt, State.INFRA_ERROR, host, error=error,
+                                         failure=failure))
+
+    @property
+    def state(self) -> str:
+        return self.outcome.state.value
+
+    @property
+    def retry_infra(self) -> bool:
+        """Whether an INFRA_ERROR may be tried again: not for a request that can never run."""
+        return self.outcome.failure is not Failure.BAD_REQUEST
 
 
 class Ledger:
@@ -233,7 +249,7 @@ class Ledger:
                                (now, iid, attempt)).rowcount == 1
                     for iid, attempt in attempts]
 
-    def finish(self, iid: str, attempt: int, state: str, outcome: dict[str, Any]) -> bool:
+    def finish(self, iid: str, attempt: int, state: str, outcome: Outcome | None = None) -> bool:
         """Commit the result of `attempt`; False (nothing written) if the attempt is stale."""
         if state not in TERMINAL:
             raise ValueError(f"{state} is not a terminal state")
@@ -242,19 +258,18 @@ class Ledger:
 
     @classmethod
     def _finish(cls, db: sqlite3.Connection, iid: str, attempt: int, state: str,
-                outcome: Mapping[str, Any]) -> bool:
+                outcome: Outcome | None) -> bool:
         now = time.time()
+        o = outcome or Outcome(iid, attempt, State(state), "")
         cur = db.execute(
             "UPDATE iterations SET state = ?, ended_at = ?, duration_s = ?, exit_code = ?, "
             "signal = ?, stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, "
             "error = ?, result_attempt = ?, started_at = COALESCE(started_at, ?) "
             "WHERE id = ? AND attempt = ? AND state IN ('PLACED', 'RUNNING')",
-            (state, now, outcome.get("duration_s"), outcome.get("exit_code"),
-             outcome.get("signal"), outcome.get("stdout", b""), outcome.get("stderr", b""),
-             int(bool(outcome.get("stdout_truncated"))),
-             int(bool(outcome.get("stderr_truncated"))), outcome.get("error"), attempt,
-             outcome.get("started_at") or now, iid, attempt))
-        cls._end_attempt(db, iid, attempt, state, outcome.get("error"))
+            (state, now, o.duration_s, o.exit_code, o.signal, o.stdout, o.stderr,
+             int(o.stdout_truncated), int(o.stderr_truncated), o.error, attempt,
+             o.started_at or now, iid, attempt))
+        cls._end_attempt(db, iid, attempt, state, o.error)
         return cur.rowcount == 1
 
     def retry(self, iid: str, attempt: int, error: str, *, user_failure: bool = False) -> bool:
@@ -294,15 +309,16 @@ class Ledger:
                 if row is None:
                     out.append(None)
                     continue
-                state = rep.state if rep.state in TERMINAL else "INFRA_ERROR"
+                state = rep.state
                 if row["cancel_requested"] and state != "SUCCEEDED":
                     state = "CANCELLED"
-                error = rep.outcome.get("error")
-                if state == "INFRA_ERROR" and rep.retry_infra and self._retry(
-                        db, row, rep.iid, rep.attempt, error or "infrastructure error", False):
-                    out.append("QUEUED")
-                elif state == "FAILED" and self._retry(db, row, rep.iid, rep.attempt,
-                                                       "command failed", True):
+                again = False
+                if state == "INFRA_ERROR" and rep.retry_infra:
+                    again = self._retry(db, row, rep.iid, rep.attempt,
+                                        rep.outcome.error or "infrastructure error", False)
+                elif state == "FAILED":
+                    again = self._retry(db, row, rep.iid, rep.attempt, "command failed", True)
+                if again:
                     out.append("QUEUED")
                 else:
                     self._finish(db, rep.iid, rep.attempt, state, rep.outcome)

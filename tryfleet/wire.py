@@ -21,13 +21,24 @@ from typing import Any, Protocol, TypeVar
 
 import msgpack
 
-from .errors import TryfleetError
+from .errors import NotFound, TryfleetError
 
 T = TypeVar("T")
+
+# Where the scheduler finds node agents: every actor that implements NodeProtocol (a real
+# host's node agent, or a group of simulated hosts) is a named Ray actor under this prefix in
+# this namespace. The names live here, beside the protocol, so that the scheduler needs nothing
+# of the node side to find its hosts.
+NAMESPACE = "tryfleet"
+NODE_ACTOR_PREFIX = "tryfleet-node-"
 
 
 class WireError(TryfleetError, ValueError):
     """Bytes that do not decode to the record they should be; the message names the field."""
+
+
+class WrongHost(NotFound):
+    """A call named a host that the node-agent actor it reached does not serve."""
 
 
 class State(enum.StrEnum):
@@ -250,10 +261,12 @@ class ExecChunk:
 
 # ---- the node protocol -----------------------------------------------------------------------
 class NodeProtocol(Protocol):
-    """What the scheduler calls on a node-agent actor, which serves one host or (a simulated
-    group) several; every per-host call names its host. Payloads are this module's bytes."""
+    """What the scheduler calls on a node-agent actor, which serves one host (a real node
+    agent) or several (a group of simulated hosts), through one code path: every per-host call
+    names its host, and an actor refuses (WrongHost) a host it does not serve. Payloads are
+    this module's bytes."""
 
-    def status_all(self) -> bytes: ...  # pack_map(HostStatus), keyed by host
+    def status_all(self) -> bytes: ...  # {host: HostStatus} for every host served here
 
     def start_many(self, host: str, requests: bytes) -> bytes: ...  # [StartRequest] -> [bool]
 
@@ -268,6 +281,8 @@ class NodeProtocol(Protocol):
     def cancel(self, host: str, iid: str, attempt: int | None) -> int: ...
 
     def cancel_all(self, host: str) -> int: ...
+
+    def shutdown(self) -> None: ...  # stop every host served here (their VMs go)
 
 
 # ---- codec -----------------------------------------------------------------------------------
@@ -383,8 +398,8 @@ def _record(cls: type, raw: Any, where: str) -> Any:
 
 
 __all__ = [
-    "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk", "ExecReply", "ExecRequest",
-    "Failure", "HostStatus", "Ids", "IterationSpec", "NodeProtocol", "Outcome", "Output",
-    "PoolRow", "Pressure", "SandboxOpen", "StartRequest", "State", "WireError", "pack",
-    "unpack", "unpack_list", "unpack_map",
+    "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk",
+    "ExecReply", "ExecRequest", "Failure", "HostStatus", "Ids", "IterationSpec", "NodeProtocol",
+    "Outcome", "Output", "PoolRow", "Pressure", "SandboxOpen", "StartRequest", "State",
+    "WireError", "WrongHost", "pack", "unpack", "unpack_list", "unpack_map",
 ]

@@ -6,6 +6,7 @@ import pytest
 
 from tryfleet.scheduler.ledger import Ledger, LedgerError, Report
 from tryfleet.scheduler.records import InvalidIteration, Iteration
+from tryfleet.wire import Failure, Outcome, State
 
 
 def it(**kw):
@@ -53,11 +54,13 @@ def test_result_is_committed_once_and_stale_attempts_are_ignored(ledger):
     assert ledger.retry("a", first, "host lost")
     second = ledger.place("a", "h2")
     assert second == first + 1
-    assert ledger.finish("a", second, "SUCCEEDED", {"exit_code": 0, "stdout": b"ok"})
+    ok = Outcome("a", second, State.SUCCEEDED, "h2", exit_code=0, stdout=b"ok")
+    assert ledger.finish("a", second, "SUCCEEDED", ok)
     # the first attempt's result arrives late: ignored
-    assert not ledger.finish("a", first, "FAILED", {"exit_code": 1})
+    late = Outcome("a", first, State.FAILED, "h1", exit_code=1)
+    assert not ledger.finish("a", first, "FAILED", late)
     # and the second cannot commit twice
-    assert not ledger.finish("a", second, "FAILED", {"exit_code": 1})
+    assert not ledger.finish("a", second, "FAILED", late)
     r = ledger.result("a")
     assert (r.state, r.exit_code, r.stdout, r.attempts, r.host) == ("SUCCEEDED", 0, "ok", 2, "h2")
 
@@ -89,7 +92,7 @@ def test_cancel_queued_now_and_flag_in_flight(ledger):
     assert ledger.place("q", "h1") is None
     assert ledger.get_row("r").cancel_requested
     assert not ledger.retry("r", att, "x")  # a cancelled iteration is not retried
-    assert ledger.finish("r", att, "CANCELLED", {})
+    assert ledger.finish("r", att, "CANCELLED")
     assert ledger.result("other").state == "QUEUED"
 
 
@@ -132,9 +135,13 @@ def test_invalid_iterations_say_which_field(kw, message):
 
 # ---- batches: one transaction for many iterations, each still fenced by its attempt ----------
 
-def _rep(iid, attempt, state, retry_infra=True, **outcome):
-    return Report(iid, attempt, state, {"exit_code": 0 if state == "SUCCEEDED" else 1,
-                                        **outcome}, retry_infra=retry_infra)
+def _rep(iid, attempt, state, failure=None, **fields):
+    state = State(state)
+    if state is State.INFRA_ERROR and failure is None:
+        failure = Failure.INFRA
+    return Report(iid, attempt, Outcome(iid, attempt, state, "h1", failure=failure,
+                                        exit_code=0 if state is State.SUCCEEDED else 1,
+                                        **fields))
 
 
 def test_submit_rows_returns_new_rows_and_known_ones_as_they_stand(ledger):
@@ -161,8 +168,8 @@ def test_place_many_is_one_commit_and_skips_what_is_no_longer_queued(ledger):
 def test_settle_a_batch_in_one_commit_each_report_fenced_by_attempt(ledger):
     ledger.submit([it(id="ok"), it(id="stale"), it(id="infra"), it(id="fail", retries=1),
                    it(id="bad"), it(id="cx")], "s", "t")
-    first = dict(zip("ok stale infra fail bad cx".split(), ledger.place_many(
-        [(i, "h1") for i in "ok stale infra fail bad cx".split()])))
+    names = ["ok", "stale", "infra", "fail", "bad", "cx"]
+    first = dict(zip(names, ledger.place_many([(i, "h1") for i in names]), strict=True))
     # "stale" was requeued (host lost) and placed again before its first attempt reported
     assert ledger.retry("stale", first["stale"], "host lost")
     (second,) = ledger.place_many([("stale", "h2")])
@@ -173,7 +180,7 @@ def test_settle_a_batch_in_one_commit_each_report_fenced_by_attempt(ledger):
         _rep("stale", first["stale"], "FAILED"),  # the old attempt: ignored
         _rep("infra", first["infra"], "INFRA_ERROR", error="boot failed"),
         _rep("fail", first["fail"], "FAILED"),
-        _rep("bad", first["bad"], "INFRA_ERROR", retry_infra=False, error="no such image"),
+        _rep("bad", first["bad"], "INFRA_ERROR", Failure.BAD_REQUEST, error="no such image"),
         _rep("cx", first["cx"], "FAILED"),
     ])
     assert ledger.commits == before + 1
@@ -197,7 +204,10 @@ def test_settle_respects_the_retry_budgets(ledger):
     assert ledger.result("a").error == "y"
 
 
-def test_an_unknown_state_from_a_host_is_an_infrastructure_error(ledger):
-    ledger.submit([it(id="a")], "s", "t", infra_attempts=1)
+def test_an_attempt_its_host_does_not_know_is_tried_again(ledger):
+    ledger.submit([it(id="a")], "s", "t")
     (a1,) = ledger.place_many([("a", "h1")])
-    assert ledger.settle([Report("a", a1, "WEIRD", {"error": "lost"})]) == ["INFRA_ERROR"]
+    lost = Report.lost("a", a1, "h1", "attempt 1 of a is unknown on h1", Failure.LOST)
+    assert (lost.state, lost.retry_infra) == ("INFRA_ERROR", True)
+    assert ledger.settle([lost]) == ["QUEUED"]
+    assert ledger.attempts("a")[0]["error"] == "attempt 1 of a is unknown on h1"

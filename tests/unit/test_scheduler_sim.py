@@ -1,15 +1,18 @@
 """The real scheduler (placement, ledger, dispatch) over simulated hosts in this process:
-no Ray. A stand-in for Ray actor handles runs each `.remote()` call on this event loop."""
+no Ray. A stand-in for Ray actor handles runs each `.remote()` call on this event loop (a
+blocking method in a thread)."""
 
 import asyncio
+import inspect
 import time
 import types
 
 import pytest
 
-from tryfleet.nodeagent.simhost import Delays, SimHosts, SimHostSpec
+from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.scheduler.records import TERMINAL
 from tryfleet.scheduler.service import Scheduler
+from tryfleet.wire import AttemptKey
 
 FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
 
@@ -26,16 +29,20 @@ class Local:
 
         def remote(*args):
             self.calls[name] = self.calls.get(name, 0) + 1
-            return asyncio.ensure_future(fn(*args))
+            if inspect.iscoroutinefunction(fn):
+                return asyncio.ensure_future(fn(*args))
+            return asyncio.ensure_future(asyncio.to_thread(fn, *args))
 
         return types.SimpleNamespace(remote=remote)
 
 
-def make(tmp_path, sim):
+def make(tmp_path, sim, **more_agents):
+    """A scheduler whose node-agent actors are given (there is no Ray to look in)."""
     sched = Scheduler(str(tmp_path / "ledger.db"))
     handle = Local(sim)
-    sched.engine.hosts.discover = lambda: []  # no Ray to look in: the shared actor is given
-    sched.engine.hosts.groups = {"tryfleet-hosts-test": handle}
+    sched.engine.hosts.discover = lambda: []
+    sched.engine.hosts.agents = {SIM_GROUP_PREFIX + "test": handle,
+                                 **{name: Local(a) for name, a in more_agents.items()}}
     return sched, handle
 
 
@@ -148,7 +155,7 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
         for task in [first.engine._loop_task, *first.engine.dispatch._tasks]:
             task.cancel()  # the old scheduler dies
         (forgotten,) = [f for f in first.engine.flying.values() if f.cand.id == ids[1]]
-        lost = sim._hosts["a"].attempts.pop((ids[1], forgotten.attempt))
+        lost = sim._hosts["a"].attempts.pop(AttemptKey(ids[1], forgotten.attempt))
         lost.timer.cancel()  # ... and its host forgot one attempt
         second, _ = make(tmp_path, sim)
         await second.ping()
@@ -191,3 +198,34 @@ def test_a_cancel_that_overtakes_the_start_is_sent_again(tmp_path):
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
 
     asyncio.run(go())
+
+
+def test_a_real_node_agent_and_simulated_hosts_are_reached_alike(tmp_path, monkeypatch):
+    """One code path: a real node agent (on the fake hypervisor) and a group of simulated
+    hosts, both found as node-agent actors and asked the same calls."""
+    from tryfleet.nodeagent.actor import NodeActor
+    from tryfleet.scheduler import dispatch
+
+    monkeypatch.setattr(dispatch, "WAIT_CHUNK_S", 0.2)  # long-polls end soon after the test
+    monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
+    real = NodeActor(str(tmp_path / "node"), "h1", fake=True, fake_images=("base",))
+
+    async def go():
+        sim = SimHosts([SimHostSpec("s1", cpus=4, images=("simonly",))], FAST)
+        sched, _ = make(tmp_path, sim, **{"tryfleet-node-h1": real})
+        ids = await sched.submit(wire(1, prefix="real", command=["true"])
+                                 + wire(1, prefix="sim", image="simonly"),
+                                 "s", "t")
+        await until_done(sched, "s", 2)
+        results = await sched.results(ids)
+        assert [(r["state"], r["host"]) for r in results] == \
+            [("SUCCEEDED", "h1"), ("SUCCEEDED", "s1")]
+        hosts = {h["host"]: h for h in (await sched.status())["hosts"]}
+        assert (hosts["h1"]["accel"], hosts["s1"]["accel"]) == ("tcg", "sim")
+        for task in [sched.engine._loop_task, *sched.engine.dispatch._tasks]:
+            task.cancel()
+
+    try:
+        asyncio.run(go())
+    finally:
+        real.shutdown()
