@@ -1,8 +1,9 @@
 """dispatch: iterations per second through the real scheduler vs one Ray task per iteration.
 
 Ours: the real scheduler (scheduler.service.Scheduler as its Ray actor, its ledger on disk in a
-temp dir) places every iteration on simulated hosts (nodeagent/simhost.py: one actor serves
-them all, no VMs; an attempt is a seeded boot delay then a seeded exec delay). Timed from the
+temp dir) places every iteration on simulated hosts (nodeagent/simhost.py: one node-agent actor
+serves them all through the node protocol real hosts speak, no VMs; an attempt is a seeded boot
+delay then a seeded exec delay). Timed from the
 submit of all iterations to the last terminal result committed in the ledger.
 Baseline: the same iterations as one Ray task each (`num_cpus=1`, as the iteration asks) on the
 same Ray, sleeping the same per-iteration delays; also with a fractional request that lets Ray

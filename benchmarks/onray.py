@@ -26,7 +26,7 @@ def local_ray(prefix: str) -> Iterator[Path]:
     cluster.secure_ray()
     import ray
 
-    from tryfleet.nodeagent.actor import NAMESPACE
+    from tryfleet.wire import NAMESPACE
 
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_dir()))
     ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace=NAMESPACE,
@@ -43,8 +43,8 @@ def start_scheduler(ledger: Path, hosts: int, **settings: Any) -> Any:
     hosts with capacity."""
     import ray
 
-    from tryfleet.nodeagent.actor import NAMESPACE
     from tryfleet.scheduler.service import Scheduler
+    from tryfleet.wire import NAMESPACE
 
     sched = ray.remote(Scheduler).options(namespace=NAMESPACE, num_cpus=0,
                                           max_concurrency=1000).remote(str(ledger), **settings)

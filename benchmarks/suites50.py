@@ -86,8 +86,8 @@ def scheduler_args(mode: str, suites: int, host_cpus: int) -> dict[str, Any]:
     """The scheduler's settings per mode: throttled is its defaults."""
     if mode == "throttled":
         return {}
-    never = {k: 1e9 for k in ("cpu_high", "cpu_low", "memory_high", "memory_low", "io_high",
-                              "io_low", "mem_used_high", "mem_used_low")}
+    never = dict.fromkeys(("cpu_high", "cpu_low", "memory_high", "memory_low", "io_high",
+                           "io_low", "mem_used_high", "mem_used_low"), 1e9)
     return {"pressure": never, "cpu_overcommit": max(1.0, suites / host_cpus),
             "suite_cap": 1}
 
@@ -101,13 +101,19 @@ def describe(args: dict[str, Any]) -> str:
 
 def _wait_idle(node: Any, timeout_s: float = 90.0) -> None:
     """Until the node agent runs no iteration (pooled VMs may stay)."""
+    deadline = time.monotonic() + timeout_s
+    while _status(node).running and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+
+
+def _status(node: Any) -> Any:
+    """The HostStatus of the one host a node agent serves."""
     import ray
 
-    from tryfleet.nodeagent.actor import unpack
+    from tryfleet.wire import HostStatus, unpack_map
 
-    deadline = time.monotonic() + timeout_s
-    while unpack(ray.get(node.status.remote()))["running"] and time.monotonic() < deadline:
-        time.sleep(POLL_S)
+    (status,) = unpack_map(HostStatus, ray.get(node.status_all.remote())).values()
+    return status
 
 
 def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
@@ -157,14 +163,11 @@ def run_mode(mode: str, size: Size, tmp: Path, node: Any) -> dict[str, Any]:
 
 def _node(start_node_actor: Any) -> Any:
     """This host's node agent, for the run; exits with what to do when it cannot run VMs."""
-    import ray
-
     from tryfleet.nodeagent import default_data_dir
-    from tryfleet.nodeagent.actor import unpack
 
     try:
         node = start_node_actor(str(default_data_dir()), socket.gethostname(), detached=False)
-        images = unpack(ray.get(node.status.remote()))["images"]
+        images = _status(node).images
     except Exception as err:  # no libvirtd, no permission: say what to do
         sys.exit(f"suites50 needs libvirtd and the base image: {err}\n{SETUP_HINT}")
     if "base" not in images:

@@ -1,17 +1,21 @@
-"""Errors of the images package: one root, each subclass also the builtin it resembles."""
+"""Errors of the images package, under tryfleet's one root: each subclass also the builtin it
+resembles, and BadRequest (a recipe or name that can never work) or InfrastructureError (a build
+that failed this time, e.g. on a network error) where the scheduler must tell them apart."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tryfleet.errors import BadRequest, InfrastructureError, TryfleetError
+
 STDERR_TAIL_LINES = 15
 
 
-class ImageError(Exception):
+class ImageError(TryfleetError):
     """Root of every error raised by images/."""
 
 
-class RecipeError(ImageError, ValueError):
+class RecipeError(ImageError, BadRequest):
     """A recipe file that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path: object, problem: str) -> None:
@@ -19,7 +23,7 @@ class RecipeError(ImageError, ValueError):
         self.path = path
 
 
-class UnknownImage(ImageError, LookupError):
+class UnknownImage(ImageError, BadRequest, LookupError):
     """Neither a recipe nor a build of that name."""
 
     def __init__(self, name: str, known: Sequence[str]) -> None:
@@ -40,7 +44,7 @@ class ImageNotBuilt(ImageError, FileNotFoundError):
         self.name = name
 
 
-class BuildError(ImageError, RuntimeError):
+class BuildError(ImageError, InfrastructureError):
     """One build step failed; the message names the step and ends with the command's stderr."""
 
     def __init__(self, step: str, problem: str, stderr: str = "") -> None:

@@ -1,5 +1,7 @@
 """The node agent: VMs on one host, cloned copy-on-write from golden images."""
 
+from tryfleet.wire import Capacity, Pressure
+
 from .clone import Cloner, qemu_img_clone
 from .errors import (
     BadRequest,
@@ -15,7 +17,7 @@ from .errors import (
     NodeAgentError,
 )
 from .guest import GuestChannel
-from .host import AccelReport, Capacity, Pressure, read_capacity, read_pressure
+from .host import AccelReport, read_capacity, read_pressure
 from .hypervisor import DOMAIN_PREFIX, DomainSpec, Hypervisor
 from .node import NodeAgent, NodeConfig, default_data_dir
 from .records import ExecResult, IterationOutcome, IterationSpec, SandboxSpec, State

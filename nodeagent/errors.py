@@ -1,33 +1,37 @@
-"""Errors of the node agent: one root, subclasses that also inherit the builtin they resemble."""
+"""Errors of the node agent, under tryfleet's one root: each subclass also inherits the builtin
+it resembles, and the family that tells the scheduler whether to try again: BadRequest for what
+can never run as given, InfrastructureError for what failed this time."""
 
 from __future__ import annotations
 
+from tryfleet import errors
 
-class NodeAgentError(Exception):
+
+class NodeAgentError(errors.TryfleetError):
     """Root of every error the node agent raises."""
 
 
-class HypervisorUnavailable(NodeAgentError, ConnectionError):
+class HypervisorUnavailable(NodeAgentError, errors.InfrastructureError, ConnectionError):
     """libvirtd cannot be reached."""
 
 
-class HypervisorError(NodeAgentError, RuntimeError):
+class HypervisorError(NodeAgentError, errors.InfrastructureError):
     """libvirt refused or failed an operation on a domain."""
 
 
-class CloneError(NodeAgentError, OSError):
+class CloneError(NodeAgentError, errors.InfrastructureError, OSError):
     """A copy-on-write overlay could not be made."""
 
 
-class BadRequest(NodeAgentError, ValueError):
+class BadRequest(NodeAgentError, errors.BadRequest):
     """A sandbox or exec request that can never be honoured as given."""
 
 
-class BootTimeout(NodeAgentError, TimeoutError):
+class BootTimeout(NodeAgentError, errors.InfrastructureError, TimeoutError):
     """The guest agent did not answer before the boot deadline."""
 
 
-class GuestError(NodeAgentError):
+class GuestError(NodeAgentError, errors.InfrastructureError):
     """Root of the failures seen on the guest channel."""
 
 

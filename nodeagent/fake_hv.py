@@ -2,11 +2,13 @@
 
 Commands run as host processes inside a scratch directory standing in for the guest's root, so
 unit tests exercise the real wire protocol, host channel and lifecycle in milliseconds. Faults
-can be injected: a start that fails, a boot that never answers, a guest that crashes.
+can be injected: a start that fails, a boot that never answers, a guest that sends garbage, a
+guest that crashes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import tempfile
@@ -34,10 +36,11 @@ class _Domain:
 
 class FakeHypervisor:
     def __init__(self, *, boot_delay_s: float = 0.0, fail_start: bool = False,
-                 never_boot: bool = False) -> None:
+                 never_boot: bool = False, garbled: bool = False) -> None:
         self.boot_delay_s = boot_delay_s
         self.fail_start = fail_start
         self.never_boot = never_boot
+        self.garbled = garbled  # the guest answers with a malformed frame instead of an agent
         self.domains: dict[str, _Domain] = {}
         self.started: list[str] = []
         self.saved: list[str] = []
@@ -64,12 +67,13 @@ class FakeHypervisor:
 
     def _guest(self, dom: _Domain) -> None:
         time.sleep(self.boot_delay_s)
+        if self.garbled:  # a 3-byte frame of bytes that are not msgpack
+            dom.guest_sock.sendall((3).to_bytes(4, "big") + b"\xc1\xc1\xc1")
+            return
         agent = Agent(dom.guest_sock.fileno(), pid1=False, use_signals=False, exit_on_eof=True,
                       fs_root=dom.root.name)
-        try:
+        with contextlib.suppress(OSError):  # the domain was destroyed under the agent
             agent.run()
-        except OSError:
-            pass  # the domain was destroyed under the agent
 
     def open_channel(self, name: str) -> socket.socket:
         with self._lock:
@@ -91,10 +95,8 @@ class FakeHypervisor:
             dom = self.domains.pop(name, None)
         if dom is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             dom.guest_sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         if dom.thread is not None:
             dom.thread.join(timeout=5)
         dom.guest_sock.close()

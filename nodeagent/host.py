@@ -17,33 +17,14 @@ from pathlib import Path
 
 import psutil
 
+from tryfleet.wire import Capacity, Pressure
+
 from .errors import NodeAgentError
 from .hypervisor import DomainSpec, Hypervisor
 
 CANARY_MARKER = b"TRYFLEET-CANARY-OK"
 CANARY_DEADLINE_S = 20.0
 PSI_RESOURCES = ("cpu", "memory", "io")
-
-
-@dataclass(frozen=True, slots=True)
-class Capacity:
-    hostname: str
-    cpus: int
-    mem_mib: int
-    disk_free_mib: int
-
-
-@dataclass(frozen=True, slots=True)
-class Pressure:
-    """PSI averages over 10 s (percent of time stalled) and memory in use."""
-
-    cpu_some_avg10: float
-    memory_some_avg10: float
-    memory_full_avg10: float
-    io_some_avg10: float
-    io_full_avg10: float
-    mem_used_pct: float
-    load1: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tryfleet.images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
+from tryfleet.wire import Capacity, Pressure
 
 from .clone import Cloner
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
 from .guest import GuestChannel, OutputSink
-from .host import AccelReport, Capacity, Pressure, probe_accel, read_capacity, read_pressure
+from .host import AccelReport, probe_accel, read_capacity, read_pressure
 from .hypervisor import DOMAIN_PREFIX, DomainSpec, Hypervisor, RestoreSpec
+from .pool import WarmPool
 from .reaper import ReapReport, reap, register_owner
 from .records import ExecResult, IterationOutcome, IterationSpec, SandboxSpec, State
-from .pool import WarmPool
 from .sandbox import Sandbox, prune_logs
 from .snapshots import PoolKey, Slot, Snapshots
 

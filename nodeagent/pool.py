@@ -17,7 +17,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+
+from tryfleet.wire import PoolRow
 
 from .sandbox import Sandbox
 from .snapshots import PoolKey
@@ -74,11 +75,12 @@ class WarmPool:
             asks.popleft()
         return max(self.targets.get(key, 0), min(self.max_per_key, len(asks)))
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[PoolRow]:
         with self._cond:
             keys = set(self._ready) | set(self.targets) | set(self._asks)
-            return [{**k.describe(), "ready": len(self._ready.get(k, ())),
-                     "wanted": self.wanted(k), "filling": self._filling == k}
+            return [PoolRow(k.image, k.cpus, k.mem_mib, k.disk_mib,
+                            ready=len(self._ready.get(k, ())), wanted=self.wanted(k),
+                            filling=self._filling == k)
                     for k in sorted(keys, key=lambda k: k.slug)]
 
     def idle_mem_mib(self) -> int:
@@ -94,7 +96,7 @@ class WarmPool:
         used = self.idle_mem_mib()
         best, best_gap = None, 0
         for key in set(self._asks) | set(self.targets):
-            fails, until = self._failures.get(key, (0, 0.0))
+            _, until = self._failures.get(key, (0, 0.0))
             if until > now:
                 continue
             gap = self.wanted(key, now) - len(self._ready.get(key, ()))
@@ -112,7 +114,7 @@ class WarmPool:
                         break
                     self._cond.wait(timeout=1.0)
                     self._shrink()
-                if self._stopped:
+                if self._stopped or key is None:
                     return
                 self._filling = key
             box = None

@@ -1,18 +1,12 @@
-"""Small frozen records that cross module and process boundaries."""
+"""Small frozen records of the node agent. What crosses to the scheduler is in tryfleet.wire;
+IterationSpec and State come from there and are re-exported here."""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class State(str, enum.Enum):
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    TIMED_OUT = "TIMED_OUT"
-    CANCELLED = "CANCELLED"
-    INFRA_ERROR = "INFRA_ERROR"
+from tryfleet.wire import IterationSpec, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +33,6 @@ class ExecResult:
 
 
 @dataclass(frozen=True, slots=True)
-class IterationSpec:
-    """One iteration: a fresh VM, files in, one command, files out, VM gone."""
-
-    image: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] = ()
-    cwd: str | None = None
-    stdin: bytes | None = None
-    put: tuple[tuple[str, bytes], ...] = ()  # (guest path, content)
-    get: tuple[str, ...] = ()  # guest paths to bring back
-    timeout_s: float = 600.0
-    cpus: int = 1
-    mem_mib: int = 512
-    disk_mib: int | None = None
-    max_output: int = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
 class IterationOutcome:
     state: State
     exit_code: int | None
@@ -74,3 +50,6 @@ class IterationOutcome:
     kept_logs: Path | None = None
     vm: str | None = None
     phases_s: tuple[tuple[str, float], ...] = field(default=())
+
+
+__all__ = ["ExecResult", "IterationOutcome", "IterationSpec", "SandboxSpec", "State"]

@@ -1,8 +1,10 @@
-"""The node agent as a long-lived service: attempts run in threads, results are kept until
-the scheduler collects them, so a scheduler that restarts can reattach instead of losing work.
+"""The node agent of one host as a long-lived service: attempts run in threads, and their
+outcomes are kept until the scheduler collects them, so a scheduler that restarts can reattach
+instead of losing work.
 
-Plain Python; `actor.py` makes it a Ray actor pinned to its node. Payloads are msgpack-ready
-dicts of plain values.
+Plain Python over `tryfleet.wire` records; `actor.py` makes it a Ray actor pinned to its node
+and turns the records into bytes. Every per-host call names its host, as wire.NodeProtocol says,
+and a call that names another host is refused (wire.WrongHost): one service, one host.
 """
 
 from __future__ import annotations
@@ -11,13 +13,32 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from tryfleet import errors
+from tryfleet.wire import (
+    AttemptInfo,
+    AttemptKey,
+    ExecChunk,
+    ExecReply,
+    ExecRequest,
+    Failure,
+    HostStatus,
+    Ids,
+    IterationSpec,
+    Outcome,
+    Output,
+    SandboxOpen,
+    StartRequest,
+    State,
+    WrongHost,
+)
 
 from .hypervisor import Hypervisor
 from .node import NodeAgent, NodeConfig
-from .records import IterationOutcome, IterationSpec, SandboxSpec, State
+from .records import ExecResult, IterationOutcome, SandboxSpec
+from .sandbox import Sandbox
 
 log = logging.getLogger("tryfleet.nodeagent")
 KEEP_FINISHED_S = 3600.0
@@ -25,35 +46,36 @@ KEEP_FINISHED_S = 3600.0
 
 @dataclass
 class _Attempt:
-    key: tuple[str, int]
-    ids: dict[str, Any]
+    key: AttemptKey
+    ids: Ids
     stop: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
-    outcome: dict[str, Any] | None = None
+    outcome: Outcome | None = None
     out: list[bytearray] = field(default_factory=lambda: [bytearray(), bytearray()])
     finished_at: float = 0.0
-    vm: str | None = None
 
 
-def spec_from_wire(it: dict[str, Any]) -> IterationSpec:
-    files = tuple((path, text.encode() if isinstance(text, str) else bytes(text))
-                  for path, text in (it.get("files") or {}).items())
-    return IterationSpec(
-        image=it["image"], argv=tuple(it["command"]), env=tuple((it.get("env") or {}).items()),
-        cwd=it.get("cwd"), put=files, timeout_s=float(it.get("timeout_s") or 600.0),
-        cpus=int(it.get("cpus") or 1), mem_mib=int(it.get("mem_mib") or 512),
-        disk_mib=it.get("disk_mib"),
-    )
+def failure_of(err: BaseException) -> Failure:
+    """Why an attempt that raised ended in INFRA_ERROR. BAD_REQUEST, never tried again, only
+    for a request that can never run as given: the BadRequest family (the node's BadRequest,
+    RecipeError, UnknownImage). Anything else (an image build that failed, a guest that sent
+    nonsense, a hypervisor error, a bug) is INFRA: it may work next time, elsewhere."""
+    return Failure.BAD_REQUEST if isinstance(err, errors.BadRequest) else Failure.INFRA
 
 
-def outcome_to_wire(o: IterationOutcome) -> dict[str, Any]:
-    return {
-        "state": o.state.value, "exit_code": o.exit_code, "signal": o.signal,
-        "stdout": o.stdout, "stderr": o.stderr, "stdout_truncated": o.stdout_truncated,
-        "stderr_truncated": o.stderr_truncated, "started_at": o.started_at,
-        "ended_at": o.ended_at, "duration_s": o.duration_s, "host": o.host, "error": o.error,
-        "vm": o.vm, "kept_logs": str(o.kept_logs) if o.kept_logs else None,
-    }
+def _outcome(key: AttemptKey, host: str, o: IterationOutcome, stopped: bool) -> Outcome:
+    state = State.CANCELLED if stopped and o.state is not State.SUCCEEDED else o.state
+    return Outcome(
+        key.id, key.attempt, state, host, exit_code=o.exit_code, signal=o.signal,
+        stdout=o.stdout, stderr=o.stderr, stdout_truncated=o.stdout_truncated,
+        stderr_truncated=o.stderr_truncated, started_at=o.started_at, ended_at=o.ended_at,
+        duration_s=o.duration_s, error=o.error,
+        failure=Failure.INFRA if state is State.INFRA_ERROR else None, vm=o.vm,
+        kept_logs=str(o.kept_logs) if o.kept_logs else None)
+
+
+def _reply(r: ExecResult) -> ExecReply:
+    return ExecReply(**asdict(r))
 
 
 class NodeService:
@@ -62,113 +84,68 @@ class NodeService:
                  build_image: Callable[[str], object] | None = None) -> None:
         self.node = NodeAgent(config, hypervisor, build_image=build_image)
         self.host = host or self.node.hostname
-        self._attempts: dict[tuple[str, int], _Attempt] = {}
-        self._sandboxes: dict[str, Any] = {}
+        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._sandboxes: dict[str, tuple[Sandbox, float]] = {}
         self._lock = threading.Lock()
         self._finished = threading.Condition()  # notified whenever an attempt ends
 
+    def _check(self, host: str) -> None:
+        if host != self.host:
+            raise WrongHost(f"this node agent serves host {self.host!r}, not {host!r}")
+
     # ---- attempts --------------------------------------------------------------------------
-    def start(self, iid: str, attempt: int, iteration: dict[str, Any],
-              ids: dict[str, Any]) -> bool:
-        """Start an attempt in the background; False if it is already known here."""
-        key = (iid, attempt)
+    def start_many(self, host: str, requests: Sequence[StartRequest]) -> list[bool]:
+        """Start each attempt in the background, in order; False for one already known here."""
+        self._check(host)
+        return [self._start(r) for r in requests]
+
+    def _start(self, req: StartRequest) -> bool:
+        key = AttemptKey(req.id, req.attempt)
         with self._lock:
             if key in self._attempts:
                 return False
-            att = self._attempts[key] = _Attempt(key, ids)
-        threading.Thread(target=self._run, args=(att, iteration), daemon=True,
-                         name=f"attempt-{iid}-{attempt}").start()
+            att = self._attempts[key] = _Attempt(key, req.ids)
+        threading.Thread(target=self._run, args=(att, req.spec), daemon=True,
+                         name=f"attempt-{req.id}-{req.attempt}").start()
         return True
 
-    def _run(self, att: _Attempt, iteration: dict[str, Any]) -> None:
+    def _run(self, att: _Attempt, spec: IterationSpec) -> None:
         def on_output(stream: int, data: bytes) -> None:
             att.out[stream - 1] += data
 
         try:
-            spec = spec_from_wire(iteration)
-            outcome = outcome_to_wire(self.node.run_iteration(
-                spec, on_output=on_output, should_stop=att.stop.is_set))
-            if att.stop.is_set() and outcome["state"] != State.SUCCEEDED.value:
-                outcome["state"] = State.CANCELLED.value
-        except Exception as err:  # a request this host can never run, or a bug: reported
-            log.exception("attempt %s failed on the host", att.key, extra=att.ids)
-            state = State.CANCELLED if att.stop.is_set() else State.INFRA_ERROR
-            outcome = {"state": state.value, "error": f"{type(err).__name__}: {err}",
-                       "host": self.host, "bad_request": _is_bad_request(err)}
-        outcome["host"] = self.host
+            outcome = _outcome(att.key, self.host, self.node.run_iteration(
+                spec, on_output=on_output, should_stop=att.stop.is_set), att.stop.is_set())
+        except Exception as err:  # a request this host can never run, or a failure: reported
+            outcome = self._failed(att, err)
         att.outcome = outcome
         att.finished_at = time.monotonic()
         att.done.set()
         with self._finished:
             self._finished.notify_all()
 
-    def wait(self, iid: str, attempt: int, timeout_s: float = 30.0) -> dict[str, Any] | None:
-        """The outcome once finished; None if still running after timeout_s.
-        An attempt this node never heard of is reported as lost."""
-        att = self._attempts.get((iid, attempt))
-        if att is None:
-            return {"state": State.INFRA_ERROR.value, "lost": True, "host": self.host,
-                    "error": f"attempt {attempt} of {iid} is unknown on {self.host} "
-                             "(its node agent restarted?)"}
-        if not att.done.wait(timeout_s):
-            return None
-        return att.outcome
+    def _failed(self, att: _Attempt, err: Exception) -> Outcome:
+        failure = failure_of(err)
+        if failure is Failure.BAD_REQUEST:
+            log.warning("attempt %s refused: %s", att.key, err, extra=asdict(att.ids))
+        else:
+            log.exception("attempt %s failed on the host", att.key, extra=asdict(att.ids))
+        stopped = att.stop.is_set()
+        return Outcome(att.key.id, att.key.attempt,
+                       State.CANCELLED if stopped else State.INFRA_ERROR, self.host,
+                       error=f"{type(err).__name__}: {err}", failure=None if stopped else failure)
 
-    def output(self, iid: str, attempt: int, offsets: tuple[int, int] = (0, 0)
-               ) -> tuple[bytes, bytes, bool] | None:
-        """Live output past the given offsets, and whether the attempt has finished."""
-        att = self._attempts.get((iid, attempt))
-        if att is None:
-            return None
-        return (bytes(att.out[0][offsets[0]:]), bytes(att.out[1][offsets[1]:]), att.done.is_set())
-
-    def cancel(self, iid: str, attempt: int | None = None) -> int:
-        """Stop matching attempts: the command is killed and the VM destroyed."""
-        n = 0
-        for (aid, num), att in list(self._attempts.items()):
-            if aid == iid and (attempt is None or num == attempt) and not att.done.is_set():
-                att.stop.set()
-                n += 1
-        return n
-
-    def cancel_all(self) -> int:
-        n = 0
-        for att in list(self._attempts.values()):
-            if not att.done.is_set():
-                att.stop.set()
-                n += 1
-        self.node.destroy_all()
-        for sid in list(self._sandboxes):
-            self.sandbox_destroy(sid)
-        return n
-
-    def ack(self, iid: str, attempt: int) -> None:
-        self._forget([(iid, attempt)])
-
-    def _forget(self, keys: list[tuple[str, int]]) -> None:
-        """Drop acknowledged attempts, and finished ones nobody acknowledged for an hour."""
-        with self._lock:
-            for iid, attempt in keys:
-                self._attempts.pop((iid, attempt), None)
-            cutoff = time.monotonic() - KEEP_FINISHED_S
-            for key, att in list(self._attempts.items()):
-                if att.done.is_set() and att.finished_at < cutoff:
-                    del self._attempts[key]
-
-    def start_many(self, requests: list[dict[str, Any]]) -> list[bool]:
-        """start() for each request ({id, attempt, iteration, ids}), in order."""
-        return [self.start(r["id"], r["attempt"], r["iteration"], r["ids"]) for r in requests]
-
-    def collect(self, acks: list[tuple[str, int]], timeout_s: float = 30.0,
-                linger_s: float = 0.0) -> list[dict[str, Any]]:
+    def collect(self, host: str, acks: Sequence[AttemptKey], timeout_s: float = 30.0,
+                linger_s: float = 0.0) -> list[Outcome]:
         """Forget the acknowledged attempts, then return every finished outcome not yet
-        acknowledged (each with its id and attempt) as soon as there is one, after linger_s
-        more to let others join it; [] after timeout_s. An outcome is kept until acknowledged,
-        so a caller that failed to record it gets it again."""
+        acknowledged as soon as there is one, after linger_s more to let others join it; []
+        after timeout_s. An outcome is kept until acknowledged, so a caller that failed to
+        record it gets it again."""
+        self._check(host)
         self._forget(acks)
         deadline = time.monotonic() + timeout_s
         with self._finished:  # checked under it: an attempt ending meanwhile wakes the wait
-            while not (done := self._outcomes()):
+            while not self._outcomes():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []
@@ -178,107 +155,114 @@ class NodeService:
                 self._finished.wait(left)
             return self._outcomes()
 
-    def _outcomes(self) -> list[dict[str, Any]]:
-        return [{**att.outcome, "id": key[0], "attempt": key[1]}
-                for key, att in list(self._attempts.items())
+    def _forget(self, keys: Sequence[AttemptKey]) -> None:
+        """Drop acknowledged attempts, and finished ones nobody acknowledged for an hour."""
+        with self._lock:
+            for key in keys:
+                self._attempts.pop(key, None)
+            cutoff = time.monotonic() - KEEP_FINISHED_S
+            for key, att in list(self._attempts.items()):
+                if att.done.is_set() and att.finished_at < cutoff:
+                    del self._attempts[key]
+
+    def _outcomes(self) -> list[Outcome]:
+        return [att.outcome for att in list(self._attempts.values())
                 if att.done.is_set() and att.outcome is not None]
 
-    def attempts(self) -> list[dict[str, Any]]:
-        return [{"id": k[0], "attempt": k[1], "done": a.done.is_set()}
+    def attempts(self, host: str) -> list[AttemptInfo]:
+        self._check(host)
+        return [AttemptInfo(k.id, k.attempt, a.done.is_set())
                 for k, a in list(self._attempts.items())]
 
+    def output(self, host: str, key: AttemptKey, out_offset: int = 0,
+               err_offset: int = 0) -> Output | None:
+        """Live output past the given offsets, and whether the attempt has finished; None for
+        an attempt unknown here."""
+        self._check(host)
+        att = self._attempts.get(key)
+        if att is None:
+            return None
+        return Output(bytes(att.out[0][out_offset:]), bytes(att.out[1][err_offset:]),
+                      att.done.is_set())
+
+    def cancel(self, host: str, iid: str, attempt: int | None = None) -> int:
+        """Stop matching attempts: the command is killed and the VM destroyed."""
+        self._check(host)
+        n = 0
+        for key, att in list(self._attempts.items()):
+            if key.id == iid and attempt in (None, key.attempt) and not att.done.is_set():
+                att.stop.set()
+                n += 1
+        return n
+
+    def cancel_all(self, host: str) -> int:
+        """The kill switch: every attempt stopped, every VM and sandbox destroyed."""
+        self._check(host)
+        n = 0
+        for att in list(self._attempts.values()):
+            if not att.done.is_set():
+                att.stop.set()
+                n += 1
+        self.node.destroy_all()
+        for sid in list(self._sandboxes):
+            self.sandbox_close(host, sid)
+        return n
+
     # ---- host ------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        cap, pressure = self.node.capacity(), self.node.pressure()
-        pool = self.node.pool.status() if self.node.pool else []
-        warm: dict[str, int] = {}
-        for row in pool:
-            if row["ready"]:
-                warm[row["image"]] = warm.get(row["image"], 0) + row["ready"]
-        return {
-            "host": self.host, "pid": os.getpid(), "accel": self.node.accel().accel,
-            "capacity": asdict(cap), "pressure": asdict(pressure),
-            "images": [img.name for img in self.node.store.list()],
-            "buildable": self.node.store.recipe_names(),
-            "running": sum(1 for a in self._attempts.values() if not a.done.is_set()),
-            "vms": self.node.live(),
-            "warm": warm,
-            "pool_mem_mib": sum(row["mem_mib"] * row["ready"] for row in pool),
-            "pool": pool,
-        }
+    def status(self) -> HostStatus:
+        node = self.node
+        return HostStatus(
+            host=self.host, pid=os.getpid(), accel=node.accel().accel,
+            capacity=node.capacity(), pressure=node.pressure(),
+            images=tuple(img.name for img in node.store.list()),
+            buildable=tuple(node.store.recipe_names()),
+            running=sum(1 for a in list(self._attempts.values()) if not a.done.is_set()),
+            vms=tuple(node.live()), pool=tuple(node.pool.status() if node.pool else ()))
+
+    def status_all(self) -> dict[str, HostStatus]:
+        return {self.host: self.status()}
 
     def ping(self) -> str:
         return self.host
 
     # ---- interactive sandboxes -------------------------------------------------------------
-    def sandbox_open(self, sid: str, image: str, cpus: int, mem_mib: int,
-                     disk_mib: int | None, timeout_s: float) -> str:
-        box = self.node.acquire(SandboxSpec(image, cpus, mem_mib, disk_mib))
-        self._sandboxes[sid] = (box, time.monotonic() + timeout_s)
-        threading.Timer(timeout_s, self.sandbox_destroy, args=(sid,)).start()
+    def sandbox_open(self, host: str, req: SandboxOpen) -> str:
+        """A VM held as sandbox `req.sid` for up to req.timeout_s; its VM's name."""
+        self._check(host)
+        box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib, req.disk_mib))
+        self._sandboxes[req.sid] = (box, time.monotonic() + req.timeout_s)
+        threading.Timer(req.timeout_s, self.sandbox_close, args=(host, req.sid)).start()
         return box.name
 
-    def _box(self, sid: str) -> Any:
+    def _box(self, host: str, sid: str) -> tuple[Sandbox, float]:
+        """The sandbox and its deadline (host monotonic)."""
+        self._check(host)
         entry = self._sandboxes.get(sid)
         if entry is None:
-            raise KeyError(f"sandbox {sid} is not open on {self.host} (closed or timed out)")
+            raise errors.NotFound(f"sandbox {sid} is not open on {self.host} "
+                                  "(closed or timed out)")
         return entry
 
-    def sandbox_exec(self, sid: str, argv: list[str], env: dict[str, str] | None = None,
-                     cwd: str | None = None, stdin: bytes | None = None,
-                     timeout_s: float | None = None) -> dict[str, Any]:
-        box, deadline = self._box(sid)
+    def sandbox_exec(self, host: str, sid: str, req: ExecRequest) -> ExecReply:
+        box, deadline = self._box(host, sid)
         limit = max(0.1, deadline - time.monotonic())
-        r = box.exec(argv, env=env, cwd=cwd, stdin=stdin,
-                     timeout_s=min(timeout_s or limit, limit))
-        return asdict(r)
+        return _reply(box.exec(list(req.argv), env=dict(req.env) or None, cwd=req.cwd,
+                               stdin=req.stdin, timeout_s=min(req.timeout_s or limit, limit)))
 
-    def sandbox_exec_stream(self, sid: str, argv: list[str], env: dict[str, str] | None = None,
-                            cwd: str | None = None, timeout_s: float | None = None) -> Any:
-        """A generator: ("out", stream, bytes) items as they come, then ("exit", result)."""
-        box, deadline = self._box(sid)
-        limit = max(0.1, deadline - time.monotonic())
-        chunks: list[tuple[int, bytes]] = []
-        cond = threading.Condition()
-        result: list[Any] = []
+    def sandbox_exec_stream(self, host: str, sid: str, req: ExecRequest) -> Iterator[ExecChunk]:
+        """ExecChunk items with output as it comes, then one carrying the reply."""
+        box, deadline = self._box(host, sid)  # refused here, before anything runs
+        return _stream(box, req, max(0.1, deadline - time.monotonic()))
 
-        def sink(stream: int, data: bytes) -> None:
-            with cond:
-                chunks.append((stream, data))
-                cond.notify()
+    def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
+                      mode: int = 0o644) -> None:
+        self._box(host, sid)[0].write_file(path, data, mode)
 
-        def work() -> None:
-            try:
-                r: Any = asdict(box.exec(argv, env=env, cwd=cwd, on_output=sink,
-                                         timeout_s=min(timeout_s or limit, limit)))
-            except Exception as err:
-                r = err
-            with cond:
-                result.append(r)
-                cond.notify()
+    def sandbox_read(self, host: str, sid: str, path: str) -> bytes:
+        return bytes(self._box(host, sid)[0].read_file(path))
 
-        threading.Thread(target=work, daemon=True).start()
-        while True:
-            with cond:
-                while not chunks and not result:
-                    cond.wait()
-                pending, chunks[:] = list(chunks), []
-                finished = list(result)
-            for stream, data in pending:
-                yield ("out", stream, data)
-            if finished:
-                if isinstance(finished[0], Exception):
-                    raise finished[0]
-                yield ("exit", finished[0])
-                return
-
-    def sandbox_write(self, sid: str, path: str, data: bytes, mode: int = 0o644) -> None:
-        self._box(sid)[0].write_file(path, data, mode)
-
-    def sandbox_read(self, sid: str, path: str) -> bytes:
-        return bytes(self._box(sid)[0].read_file(path))
-
-    def sandbox_destroy(self, sid: str) -> bool:
+    def sandbox_close(self, host: str, sid: str) -> bool:
+        self._check(host)
         entry = self._sandboxes.pop(sid, None)
         if entry is None:
             return False
@@ -286,13 +270,43 @@ class NodeService:
         return True
 
     def close(self) -> None:
-        self.cancel_all()
+        self.cancel_all(self.host)
         self.node.close()
 
 
-def _is_bad_request(err: Exception) -> bool:
-    from tryfleet.images import ImageError
+def _stream(box: Sandbox, req: ExecRequest, limit_s: float) -> Iterator[ExecChunk]:
+    """Run the command in a thread and yield its output as it comes, then its reply."""
+    chunks: list[ExecChunk] = []
+    cond = threading.Condition()
+    result: list[ExecReply | Exception] = []
 
-    from .errors import BadRequest
+    def sink(stream: int, data: bytes) -> None:
+        with cond:
+            chunks.append(ExecChunk(stream, data))
+            cond.notify()
 
-    return isinstance(err, (BadRequest, ImageError, KeyError, ValueError))
+    def work() -> None:
+        r: ExecReply | Exception
+        try:
+            r = _reply(box.exec(list(req.argv), env=dict(req.env) or None, cwd=req.cwd,
+                                stdin=req.stdin, on_output=sink,
+                                timeout_s=min(req.timeout_s or limit_s, limit_s)))
+        except Exception as err:
+            r = err
+        with cond:
+            result.append(r)
+            cond.notify()
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        with cond:
+            while not chunks and not result:
+                cond.wait()
+            pending, chunks[:] = list(chunks), []
+            finished = list(result)
+        yield from pending
+        if finished:
+            if isinstance(finished[0], Exception):
+                raise finished[0]
+            yield ExecChunk(reply=finished[0])
+            return

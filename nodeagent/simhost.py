@@ -1,11 +1,12 @@
-"""Simulated hosts: one async Ray actor serves many hosts that run no VMs, for benchmarks.
+"""Simulated hosts: one async Ray actor serves many hosts that run no VMs, for benchmarks and
+tests.
 
-Each simulated host has a capacity, images and pressure readings, and answers the node agent's
-calls (status, start_many, collect, cancel, ...) with its name as the first argument: the
-scheduler reaches a simulated host as (this actor, host name) and a real host through its own
-node-agent actor. An attempt is a timer: a boot delay then an exec delay, both drawn from a
-seeded distribution keyed by the iteration id, so a baseline can draw the very same delays.
-Payloads are msgpack bytes, as with the real node agent.
+The actor implements wire.NodeProtocol, the very protocol of a real node agent, with the same
+wire records, and is named under the same prefix (`tryfleet-node-sim-<group>`): the scheduler
+finds it as it finds a real node agent, learns its hosts from status_all, and reaches each one
+as (this actor, host name), so it has no code path of its own for simulated hosts. An attempt
+is a timer: a boot delay then an exec delay, both drawn from a seeded distribution keyed by the
+iteration id, so a baseline can draw the very same delays.
 """
 
 from __future__ import annotations
@@ -19,10 +20,25 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .actor import NAMESPACE, pack, unpack
-from .records import State
+from tryfleet.wire import (
+    NAMESPACE,
+    NODE_ACTOR_PREFIX,
+    AttemptInfo,
+    AttemptKey,
+    Capacity,
+    HostStatus,
+    Outcome,
+    Output,
+    Pressure,
+    StartRequest,
+    State,
+    WrongHost,
+    pack,
+    unpack,
+    unpack_list,
+)
 
-SIM_PREFIX = "tryfleet-hosts-"  # a named actor under this prefix serves many hosts
+SIM_GROUP_PREFIX = NODE_ACTOR_PREFIX + "sim-"  # a node-agent actor serving a group of hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +76,16 @@ class SimHostSpec:
 
 @dataclass
 class _Attempt:
-    key: tuple[str, int]
+    key: AttemptKey
     timer: asyncio.TimerHandle | None = None
-    outcome: dict[str, Any] | None = None
+    outcome: Outcome | None = None
 
 
 @dataclass
 class _Host:
     spec: SimHostSpec
-    attempts: dict[tuple[str, int], _Attempt] = field(default_factory=dict)
-    finished: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    attempts: dict[AttemptKey, _Attempt] = field(default_factory=dict)
+    finished: dict[AttemptKey, Outcome] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
 
@@ -88,47 +104,42 @@ class SimHosts:
         try:
             return self._hosts[host]
         except KeyError:
-            raise KeyError(f"no simulated host {host!r} here") from None
+            raise WrongHost(f"no simulated host {host!r} in this group") from None
 
-    # ---- host ------------------------------------------------------------------------------
-    async def ping(self) -> str:
-        return "ok"
-
-    async def hosts(self) -> list[str]:
-        return list(self._hosts)
-
-    def _status(self, h: _Host) -> dict[str, Any]:
+    # ---- wire.NodeProtocol: hosts ----------------------------------------------------------
+    def _status(self, h: _Host) -> HostStatus:
         s = h.spec
-        readings = {"cpu_some_avg10": 0.0, "memory_some_avg10": 0.0, "memory_full_avg10": 0.0,
-                    "io_some_avg10": 0.0, "io_full_avg10": 0.0, "mem_used_pct": 0.0,
-                    "load1": 0.0, **dict(s.pressure)}
-        return {"host": s.name, "pid": os.getpid(), "accel": "sim",
-                "capacity": {"hostname": s.name, "cpus": s.cpus, "mem_mib": s.mem_mib,
-                             "disk_free_mib": s.disk_mib},
-                "pressure": readings, "images": list(s.images), "buildable": [],
-                "running": h.running, "vms": []}
-
-    async def status(self, host: str) -> bytes:
-        return pack(self._status(self._host(host)))
+        return HostStatus(host=s.name, pid=os.getpid(), accel="sim",
+                          capacity=Capacity(s.name, s.cpus, s.mem_mib, s.disk_mib),
+                          pressure=Pressure(**dict(s.pressure)), images=tuple(s.images),
+                          running=h.running)
 
     async def status_all(self) -> bytes:
-        """Every host's status in one answer: {host: status}."""
         return pack({name: self._status(h) for name, h in self._hosts.items()})
 
-    # ---- attempts --------------------------------------------------------------------------
-    def _start(self, h: _Host, p: dict[str, Any]) -> bool:
-        key = (p["id"], p["attempt"])
+    async def shutdown(self) -> None:
+        for h in self._hosts.values():
+            for att in list(h.attempts.values()):
+                if att.timer is not None:
+                    att.timer.cancel()
+
+    # ---- wire.NodeProtocol: attempts -------------------------------------------------------
+    async def start_many(self, host: str, requests: bytes) -> bytes:
+        h = self._host(host)
+        return pack([self._start(h, r) for r in unpack_list(StartRequest, requests)])
+
+    def _start(self, h: _Host, req: StartRequest) -> bool:
+        key = AttemptKey(req.id, req.attempt)
         if key in h.attempts:
             return False
         att = h.attempts[key] = _Attempt(key)
-        boot_s, exec_s = self.delays.draw(p["id"])
-        timeout_s = float(p["iteration"].get("timeout_s") or 600.0)
-        started_at = time.time()
+        boot_s, exec_s = self.delays.draw(req.id)
+        timeout_s = req.spec.timeout_s
         timed_out = exec_s > timeout_s
         total = boot_s + min(exec_s, timeout_s)
         att.timer = asyncio.get_running_loop().call_later(
             total, self._finish, h, att, State.TIMED_OUT if timed_out else State.SUCCEEDED,
-            started_at, total)
+            time.time(), total)
         h.running += 1
         self.started += 1
         return True
@@ -139,72 +150,46 @@ class SimHosts:
             return
         h.running -= 1
         att.timer = None
-        att.outcome = {
-            "id": att.key[0], "attempt": att.key[1], "state": state.value,
-            "exit_code": 0 if state is State.SUCCEEDED else None, "signal": None,
-            "stdout": b"", "stderr": b"", "stdout_truncated": False, "stderr_truncated": False,
-            "started_at": started_at, "ended_at": time.time(), "duration_s": duration_s,
-            "host": h.spec.name, "error": None if state is State.SUCCEEDED else state.value,
-        }
+        att.outcome = Outcome(
+            att.key.id, att.key.attempt, state, h.spec.name,
+            exit_code=0 if state is State.SUCCEEDED else None, started_at=started_at,
+            ended_at=time.time(), duration_s=duration_s,
+            error=None if state is State.SUCCEEDED else state.value)
         h.finished[att.key] = att.outcome
         h.ready.set()
-
-    async def start(self, host: str, payload: bytes) -> bool:
-        return self._start(self._host(host), unpack(payload))
-
-    async def start_many(self, host: str, payload: bytes) -> bytes:
-        h = self._host(host)
-        return pack([self._start(h, p) for p in unpack(payload)])
 
     async def collect(self, host: str, acks: bytes, timeout_s: float,
                       linger_s: float = 0.0) -> bytes:
         """Forget the acknowledged attempts, then every finished outcome not yet acknowledged,
         once there is one (after linger_s more to gather others) or timeout_s passed."""
         h = self._host(host)
-        for iid, attempt in unpack(acks):
-            h.finished.pop((iid, attempt), None)
-            h.attempts.pop((iid, attempt), None)
+        for key in unpack_list(AttemptKey, acks):
+            h.finished.pop(key, None)
+            h.attempts.pop(key, None)
         if not h.finished:
             h.ready.clear()
             try:
                 await asyncio.wait_for(h.ready.wait(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return pack([])
             if linger_s > 0:
                 await asyncio.sleep(linger_s)
         return pack(list(h.finished.values()))
 
-    async def wait(self, host: str, iid: str, attempt: int, timeout_s: float) -> bytes | None:
-        h = self._host(host)
-        att = h.attempts.get((iid, attempt))
-        if att is None:
-            return pack({"state": State.INFRA_ERROR.value, "lost": True, "host": host,
-                         "error": f"attempt {attempt} of {iid} is unknown on {host}"})
-        deadline = time.monotonic() + timeout_s
-        while att.outcome is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            h.ready.clear()
-            try:
-                await asyncio.wait_for(h.ready.wait(), left)
-            except asyncio.TimeoutError:
-                return None
-        return pack(att.outcome)
-
-    async def ack(self, host: str, iid: str, attempt: int) -> None:
-        h = self._host(host)
-        h.finished.pop((iid, attempt), None)
-        h.attempts.pop((iid, attempt), None)
-
     async def attempts(self, host: str) -> bytes:
-        return pack([{"id": k[0], "attempt": k[1], "done": a.outcome is not None}
+        return pack([AttemptInfo(k.id, k.attempt, a.outcome is not None)
                      for k, a in self._host(host).attempts.items()])
+
+    async def output(self, host: str, key: bytes, out_offset: int,
+                     err_offset: int) -> bytes | None:
+        """A simulated command prints nothing: empty output, and whether it has ended."""
+        att = self._host(host).attempts.get(unpack(AttemptKey, key))
+        return None if att is None else pack(Output(b"", b"", att.outcome is not None))
 
     async def cancel(self, host: str, iid: str, attempt: int | None = None) -> int:
         h = self._host(host)
         hits = [a for k, a in h.attempts.items()
-                if k[0] == iid and (attempt is None or k[1] == attempt) and a.outcome is None]
+                if k.id == iid and attempt in (None, k.attempt) and a.outcome is None]
         for att in hits:
             self._stop(h, att)
         return len(hits)
@@ -221,31 +206,30 @@ class SimHosts:
             att.timer.cancel()
         self._finish(h, att, State.CANCELLED, time.time(), 0.0)
 
+    # ---- for benchmarks --------------------------------------------------------------------
+    async def ping(self) -> str:
+        return "ok"
+
     async def stats(self) -> dict[str, Any]:
         return {"hosts": len(self._hosts), "started": self.started,
                 "running": sum(h.running for h in self._hosts.values()),
                 "delays": asdict(self.delays)}
 
-    async def shutdown(self) -> None:
-        for h in self._hosts.values():
-            for att in list(h.attempts.values()):
-                if att.timer is not None:
-                    att.timer.cancel()
-
 
 def start_sim_hosts(group: str, hosts: Sequence[SimHostSpec], delays: Delays,
                     detached: bool = False) -> Any:
-    """Create the actor serving `hosts` under SIM_PREFIX + group; the scheduler finds it."""
+    """Create the actor serving `hosts`, named SIM_GROUP_PREFIX + group: the scheduler finds it
+    as it finds any node agent."""
     import ray
 
-    options: dict[str, Any] = dict(name=SIM_PREFIX + group, namespace=NAMESPACE, num_cpus=0,
-                                   max_concurrency=10_000, get_if_exists=True)
+    options: dict[str, Any] = {"name": SIM_GROUP_PREFIX + group, "namespace": NAMESPACE,
+                               "num_cpus": 0, "max_concurrency": 10_000, "get_if_exists": True}
     if detached:
         options["lifetime"] = "detached"
-    actor = ray.remote(SimHosts).options(**options).remote(
+    actor: Any = ray.remote(SimHosts).options(**options).remote(
         [asdict(h) for h in hosts], asdict(delays))
     ray.get(actor.ping.remote())
     return actor
 
 
-__all__ = ["SIM_PREFIX", "Delays", "SimHostSpec", "SimHosts", "start_sim_hosts"]
+__all__ = ["SIM_GROUP_PREFIX", "Delays", "SimHostSpec", "SimHosts", "start_sim_hosts"]

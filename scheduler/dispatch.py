@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from tryfleet.nodeagent.actor import pack, unpack
+from tryfleet.wire import AttemptInfo, AttemptKey, Ids, Outcome, StartRequest, pack, unpack_list
 
-from .admission import Candidate
+from .core import Launch
 from .hosts import Endpoint, Hosts
-from .ledger import Row
 
 log = logging.getLogger("tryfleet.scheduler")
 WAIT_CHUNK_S = 10.0  # a long-poll returns empty after this long
@@ -30,26 +28,16 @@ RETRY_PAUSE_S = 0.5
 CANCEL_RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # pauses before asking a host again to cancel
 
 
-@dataclass(slots=True)
-class Flight:
-    """An attempt placed on a host and not yet settled."""
-
-    attempt: int
-    host: str
-    cand: Candidate
-    row: Row
-
-
-def start_request(f: Flight) -> dict[str, Any]:
-    row = f.row
-    return {"id": row.id, "attempt": f.attempt, "iteration": row.iteration.to_wire(),
-            "ids": {"tenant": row.tenant, "suite": row.suite, "iteration": row.id,
-                    "attempt": f.attempt, "trace_id": row.trace_id, "host": f.host}}
+def start_request(lc: Launch) -> StartRequest:
+    row = lc.row
+    return StartRequest(row.id, lc.attempt, row.iteration.to_spec(), Ids(
+        tenant=row.tenant, suite=row.suite, iteration=row.id, attempt=lc.attempt,
+        trace_id=row.trace_id, host=lc.host))
 
 
 class Dispatcher:
     def __init__(self, hosts: Hosts,
-                 on_outcomes: Callable[[str, list[dict[str, Any]]], None],
+                 on_outcomes: Callable[[str, list[Outcome]], None],
                  on_lost: Callable[[str, str], None]) -> None:
         self.hosts = hosts
         self.on_outcomes = on_outcomes  # (host, outcomes); raises if they were not recorded
@@ -66,7 +54,7 @@ class Dispatcher:
         return task
 
     # ---- starting --------------------------------------------------------------------------
-    def start(self, host: str, flights: Sequence[Flight]) -> None:
+    def start(self, host: str, launches: Sequence[Launch]) -> None:
         """Send these attempts to host in one call. The call leaves now, so a cancel sent
         after this reaches the host after it; its answer is awaited in the background."""
         ep = self.hosts.endpoint(host)
@@ -74,7 +62,7 @@ class Dispatcher:
         if ep is not None:
             self.calls["start_many"] += 1
             try:
-                ref = ep.call("start_many", pack([start_request(f) for f in flights]))
+                ref = ep.call("start_many", pack([start_request(lc) for lc in launches]))
             except ray.exceptions.RayError:
                 ref = None
             self.ensure_collector(host)
@@ -106,7 +94,7 @@ class Dispatcher:
         self._collectors[host] = (ep, self._spawn(self._collect(host, ep)))
 
     async def _collect(self, host: str, ep: Endpoint) -> None:
-        acks: list[list[Any]] = []
+        acks: list[AttemptKey] = []
         while self.hosts.endpoint(host) is ep:
             try:
                 self.calls["collect"] += 1
@@ -115,7 +103,7 @@ class Dispatcher:
                 if self.hosts.endpoint(host) is ep:
                     self._lost(host, f"host {host} lost: {err}")
                 return
-            outcomes = unpack(got)
+            outcomes = unpack_list(Outcome, got)
             acks = []
             if not outcomes:
                 continue
@@ -127,7 +115,7 @@ class Dispatcher:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
             self.collected += len(outcomes)
-            acks = [[o["id"], o["attempt"]] for o in outcomes]
+            acks = [o.key for o in outcomes]
 
     async def known(self, host: str) -> set[tuple[str, int]] | None:
         """The attempts host knows of; None when it cannot be asked."""
@@ -135,45 +123,36 @@ class Dispatcher:
         if ep is None:
             return None
         try:
-            return {(a["id"], a["attempt"]) for a in unpack(await ep.call("attempts"))}
+            return {(a.id, a.attempt)
+                    for a in unpack_list(AttemptInfo, await ep.call("attempts"))}
         except ray.exceptions.RayError as err:
             self._lost(host, f"host {host} lost: {err}")
             return None
 
     # ---- stopping --------------------------------------------------------------------------
-    async def cancel(self, rows: Sequence[tuple[str, int, str]],
-                     flying: Callable[[str, int], bool]) -> int:
-        """Ask each host to stop these attempts; the number of requests sent. An attempt its
-        host did not know yet (its start still on the way) is asked again, in the background,
-        while flying(id, attempt) says it is still out there."""
-        sent = [(iid, attempt, host) for iid, attempt, host in rows
-                if self.hosts.endpoint(host) is not None]
-        missed = await self._cancel_once(sent)
-        if missed:
-            self._spawn(self._cancel_again(missed, flying))
-        return len(sent)
-
-    async def _cancel_once(self, rows: Sequence[tuple[str, int, str]]
-                           ) -> list[tuple[str, int, str]]:
-        """The rows whose host stopped nothing (did not know the attempt, or it was done)."""
-        calls, asked = [], []
-        for iid, attempt, host in rows:
-            ep = self.hosts.endpoint(host)
-            if ep is not None:
-                calls.append(ep.call("cancel", iid, attempt))
-                asked.append((iid, attempt, host))
-        got = await asyncio.gather(*calls, return_exceptions=True)
-        return [row for row, n in zip(asked, got) if n == 0]
-
-    async def _cancel_again(self, rows: list[tuple[str, int, str]],
-                            flying: Callable[[str, int], bool]) -> None:
-        for pause in CANCEL_RETRY_S:
+    async def cancel(self, host: str, attempts: Sequence[tuple[str, int]],
+                     flying: Callable[[str, int], bool]) -> None:
+        """Ask host to stop these attempts. One its host did not know yet (its start still on
+        the way) is asked again, in the background, while flying(id, attempt) says it is
+        still out there."""
+        for pause in (0.0, *CANCEL_RETRY_S):
             await asyncio.sleep(pause)
-            rows = [r for r in rows if flying(r[0], r[1])]
-            if not rows:
+            attempts = [a for a in attempts if flying(*a)]
+            ep = self.hosts.endpoint(host)
+            if not attempts or ep is None:
                 return
-            rows = await self._cancel_once(rows)
+            got = await asyncio.gather(*(ep.call("cancel", iid, n) for iid, n in attempts),
+                                       return_exceptions=True)
+            attempts = [a for a, n in zip(attempts, got, strict=True) if n == 0]
 
     async def cancel_all(self) -> None:
         await asyncio.gather(*(h.endpoint.call("cancel_all") for h in self.hosts.alive()),
                              return_exceptions=True)
+
+    async def close_sandbox(self, host: str, sid: str) -> None:
+        ep = self.hosts.endpoint(host)
+        if ep is not None:
+            try:
+                await ep.call("sandbox_close", sid)
+            except ray.exceptions.RayError as err:
+                log.warning("closing sandbox %s on %s failed: %s", sid, host, err)

@@ -12,6 +12,7 @@ not acknowledged, and the host sends them again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -75,10 +76,8 @@ class Engine:
             except Exception:
                 log.exception("scheduling pass failed; trying again")
             assert self._wake is not None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), HOST_REFRESH_S)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def _refresh_hosts(self) -> None:

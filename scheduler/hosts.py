@@ -1,21 +1,21 @@
 """The hosts the scheduler knows: how to reach each, its capacity, pressure and health.
 
-A real host runs its own node-agent actor (`tryfleet-node-<host>`). A simulated host is served
-by a shared actor (`tryfleet-hosts-<group>`, see nodeagent/simhost.py) that takes the host's
-name as the first argument of every call. An Endpoint hides the difference.
+Every node-agent actor (named under wire.NODE_ACTOR_PREFIX) implements wire.NodeProtocol: a
+real host's agent serves that one host, a group of simulated hosts serves several. The
+scheduler treats them alike: it asks each actor for `status_all`, and reaches each host it
+learns of as (that actor, the host's name), the name going first in every call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
 
-from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, unpack
-from tryfleet.nodeagent.simhost import SIM_PREFIX
+from tryfleet.wire import NAMESPACE, NODE_ACTOR_PREFIX, HostStatus, Pressure, unpack_map
 
 from .admission import PressureLimits, under_pressure
 from .placement import HostView
@@ -28,28 +28,46 @@ LOST_AFTER_FAILURES = 3
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Endpoint:
-    """How to call one host: its own actor (host None), or a shared actor and the host's name.
-    Compared by identity: an agent found again gets a new Endpoint."""
+    """How to call one host: the node-agent actor that serves it, and its name. Compared by
+    identity: a host found again gets a new Endpoint."""
 
     handle: Any
-    host: str | None = None
+    host: str
 
     def call(self, method: str, *args: Any) -> Any:
         """Start the call; returns the ObjectRef (awaitable)."""
-        fn = getattr(self.handle, method)
-        return fn.remote(*args) if self.host is None else fn.remote(self.host, *args)
+        return getattr(self.handle, method).remote(self.host, *args)
 
 
 @dataclass
 class Host:
     name: str
     endpoint: Endpoint
+    agent: str  # the name of the node-agent actor that serves it
     view: HostView | None = None
     pressured: bool = False
     failures: int = 0
     lost: bool = False
-    status: dict[str, Any] = field(default_factory=dict)
-    group: str | None = None  # the shared actor's name, for a simulated host
+    status: HostStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSummary:
+    """One host as `status` shows it: what its node agent last reported and what the scheduler
+    makes of it."""
+
+    host: str
+    lost: bool
+    pressured: bool
+    cpus: int | None  # as placement counts them (with overcommit)
+    mem_mib: int | None  # as placement counts it (less the host's reserve and pooled VMs)
+    accel: str | None
+    running: int | None
+    images: tuple[str, ...] | None
+    pressure: Pressure | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "images": None if self.images is None else list(self.images)}
 
 
 class Hosts:
@@ -57,69 +75,48 @@ class Hosts:
         self.limits = limits
         self.cpu_overcommit = cpu_overcommit
         self.by_name: dict[str, Host] = {}
-        self.groups: dict[str, Any] = {}  # shared actor name -> handle
+        self.agents: dict[str, Any] = {}  # node-agent actor name -> handle
         self._views: list[HostView] | None = None
 
     def discover(self) -> list[str]:
-        """Find node-agent actors (and shared simulated-host actors) that appeared since the
-        last look; a shared actor's hosts are learnt from its status_all on refresh."""
+        """Find node-agent actors that appeared since the last look (their hosts are learnt
+        from status_all on refresh); the names of the new ones."""
         found = []
         for name in ray.util.list_named_actors(all_namespaces=False):
-            if name.startswith(SIM_PREFIX):
-                if name not in self.groups:
-                    try:
-                        self.groups[name] = ray.get_actor(name, namespace=NAMESPACE)
-                    except ValueError:
-                        continue
-                continue
-            if not name.startswith(ACTOR_PREFIX):
-                continue
-            host = name[len(ACTOR_PREFIX):]
-            known = self.by_name.get(host)
-            if known is not None and not known.lost:
+            if not name.startswith(NODE_ACTOR_PREFIX) or name in self.agents:
                 continue
             try:
-                handle = ray.get_actor(name, namespace=NAMESPACE)
+                self.agents[name] = ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
                 continue
-            self._add(Host(host, Endpoint(handle)))
-            found.append(host)
+            found.append(name)
         return found
 
-    def _add(self, host: Host) -> None:
-        self.by_name[host.name] = host
-        self._views = None
-
     async def refresh(self) -> list[str]:
-        """Ask every host for its status; returns the hosts newly considered lost."""
-        alive = [h for h in self.by_name.values() if not h.lost and h.group is None]
-        groups = list(self.groups.items())
+        """Ask every node-agent actor for the status of its hosts; returns the hosts newly
+        considered lost."""
+        agents = list(self.agents.items())
         results = await asyncio.gather(
-            *(self._refresh_one(h) for h in alive),
             *(asyncio.wait_for(handle.status_all.remote(), STATUS_TIMEOUT_S)
-              for _, handle in groups),
+              for _, handle in agents),
             return_exceptions=True)
         newly_lost = []
-        for host, res in zip(alive, results):
-            if isinstance(res, BaseException) and self._failed(host, res):
-                newly_lost.append(host.name)
-        for (group, handle), res in zip(groups, results[len(alive):]):
-            members = [h for h in self.by_name.values() if h.group == group and not h.lost]
+        for (agent, handle), res in zip(agents, results, strict=True):
+            served = [h for h in self.by_name.values() if h.agent == agent and not h.lost]
             if isinstance(res, BaseException):
                 if isinstance(res, ray.exceptions.RayActorError):
-                    del self.groups[group]  # found again by discover if it comes back
-                newly_lost += [h.name for h in members if self._failed(h, res)]
+                    del self.agents[agent]  # found again by discover if it comes back
+                newly_lost += [h.name for h in served if self._failed(h, res)]
                 continue
-            statuses = unpack(res)
-            for h in members:
+            statuses = unpack_map(HostStatus, res)
+            for h in served:
                 if h.name not in statuses:
                     self.mark_lost(h.name)
                     newly_lost.append(h.name)
             for name, status in statuses.items():
                 host = self.by_name.get(name)
-                if host is None or host.lost:
-                    host = Host(name, Endpoint(handle, name), group=group)
-                    self._add(host)
+                if host is None or host.lost or host.agent != agent:
+                    host = self.by_name[name] = Host(name, Endpoint(handle, name), agent)
                 self._apply(host, status)
         self._views = None
         return newly_lost
@@ -133,23 +130,18 @@ class Hosts:
             return True
         return False
 
-    async def _refresh_one(self, host: Host) -> None:
-        status = unpack(await asyncio.wait_for(host.endpoint.call("status"), STATUS_TIMEOUT_S))
-        self._apply(host, status)
-
-    def _apply(self, host: Host, status: dict[str, Any]) -> None:
+    def _apply(self, host: Host, status: HostStatus) -> None:
         host.failures = 0
         host.status = status
-        readings = status["pressure"]
-        host.pressured = under_pressure(host.pressured, readings, self.limits)
-        cap = status["capacity"]
+        host.pressured = under_pressure(host.pressured, asdict(status.pressure), self.limits)
+        cap = status.capacity
         host.view = HostView(
-            name=host.name, cpus=int(cap["cpus"] * self.cpu_overcommit),
+            name=host.name, cpus=int(cap.cpus * self.cpu_overcommit),
             # Idle pooled VMs hold memory: counted as used until an iteration takes one.
-            mem_mib=max(0, cap["mem_mib"] - HOST_RESERVE_MIB - status.get("pool_mem_mib", 0)),
-            disk_mib=cap["disk_free_mib"],
-            images=frozenset(status["images"]), buildable=frozenset(status["buildable"]),
-            healthy=True, pressured=host.pressured, warm=dict(status.get("warm") or {}),
+            mem_mib=max(0, cap.mem_mib - HOST_RESERVE_MIB - status.pool_mem_mib),
+            disk_mib=cap.disk_free_mib,
+            images=frozenset(status.images), buildable=frozenset(status.buildable),
+            healthy=True, pressured=host.pressured, warm=status.warm,
         )
 
     def mark_lost(self, name: str) -> None:
@@ -174,10 +166,12 @@ class Hosts:
     def alive(self) -> list[Host]:
         return [h for h in self.by_name.values() if not h.lost]
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [{"host": h.name, "lost": h.lost, "pressured": h.pressured,
-                 "cpus": h.view.cpus if h.view else None,
-                 "mem_mib": h.view.mem_mib if h.view else None,
-                 "accel": h.status.get("accel"), "running": h.status.get("running"),
-                 "images": h.status.get("images"), "pressure": h.status.get("pressure")}
-                for h in self.by_name.values()]
+    def describe(self) -> list[HostSummary]:
+        return [HostSummary(
+            host=h.name, lost=h.lost, pressured=h.pressured,
+            cpus=h.view.cpus if h.view else None, mem_mib=h.view.mem_mib if h.view else None,
+            accel=h.status.accel if h.status else None,
+            running=h.status.running if h.status else None,
+            images=h.status.images if h.status else None,
+            pressure=h.status.pressure if h.status else None)
+            for h in self.by_name.values()]

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     CPU = "insufficient-cpu"
     MEMORY = "insufficient-memory"
     DISK = "insufficient-disk"
@@ -53,7 +53,7 @@ class HostView:
     warm: Mapping[str, int] = field(default_factory=dict)  # image -> ready pooled VMs
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     PLACED = "placed"
     WAIT = "wait"  # does not fit now; will when capacity frees up
     NEVER = "never"  # no host could ever take it as things are

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tryfleet.nodeagent.records import State as Terminal
+from tryfleet.wire import IterationSpec
+from tryfleet.wire import State as Terminal
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     QUEUED = "QUEUED"
     PLACED = "PLACED"
     RUNNING = "RUNNING"
@@ -74,8 +75,9 @@ class Iteration:
         for key, value in dict(self.env).items():
             if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
                 raise InvalidIteration(f"env entry {key!r} must be a name and a string value")
-        for name, value, low in (("cpus", self.cpus, 1), ("mem_mib", self.mem_mib, 128),
-                                 ("retries", self.retries, 0)):
+        sizes: tuple[tuple[str, Any, int], ...] = (
+            ("cpus", self.cpus, 1), ("mem_mib", self.mem_mib, 128), ("retries", self.retries, 0))
+        for name, value, low in sizes:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidIteration(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
@@ -92,6 +94,15 @@ class Iteration:
             "mem_mib": self.mem_mib, "disk_mib": self.disk_mib, "limits": list(self.limits),
             "retries": self.retries, "priority": self.priority, "cwd": self.cwd, "id": self.id,
         }
+
+    def to_spec(self) -> IterationSpec:
+        """The iteration as its host runs it (files as UTF-8 text, as they were given)."""
+        return IterationSpec(
+            image=self.image, argv=self.command, env=tuple(dict(self.env).items()),
+            cwd=self.cwd, put=tuple((path, text.encode() if isinstance(text, str) else text)
+                                    for path, text in dict(self.files).items()),
+            timeout_s=float(self.timeout_s), cpus=self.cpus, mem_mib=self.mem_mib,
+            disk_mib=self.disk_mib)
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Iteration:

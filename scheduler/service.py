@@ -8,6 +8,7 @@ every call waits for that start, so a caller never sees a half-recovered schedul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -39,10 +40,8 @@ class Scheduler:
         waiting for a caller: a call to ourselves runs right after __init__."""
         if not ray.is_initialized():  # not running as an actor (tests of the class itself)
             return
-        try:
+        with contextlib.suppress(Exception):  # not running as an actor (tests of the class)
             ray.get_runtime_context().current_actor.ping.remote()
-        except Exception:  # not running as an actor (tests of the class itself)
-            pass
 
     async def _ensure_started(self) -> None:
         failed = self._starting is not None and self._starting.done() \
@@ -100,7 +99,8 @@ class Scheduler:
         await self._ensure_started()
         e = self.engine
         return {"pid": os.getpid(), "ledger": str(self.ledger.path),
-                "counts": self.ledger.counts(), "hosts": e.hosts.describe(),
+                "counts": self.ledger.counts(),
+                "hosts": [h.to_json() for h in e.hosts.describe()],
                 "limits": dict(e.policy.limits), "in_flight": e.in_flight,
                 "suites": {s["name"]: self.ledger.counts(s["name"]) for s in self.ledger.suites()}}
 

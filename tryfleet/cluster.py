@@ -6,7 +6,9 @@ directory, so `tryfleet down` can stop exactly what `up` started and nothing els
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,11 +21,11 @@ from typing import Any
 
 import psutil
 import ray
-
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, start_node_actor
+from tryfleet.nodeagent.actor import start_node_actor
 from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
+from tryfleet.wire import NAMESPACE, NODE_ACTOR_PREFIX
 
 RAY_PORT = 6390
 RAY_TEMP_DIR = "/tmp/tryfleet-ray"  # short: Ray puts unix sockets under it
@@ -40,9 +42,10 @@ def ledger_path(data_dir: Path) -> Path:
 
 def state(data_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((data_dir / STATE_FILE).read_text())
+        got: dict[str, Any] = json.loads((data_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return got
 
 
 def secure_ray() -> None:
@@ -74,7 +77,7 @@ def node_ip(bind: str | None) -> str:
         return bind
     from ray._private.services import get_node_ip_address
 
-    return str(get_node_ip_address())
+    return str(get_node_ip_address())  # type: ignore[no-untyped-call]
 
 
 def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
@@ -115,7 +118,7 @@ def init(address: str) -> None:
     secure_ray()
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                 logging_level="WARNING")
+                 logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as err:
         raise FleetError(f"cannot reach the Ray cluster at {address}: {err}. Is the fleet up "
                          "(`tryfleet up`), and does this host have the cluster's auth token "
@@ -136,13 +139,13 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
     # Pinned to this node: the ledger is a file on this node's disk, and a restart elsewhere
     # would open an empty one.
     here = ray.get_runtime_context().get_node_id()
-    options: dict[str, Any] = dict(
-        name=SCHEDULER_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-        max_restarts=-1, max_concurrency=1000,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+    options: dict[str, Any] = {
+        "name": SCHEDULER_NAME, "namespace": NAMESPACE, "get_if_exists": True, "num_cpus": 0,
+        "max_restarts": -1, "max_concurrency": 1000,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
     if detached:
         options["lifetime"] = "detached"
-    sched = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)
+    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:
@@ -169,15 +172,13 @@ def scheduler(timeout_s: float = 0) -> Any:
 
 def stop(data_dir: Path) -> list[str]:
     """Stop what `up` started: the actors (destroying their VMs), then our Ray processes."""
-    done = []
+    done: list[str] = []
     st = state(data_dir)
     if st is None:
         return done
     if _head_alive(st["address"]):
-        try:
+        with contextlib.suppress(FleetError):  # the processes are stopped below all the same
             init(st["address"])
-        except FleetError:
-            pass  # the processes are stopped below all the same
     if ray.is_initialized():
         done += kill_actors()
         ray.shutdown()
@@ -189,16 +190,16 @@ def stop(data_dir: Path) -> list[str]:
 
 
 def kill_actors() -> list[str]:
-    """Stop tryfleet's actors in the connected Ray: node agents first destroy their VMs."""
+    """Stop tryfleet's actors in the connected Ray: node agents (real or simulated hosts alike)
+    first destroy their VMs."""
     done = []
     for name in ray.util.list_named_actors(all_namespaces=False):
         if name.startswith("tryfleet-"):
             actor = ray.get_actor(name, namespace=NAMESPACE)
-            if name.startswith(ACTOR_PREFIX):
-                try:
+            if name.startswith(NODE_ACTOR_PREFIX):
+                # The VMs die with the process anyway (auto-destroy) if this fails.
+                with contextlib.suppress(Exception):
                     ray.get(actor.shutdown.remote(), timeout=30)
-                except Exception:  # the VMs die with the process anyway (auto-destroy)
-                    pass
             ray.kill(actor, no_restart=True)
             done.append(name)
     return done
@@ -226,14 +227,10 @@ def _kill_ray_processes(temp_dir: str, address: str) -> list[str]:
             continue
     mine = [p for pid, p in found.items() if pid != os.getpid()]
     for proc in mine:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(mine, timeout=10)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     return [f"ray process {p.pid}" for p in mine]

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from tryfleet.nodeagent import default_data_dir
-from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, pack, unpack
 from tryfleet.scheduler.ledger import LedgerError
 from tryfleet.scheduler.records import InvalidIteration, Iteration, Result
+from tryfleet.wire import (
+    NAMESPACE,
+    NODE_ACTOR_PREFIX,
+    AttemptKey,
+    ExecChunk,
+    ExecReply,
+    ExecRequest,
+    Output,
+    SandboxOpen,
+    pack,
+    unpack,
+)
 
 from . import cluster
 
@@ -41,10 +55,8 @@ class Fleet:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(1.0)
-                try:
+                with contextlib.suppress(cluster.FleetError):
                     self._sched = cluster.scheduler()
-                except cluster.FleetError:
-                    pass
 
     # ---- batches ---------------------------------------------------------------------------
     def submit(self, iterations: Iterable[Iteration], suite: str = "default",
@@ -104,10 +116,20 @@ class Fleet:
         return dict(self._call("status"))
 
     def where(self, iid: str) -> dict[str, Any] | None:
-        return self._call("where", iid)
+        got: dict[str, Any] | None = self._call("where", iid)
+        return got
 
     def node(self, host: str) -> Any:
-        return ray.get_actor(ACTOR_PREFIX + host, namespace=NAMESPACE)
+        """The node-agent actor of a real host (ValueError if there is none)."""
+        return ray.get_actor(NODE_ACTOR_PREFIX + host, namespace=NAMESPACE)
+
+    def output(self, host: str, iid: str, attempt: int, out_offset: int = 0,
+               err_offset: int = 0) -> Output | None:
+        """What an attempt running on `host` has printed past the offsets so far; None when
+        its host does not know it."""
+        got = ray.get(self.node(host).output.remote(host, pack(AttemptKey(iid, attempt)),
+                                                    out_offset, err_offset))
+        return None if got is None else unpack(Output, got)
 
     def sandbox(self, image: str = "base", cpus: int = 1, mem_mib: int = 512,
                 timeout_s: float = 600.0, disk_mib: int | None = None) -> Sandbox:
@@ -134,10 +156,12 @@ class _Files:
 
     def write(self, path: str, data: str | bytes, mode: int = 0o644) -> None:
         raw = data.encode() if isinstance(data, str) else data
-        ray.get(self._box._node.sandbox_write.remote(self._box.id, path, raw, mode))
+        box = self._box
+        ray.get(box._node.sandbox_write.remote(box.host, box.id, path, raw, mode))
 
     def read(self, path: str) -> bytes:
-        return bytes(ray.get(self._box._node.sandbox_read.remote(self._box.id, path)))
+        box = self._box
+        return bytes(ray.get(box._node.sandbox_read.remote(box.host, box.id, path)))
 
 
 class ExecResult(dict):  # type: ignore[type-arg]
@@ -148,6 +172,10 @@ class ExecResult(dict):  # type: ignore[type-arg]
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    @classmethod
+    def of(cls, reply: ExecReply) -> ExecResult:
+        return cls(asdict(reply))
 
 
 class Sandbox:
@@ -175,9 +203,10 @@ class Sandbox:
             time.sleep(0.5)
         self.host = got["host"]
         self._node = self.fleet.node(got["host"])
+        request = SandboxOpen(self.id, self.image, self.cpus, self.mem_mib, self.disk_mib,
+                              float(self.timeout_s))
         try:
-            self.vm = ray.get(self._node.sandbox_open.remote(
-                self.id, self.image, self.cpus, self.mem_mib, self.disk_mib, self.timeout_s))
+            self.vm = ray.get(self._node.sandbox_open.remote(self.host, pack(request)))
         except BaseException:
             self.fleet._call("release", self.id)
             raise
@@ -185,33 +214,40 @@ class Sandbox:
 
     def exec(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
              stdin: bytes | None = None, timeout_s: float | None = None) -> ExecResult:
-        req = pack({"argv": list(argv), "env": env, "cwd": cwd, "stdin": stdin,
-                    "timeout_s": timeout_s})
-        return ExecResult(unpack(ray.get(self._node.sandbox_exec.remote(self.id, req))))
+        req = _exec_request(argv, env, cwd, stdin, timeout_s)
+        reply = ray.get(self._node.sandbox_exec.remote(self.host, self.id, req))
+        return ExecResult.of(unpack(ExecReply, reply))
 
     def exec_stream(self, argv: list[str], env: dict[str, str] | None = None,
                     cwd: str | None = None, timeout_s: float | None = None
                     ) -> Iterator[tuple[str, Any]]:
         """Yields ("stdout"|"stderr", bytes) as output arrives, then ("exit", ExecResult)."""
-        req = pack({"argv": list(argv), "env": env, "cwd": cwd, "timeout_s": timeout_s})
-        gen = self._node.sandbox_exec_stream.options(num_returns="streaming").remote(self.id, req)
+        req = _exec_request(argv, env, cwd, None, timeout_s)
+        gen = self._node.sandbox_exec_stream.options(num_returns="streaming").remote(
+            self.host, self.id, req)
         for ref in gen:
-            item = unpack(ray.get(ref))
-            if item[0] == "out":
-                yield ("stdout" if item[1] == 1 else "stderr", item[2])
+            chunk = unpack(ExecChunk, ray.get(ref))
+            if chunk.reply is None:
+                yield ("stdout" if chunk.stream == 1 else "stderr", chunk.data)
             else:
-                yield ("exit", ExecResult(item[1]))
+                yield ("exit", ExecResult.of(chunk.reply))
 
     def close(self) -> None:
         if self._node is not None:
             try:
-                ray.get(self._node.sandbox_close.remote(self.id))
+                ray.get(self._node.sandbox_close.remote(self.host, self.id))
             finally:
                 self.fleet._call("release", self.id)
                 self._node = None
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _exec_request(argv: list[str], env: dict[str, str] | None, cwd: str | None,
+                  stdin: bytes | None, timeout_s: float | None) -> bytes:
+    return pack(ExecRequest(tuple(argv), tuple((env or {}).items()), cwd, stdin,
+                            None if timeout_s is None else float(timeout_s)))
 
 
 def connect(address: str | None = None, data_dir: str | Path | None = None) -> Fleet:
@@ -228,7 +264,7 @@ def connect(address: str | None = None, data_dir: str | Path | None = None) -> F
         return Fleet(data, embedded=False)
     if not ray.is_initialized():
         ray.init(namespace=NAMESPACE, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, logging_level="WARNING")
+                 log_to_driver=False, logging_level=logging.WARNING)
     handles = cluster.ensure_actors(data, detached=False)
     return Fleet(data, embedded=True, keep=handles)
 

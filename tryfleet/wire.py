@@ -5,29 +5,29 @@ never imports the scheduler.
 Every record is a frozen dataclass of plain fields (str, int, float, bool, bytes, None, enums,
 tuples, str-keyed dicts and other records). `pack(record)` gives msgpack bytes (a map of field
 names, so a field added later is ignored by an older reader); `unpack(Type, data)` checks every
-field's type on the way in and raises WireError naming the field. Nothing is pickled.
+field's type on the way in and raises WireError naming the field. Nothing is pickled. (The codec
+lives in _wirecodec.py; use it from here.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import functools
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
-import msgpack
+from ._wirecodec import WireError, pack, unpack, unpack_list, unpack_map
+from .errors import NotFound
 
-from .errors import TryfleetError
+# Where the scheduler finds node agents: every actor that implements NodeProtocol (a real
+# host's node agent, or a group of simulated hosts) is a named Ray actor under this prefix in
+# this namespace. The names live here, beside the protocol, so that the scheduler needs nothing
+# of the node side to find its hosts.
+NAMESPACE = "tryfleet"
+NODE_ACTOR_PREFIX = "tryfleet-node-"
 
-T = TypeVar("T")
 
-
-class WireError(TryfleetError, ValueError):
-    """Bytes that do not decode to the record they should be; the message names the field."""
+class WrongHost(NotFound):
+    """A call named a host that the node-agent actor it reached does not serve."""
 
 
 class State(enum.StrEnum):
@@ -250,10 +250,12 @@ class ExecChunk:
 
 # ---- the node protocol -----------------------------------------------------------------------
 class NodeProtocol(Protocol):
-    """What the scheduler calls on a node-agent actor, which serves one host or (a simulated
-    group) several; every per-host call names its host. Payloads are this module's bytes."""
+    """What the scheduler calls on a node-agent actor, which serves one host (a real node
+    agent) or several (a group of simulated hosts), through one code path: every per-host call
+    names its host, and an actor refuses (WrongHost) a host it does not serve. Payloads are
+    this module's bytes."""
 
-    def status_all(self) -> bytes: ...  # pack_map(HostStatus), keyed by host
+    def status_all(self) -> bytes: ...  # {host: HostStatus} for every host served here
 
     def start_many(self, host: str, requests: bytes) -> bytes: ...  # [StartRequest] -> [bool]
 
@@ -269,122 +271,12 @@ class NodeProtocol(Protocol):
 
     def cancel_all(self, host: str) -> int: ...
 
-
-# ---- codec -----------------------------------------------------------------------------------
-def pack(value: Any) -> bytes:
-    """A record, or a list or str-keyed dict of records, as msgpack bytes."""
-    return msgpack.packb(_plain(value), use_bin_type=True)
-
-
-def unpack(cls: type[T], data: bytes) -> T:
-    got: T = _decode(cls, _load(data), cls.__name__)
-    return got
-
-
-def unpack_list(cls: type[T], data: bytes) -> list[T]:
-    raw = _load(data)
-    if not isinstance(raw, list):
-        raise WireError(f"expected a list of {cls.__name__}, got {type(raw).__name__}")
-    return [_decode(cls, item, f"{cls.__name__}[{n}]") for n, item in enumerate(raw)]
-
-
-def unpack_map(cls: type[T], data: bytes) -> dict[str, T]:
-    raw = _load(data)
-    if not isinstance(raw, dict):
-        raise WireError(f"expected a map of {cls.__name__}, got {type(raw).__name__}")
-    return {str(k): _decode(cls, v, f"{cls.__name__}[{k!r}]") for k, v in raw.items()}
-
-
-def _load(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as err:
-        raise WireError(f"not a msgpack message: {err}") from None
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _decode(tp: Any, raw: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if raw is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _decode(option, raw, where)
-            except WireError as err:
-                errors.append(str(err))
-        raise WireError(errors[0] if len(errors) == 1 else f"{where}: no type fits {raw!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(raw, (list, tuple)):
-            raise WireError(f"{where}: expected a list, got {type(raw).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode(args[0], v, f"{where}[{n}]") for n, v in enumerate(raw))
-        if len(args) != len(raw):
-            raise WireError(f"{where}: expected {len(args)} items, got {len(raw)}")
-        pairs = enumerate(zip(args, raw, strict=True))
-        return tuple(_decode(a, v, f"{where}[{n}]") for n, (a, v) in pairs)
-    if origin is dict:
-        key_t, val_t = typing.get_args(tp)
-        if not isinstance(raw, dict):
-            raise WireError(f"{where}: expected a map, got {type(raw).__name__}")
-        return {_decode(key_t, k, where): _decode(val_t, v, f"{where}[{k!r}]")
-                for k, v in raw.items()}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _record(tp, raw, where)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(raw)
-        except ValueError:
-            raise WireError(f"{where}: {raw!r} is not one of "
-                            f"{', '.join(str(m.value) for m in tp)}") from None
-    if tp is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
-    if tp in (str, int, bytes, bool) and type(raw) is tp:
-        return raw
-    if tp is Any:
-        return raw
-    raise WireError(f"{where}: expected {getattr(tp, '__name__', tp)}, "
-                    f"got {type(raw).__name__}")
-
-
-def _record(cls: type, raw: Any, where: str) -> Any:
-    if not isinstance(raw, dict):
-        raise WireError(f"{where}: expected a {cls.__name__} map, got {type(raw).__name__}")
-    hints = _hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kwargs[f.name] = _decode(hints[f.name], raw[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise WireError(f"{where}: field {f.name!r} is missing")
-    return cls(**kwargs)
+    def shutdown(self) -> None: ...  # stop every host served here (their VMs go)
 
 
 __all__ = [
-    "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk", "ExecReply", "ExecRequest",
-    "Failure", "HostStatus", "Ids", "IterationSpec", "NodeProtocol", "Outcome", "Output",
-    "PoolRow", "Pressure", "SandboxOpen", "StartRequest", "State", "WireError", "pack",
-    "unpack", "unpack_list", "unpack_map",
+    "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk",
+    "ExecReply", "ExecRequest", "Failure", "HostStatus", "Ids", "IterationSpec", "NodeProtocol",
+    "Outcome", "Output", "PoolRow", "Pressure", "SandboxOpen", "StartRequest", "State",
+    "WireError", "WrongHost", "pack", "unpack", "unpack_list", "unpack_map",
 ]

@@ -2,12 +2,12 @@
 
 import pytest
 
+from tests.unit.builders import banned_imports
 from tryfleet.scheduler import backlog as bl
 from tryfleet.scheduler import metrics as mt
 from tryfleet.scheduler.admission import Candidate
 from tryfleet.scheduler.backlog import Backlog
 from tryfleet.scheduler.placement import Demand
-from tests.unit.builders import NOT_IN_PURE_MODULES, imported_modules
 
 
 def cand(iid, seq, suite="s", priority=0, tenant="t"):
@@ -75,4 +75,4 @@ def test_metrics_percentiles_are_nearest_rank():
 
 @pytest.mark.parametrize("module", [bl, mt])
 def test_backlog_and_metrics_are_pure(module):
-    assert not imported_modules(module) & NOT_IN_PURE_MODULES
+    assert banned_imports(module) == set()

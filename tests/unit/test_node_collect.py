@@ -5,10 +5,11 @@ import time
 
 import pytest
 
-from tryfleet.nodeagent.fake_hv import FakeHypervisor
-from tryfleet.nodeagent.node import NodeConfig
-from tryfleet.nodeagent.service import NodeService
 from tests.unit.builders import make_image
+from tryfleet.nodeagent.fake_hv import FakeHypervisor
+from tryfleet.nodeagent.node import NodeConfig, PoolTarget
+from tryfleet.nodeagent.service import NodeService
+from tryfleet.wire import AttemptInfo, AttemptKey, HostStatus, Ids, IterationSpec, StartRequest
 
 
 @pytest.fixture
@@ -21,41 +22,72 @@ def svc(tmp_path, monkeypatch):
 
 
 def req(iid, argv, attempt=1):
-    return {"id": iid, "attempt": attempt, "ids": {"iteration": iid, "attempt": attempt},
-            "iteration": {"image": "base", "command": argv, "timeout_s": 30}}
+    return StartRequest(iid, attempt, IterationSpec("base", tuple(argv), timeout_s=30),
+                        Ids(iteration=iid, attempt=attempt))
+
+
+def collect_all(svc, n, timeout_s=30.0):
+    got = {}
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        for o in svc.collect("h1", [], timeout_s=5.0):
+            got[o.id] = o
+    return got
 
 
 def test_start_many_and_collect_until_acknowledged(svc):
-    started = svc.start_many([req("a", ["sh", "-c", "echo a"]), req("b", ["sh", "-c", "exit 3"]),
-                              req("a", ["true"])])
+    started = svc.start_many("h1", [req("a", ["sh", "-c", "echo a"]),
+                                    req("b", ["sh", "-c", "exit 3"]), req("a", ["true"])])
     assert started == [True, True, False]  # the same attempt twice starts once
-    got: dict[str, dict] = {}
-    deadline = time.monotonic() + 30
-    while len(got) < 2 and time.monotonic() < deadline:
-        for o in svc.collect([], timeout_s=5.0):
-            got[o["id"]] = o
-    assert {k: (o["state"], o["exit_code"], o["attempt"], o["host"]) for k, o in got.items()} \
-        == {"a": ("SUCCEEDED", 0, 1, "h1"), "b": ("FAILED", 3, 1, "h1")}
-    assert got["a"]["stdout"] == b"a\n"
+    got = collect_all(svc, 2)
+    assert {k: (o.state, o.exit_code, o.attempt, o.host, o.failure) for k, o in got.items()} \
+        == {"a": ("SUCCEEDED", 0, 1, "h1", None), "b": ("FAILED", 3, 1, "h1", None)}
+    assert got["a"].stdout == b"a\n"
+    assert set(svc.attempts("h1")) == {AttemptInfo("a", 1, True), AttemptInfo("b", 1, True)}
     # not acknowledged: sent again; acknowledged: forgotten
-    assert [o["id"] for o in svc.collect([("a", 1)], timeout_s=0.1)] == ["b"]
-    assert svc.collect([("b", 1)], timeout_s=0.1) == []
-    assert svc.attempts() == []
+    assert [o.id for o in svc.collect("h1", [AttemptKey("a", 1)], timeout_s=0.1)] == ["b"]
+    assert svc.collect("h1", [AttemptKey("b", 1)], timeout_s=0.1) == []
+    assert svc.attempts("h1") == []
 
 
 def test_collect_waits_for_the_first_outcome_then_returns_empty_on_timeout(svc):
     t0 = time.monotonic()
-    assert svc.collect([], timeout_s=0.2) == []
+    assert svc.collect("h1", [], timeout_s=0.2) == []
     assert time.monotonic() - t0 >= 0.2
-    svc.start_many([req("slow", ["sh", "-c", "sleep 0.3; echo done"])])
+    svc.start_many("h1", [req("slow", ["sh", "-c", "sleep 0.3; echo done"])])
     t0 = time.monotonic()
-    got = svc.collect([], timeout_s=10.0, linger_s=0.01)
-    assert [o["id"] for o in got] == ["slow"] and time.monotonic() - t0 < 5
+    got = svc.collect("h1", [], timeout_s=10.0, linger_s=0.01)
+    assert [o.id for o in got] == ["slow"] and time.monotonic() - t0 < 5
+
+
+def test_output_of_an_attempt_and_none_for_one_unknown_here(svc):
+    svc.start_many("h1", [req("a", ["sh", "-c", "echo out; echo err >&2"])])
+    collect_all(svc, 1)
+    out = svc.output("h1", AttemptKey("a", 1), 1, 0)
+    assert (out.stdout, out.stderr, out.done) == (b"ut\n", b"err\n", True)
+    assert svc.output("h1", AttemptKey("a", 2)) is None
+
+
+def test_a_call_naming_another_host_is_refused(svc):
+    from tryfleet.wire import WrongHost
+
+    for call in (lambda: svc.start_many("h2", [req("a", ["true"])]),
+                 lambda: svc.collect("h2", [], timeout_s=0.0), lambda: svc.attempts("h2"),
+                 lambda: svc.cancel("h2", "a"), lambda: svc.cancel_all("h2")):
+        with pytest.raises(WrongHost, match="serves host 'h1', not 'h2'"):
+            call()
+    assert svc.attempts("h1") == []  # nothing was started
+
+
+def test_status_all_is_this_one_host_as_a_host_status(svc):
+    (name, status), = svc.status_all().items()
+    assert name == "h1" and isinstance(status, HostStatus)
+    assert (status.host, status.accel, status.images, status.running) == \
+        ("h1", "tcg", ("base",), 0)
+    assert status.capacity.cpus >= 1 and status.pool == ()
 
 
 def test_status_reports_ready_pooled_vms_and_their_memory(tmp_path, monkeypatch):
-    from tryfleet.nodeagent.node import PoolTarget
-
     monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
     make_image(tmp_path, "base")
     s = NodeService(NodeConfig(data_dir=tmp_path, warm_pool=True, restore=False,
@@ -65,7 +97,7 @@ def test_status_reports_ready_pooled_vms_and_their_memory(tmp_path, monkeypatch)
         key = next(iter(s.node.pool.targets))
         assert s.node.pool.wait_ready(key, 2, timeout_s=30)
         status = s.status()
-        assert status["warm"] == {"base": 2} and status["pool_mem_mib"] == 512
-        assert [(r["image"], r["ready"]) for r in status["pool"]] == [("base", 2)]
+        assert status.warm == {"base": 2} and status.pool_mem_mib == 512
+        assert [(r.image, r.ready) for r in status.pool] == [("base", 2)]
     finally:
         s.close()

@@ -51,3 +51,23 @@ def test_an_unknown_enum_value_is_refused_with_the_allowed_ones():
 def test_bytes_that_are_not_msgpack_are_a_wire_error():
     with pytest.raises(wire.WireError, match="not a msgpack message"):
         wire.unpack(wire.AttemptKey, b"\xc1")
+
+
+def test_a_wrong_value_deep_inside_is_named_by_its_whole_path():
+    req = wire.StartRequest("it-1", 1, wire.IterationSpec("base", ("true",),
+                                                          put=(("/a", b"x"),)))
+    raw = msgpack.unpackb(wire.pack([req, req]))
+    raw[1]["spec"]["put"][0][1] = "text, not bytes"
+    with pytest.raises(wire.WireError,
+                       match=r"^StartRequest\[1\]\.spec\.put\[0\]\[1\]: expected bytes, got str$"):
+        wire.unpack_list(wire.StartRequest, msgpack.packb(raw, use_bin_type=True))
+
+
+def test_an_optional_field_takes_none_or_its_type_and_nothing_else():
+    ok = wire.Outcome("it-1", 1, wire.State.FAILED, "h1", exit_code=None, duration_s=2)
+    got = wire.unpack(wire.Outcome, wire.pack(ok))
+    assert got.exit_code is None and got.duration_s == 2.0 and type(got.duration_s) is float
+    raw = msgpack.unpackb(wire.pack(ok))
+    raw["exit_code"] = "0"
+    with pytest.raises(wire.WireError, match=r"Outcome\.exit_code: expected int, got str"):
+        wire.unpack(wire.Outcome, msgpack.packb(raw))

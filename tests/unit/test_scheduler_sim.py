@@ -1,15 +1,18 @@
 """The real scheduler (placement, ledger, dispatch) over simulated hosts in this process:
-no Ray. A stand-in for Ray actor handles runs each `.remote()` call on this event loop."""
+no Ray. A stand-in for Ray actor handles runs each `.remote()` call on this event loop (a
+blocking method in a thread)."""
 
 import asyncio
+import inspect
 import time
 import types
 
 import pytest
 
-from tryfleet.nodeagent.simhost import Delays, SimHosts, SimHostSpec
+from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.scheduler.records import TERMINAL
 from tryfleet.scheduler.service import Scheduler
+from tryfleet.wire import AttemptKey
 
 FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
 
@@ -26,17 +29,26 @@ class Local:
 
         def remote(*args):
             self.calls[name] = self.calls.get(name, 0) + 1
-            return asyncio.ensure_future(fn(*args))
+            if inspect.iscoroutinefunction(fn):
+                return asyncio.ensure_future(fn(*args))
+            return asyncio.ensure_future(asyncio.to_thread(fn, *args))
 
         return types.SimpleNamespace(remote=remote)
 
 
-def make(tmp_path, sim):
+def make(tmp_path, sim, **more_agents):
+    """A scheduler whose node-agent actors are given (there is no Ray to look in)."""
     sched = Scheduler(str(tmp_path / "ledger.db"))
     handle = Local(sim)
-    sched.engine.hosts.discover = lambda: []  # no Ray to look in: the shared actor is given
-    sched.engine.hosts.groups = {"tryfleet-hosts-test": handle}
+    sched.engine.hosts.discover = lambda: []
+    sched.engine.hosts.agents = {SIM_GROUP_PREFIX + "test": handle,
+                                 **{name: Local(a) for name, a in more_agents.items()}}
     return sched, handle
+
+
+def flights(engine):
+    """The attempts the scheduler has in flight: {iteration id: its Work}."""
+    return {iid: w for iid, w in engine.core.state.work.items() if w.host is not None}
 
 
 def wire(n, prefix="it", **kw):
@@ -68,8 +80,8 @@ def test_many_iterations_few_calls_and_one_attempt_each(tmp_path):
         # one start call per host and pass, one long-poll per batch of outcomes
         assert handle.calls["start_many"] < 300 / 2 and handle.calls["collect"] < 300 / 2
         assert stats["ledger_commits"] < 300
-        assert not sched.engine.flying and not sched.engine.backlog and not sched.engine.rows
-        assert len(sched.engine.res) == 0
+        state = sched.engine.core.state
+        assert not state.work and not state.backlog and len(state.reservations) == 0
 
     asyncio.run(go())
 
@@ -83,9 +95,10 @@ def test_bin_packing_and_capacity_hold(tmp_path):
         await sched.submit(wire(10), "s", "t")
         await asyncio.sleep(0.1)
         on = {}
-        for f in sched.engine.flying.values():
+        for f in flights(sched.engine).values():
             on[f.host] = on.get(f.host, 0) + 1
-        assert on == {"a": 4, "b": 4} and len(sched.engine.backlog) == 2  # 8 cpus, 10 asked
+        # 8 cpus for 10 asked
+        assert on == {"a": 4, "b": 4} and len(sched.engine.core.state.backlog) == 2
         await until_done(sched, "s", 10)
 
     asyncio.run(go())
@@ -100,10 +113,10 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_
         sched, _ = make(tmp_path, sim)
         ids = await sched.submit(wire(6), "s", "t")
         await asyncio.sleep(0.05)
-        assert {f.host for f in sched.engine.flying.values()} == {"a"}  # bin-packed on one host
+        assert {f.host for f in flights(sched.engine).values()} == {"a"}  # bin-packed on one host
         gone = sim._hosts.pop("a")  # the host vanishes; its attempts still finish there
         sched.engine.hosts.mark_lost("a")
-        sched.engine._host_lost("a", "host a lost")
+        sched.engine._on_lost("a", "host a lost")
         await until_done(sched, "s", 6)
         while gone.running:  # the first attempts report late, to nobody
             await asyncio.sleep(0.01)
@@ -132,7 +145,7 @@ def test_cancel_a_suite_queued_and_running(tmp_path):
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
         # what was not cancelled runs, in the cpus the cancelled ones gave back
         engine = sched.engine
-        assert not engine.backlog and sorted(f.cand.id for f in engine.flying.values()) == other
+        assert not engine.core.state.backlog and sorted(flights(engine)) == other
 
     asyncio.run(go())
 
@@ -147,8 +160,8 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
         await asyncio.sleep(0.03)
         for task in [first.engine._loop_task, *first.engine.dispatch._tasks]:
             task.cancel()  # the old scheduler dies
-        (forgotten,) = [f for f in first.engine.flying.values() if f.cand.id == ids[1]]
-        lost = sim._hosts["a"].attempts.pop((ids[1], forgotten.attempt))
+        forgotten = flights(first.engine)[ids[1]]
+        lost = sim._hosts["a"].attempts.pop(AttemptKey(ids[1], forgotten.attempt))
         lost.timer.cancel()  # ... and its host forgot one attempt
         second, _ = make(tmp_path, sim)
         await second.ping()
@@ -185,9 +198,40 @@ def test_a_cancel_that_overtakes_the_start_is_sent_again(tmp_path):
         sched, _ = make(tmp_path, SlowStart([SimHostSpec("a", cpus=2)], slow))
         ids = await sched.submit(wire(2), "s", "t")
         await asyncio.sleep(0.05)
-        assert len(sched.engine.flying) == 2  # placed, the start not yet acted on
+        assert len(flights(sched.engine)) == 2  # placed, the start not yet acted on
         assert await sched.cancel(suite="s") == {"queued_cancelled": 0, "running_stopped": 2}
         await until_done(sched, "s", 2, timeout_s=5)
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
 
     asyncio.run(go())
+
+
+def test_a_real_node_agent_and_simulated_hosts_are_reached_alike(tmp_path, monkeypatch):
+    """One code path: a real node agent (on the fake hypervisor) and a group of simulated
+    hosts, both found as node-agent actors and asked the same calls."""
+    from tryfleet.nodeagent.actor import NodeActor
+    from tryfleet.scheduler import dispatch
+
+    monkeypatch.setattr(dispatch, "WAIT_CHUNK_S", 0.2)  # long-polls end soon after the test
+    monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
+    real = NodeActor(str(tmp_path / "node"), "h1", fake=True, fake_images=("base",))
+
+    async def go():
+        sim = SimHosts([SimHostSpec("s1", cpus=4, images=("simonly",))], FAST)
+        sched, _ = make(tmp_path, sim, **{"tryfleet-node-h1": real})
+        ids = await sched.submit(wire(1, prefix="real", command=["true"])
+                                 + wire(1, prefix="sim", image="simonly"),
+                                 "s", "t")
+        await until_done(sched, "s", 2)
+        results = await sched.results(ids)
+        assert [(r["state"], r["host"]) for r in results] == \
+            [("SUCCEEDED", "h1"), ("SUCCEEDED", "s1")]
+        hosts = {h["host"]: h for h in (await sched.status())["hosts"]}
+        assert (hosts["h1"]["accel"], hosts["s1"]["accel"]) == ("tcg", "sim")
+        for task in [sched.engine._loop_task, *sched.engine.dispatch._tasks]:
+            task.cancel()
+
+    try:
+        asyncio.run(go())
+    finally:
+        real.shutdown()

@@ -1,16 +1,37 @@
-"""Simulated hosts: seeded delays, batched starts, the collect long-poll, cancel; no Ray."""
+"""Simulated hosts: seeded delays, batched starts, the collect long-poll, cancel; no Ray. They
+speak the node protocol with the wire records, as a real node agent does."""
 
 import asyncio
 
-from tryfleet.nodeagent.actor import pack, unpack
+import pytest
+
 from tryfleet.nodeagent.simhost import Delays, SimHosts, SimHostSpec
+from tryfleet.wire import (
+    AttemptInfo,
+    AttemptKey,
+    HostStatus,
+    Ids,
+    IterationSpec,
+    Outcome,
+    Output,
+    StartRequest,
+    WrongHost,
+    pack,
+    unpack,
+    unpack_list,
+    unpack_map,
+)
 
 FAST = Delays(seed=7, boot_median_ms=1, boot_sigma=0.1, exec_median_ms=1, exec_sigma=0.1)
 
 
 def req(iid, attempt=1, timeout_s=600.0):
-    return {"id": iid, "attempt": attempt, "iteration": {"timeout_s": timeout_s},
-            "ids": {"iteration": iid, "attempt": attempt}}
+    return StartRequest(iid, attempt, IterationSpec("base", ("sim",), timeout_s=timeout_s),
+                        Ids(iteration=iid, attempt=attempt))
+
+
+async def collect(sim, host, acks=(), timeout_s=5.0):
+    return unpack_list(Outcome, await sim.collect(host, pack(list(acks)), timeout_s))
 
 
 def test_delays_are_seeded_per_iteration_id():
@@ -21,31 +42,42 @@ def test_delays_are_seeded_per_iteration_id():
     assert "median 5 ms" in Delays().describe()
 
 
-def test_status_looks_like_a_node_agent_status():
-    sim = SimHosts([SimHostSpec("a", cpus=8, mem_mib=16384, images=("base", "x"))], FAST)
-    st = unpack(asyncio.run(sim.status_all()))["a"]
-    assert st["capacity"]["cpus"] == 8 and st["capacity"]["mem_mib"] == 16384
-    assert st["images"] == ["base", "x"] and st["pressure"]["cpu_some_avg10"] == 0.0
+def test_status_all_is_a_host_status_per_host():
+    sim = SimHosts([SimHostSpec("a", cpus=8, mem_mib=16384, images=("base", "x"),
+                                pressure=(("cpu_some_avg10", 40.0),)), SimHostSpec("b")], FAST)
+    got = unpack_map(HostStatus, asyncio.run(sim.status_all()))
+    assert sorted(got) == ["a", "b"] and all(isinstance(s, HostStatus) for s in got.values())
+    a = got["a"]
+    assert (a.host, a.accel, a.capacity.cpus, a.capacity.mem_mib, a.images) == \
+        ("a", "sim", 8, 16384, ("base", "x"))
+    assert a.pressure.cpu_some_avg10 == 40.0 and a.pressure.io_some_avg10 == 0.0
+    assert a.warm == {} and a.pool_mem_mib == 0
 
 
 def test_start_many_then_collect_until_acknowledged():
     async def go():
         sim = SimHosts([SimHostSpec("a"), SimHostSpec("b")], FAST)
-        started = unpack(await sim.start_many("a", pack([req("i1"), req("i2"), req("i1")])))
+        started = unpack_list(bool, await sim.start_many("a", pack([req("i1"), req("i2"),
+                                                                     req("i1")])))
         assert started == [True, True, False]  # the same attempt twice starts once
-        first = unpack(await sim.collect("a", pack([]), 5.0))  # returns once one is done
-        assert first and first[0]["id"] in ("i1", "i2")
+        first = await collect(sim, "a")  # returns once one is done
+        assert first and first[0].id in ("i1", "i2")
         while (await sim.stats())["running"]:
             await asyncio.sleep(0.005)
-        got = unpack(await sim.collect("a", pack([]), 5.0))
-        assert {(o["id"], o["state"], o["host"]) for o in got} == {
+        got = await collect(sim, "a")
+        assert {(o.id, o.state, o.host) for o in got} == {
             ("i1", "SUCCEEDED", "a"), ("i2", "SUCCEEDED", "a")}
+        attempts = unpack_list(AttemptInfo, await sim.attempts("a"))
+        assert set(attempts) == {AttemptInfo("i1", 1, True), AttemptInfo("i2", 1, True)}
+        out = await sim.output("a", pack(AttemptKey("i1", 1)), 0, 0)
+        assert unpack(Output, out) == Output(b"", b"", True)
         # not acknowledged: sent again; acknowledged: forgotten
-        again = unpack(await sim.collect("a", pack([["i1", 1]]), 0.01))
-        assert [o["id"] for o in again] == ["i2"]
-        assert unpack(await sim.collect("a", pack([["i2", 1]]), 0.01)) == []
-        assert unpack(await sim.attempts("a")) == []
-        assert unpack(await sim.collect("b", pack([]), 0.01)) == []  # other hosts apart
+        again = await collect(sim, "a", [AttemptKey("i1", 1)], 0.01)
+        assert [o.id for o in again] == ["i2"]
+        assert await collect(sim, "a", [AttemptKey("i2", 1)], 0.01) == []
+        assert unpack_list(AttemptInfo, await sim.attempts("a")) == []
+        assert await sim.output("a", pack(AttemptKey("i1", 1)), 0, 0) is None
+        assert await collect(sim, "b", timeout_s=0.01) == []  # other hosts apart
 
     asyncio.run(go())
 
@@ -59,9 +91,15 @@ def test_cancel_and_timeout():
         assert await sim.cancel("a", "c", 1) == 1
         got, acks = {}, []
         while len(got) < 2:
-            for o in unpack(await sim.collect("a", pack(acks), 5.0)):
-                got[o["id"]] = o["state"]
-                acks.append([o["id"], o["attempt"]])
+            for o in await collect(sim, "a", acks):
+                got[o.id] = o.state
+                acks.append(o.key)
         assert got == {"c": "CANCELLED", "t": "TIMED_OUT"}
 
     asyncio.run(go())
+
+
+def test_a_host_not_in_the_group_is_refused():
+    sim = SimHosts([SimHostSpec("a")], FAST)
+    with pytest.raises(WrongHost, match="no simulated host 'z'"):
+        asyncio.run(sim.start_many("z", pack([req("i1")])))

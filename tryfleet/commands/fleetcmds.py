@@ -142,18 +142,13 @@ def logs(args: argparse.Namespace, data_dir: Path) -> int:
             return error(f"no iteration {args.id!r} in the ledger (see `tryfleet ps --all`)", 2)
         result = fleet.result(args.id)
         if result is None:  # still running: what it has printed so far, from its host
-            got = fleet.node(where["host"]).output.remote(args.id, where["attempt"], 0, 0) \
+            out = fleet.output(where["host"], args.id, where["attempt"]) \
                 if where["host"] else None
-            import ray
-
-            from tryfleet.nodeagent.actor import unpack
-
-            out = unpack(ray.get(got)) if got is not None else None
             print(f"# {args.id}: {where['state']} on {where['host'] or '-'} "
                   f"(attempt {where['attempt']}, trace {where['trace_id']})", file=sys.stderr)
             if out:
-                sys.stdout.buffer.write(out[0])
-                sys.stderr.buffer.write(out[1])
+                sys.stdout.buffer.write(out.stdout)
+                sys.stderr.buffer.write(out.stderr)
             return 0
         attempts = fleet._call("attempts", args.id)
     except cluster.FleetError as err:

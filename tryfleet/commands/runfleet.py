@@ -17,9 +17,8 @@ from .fleetcmds import connect
 def run_in_fleet(args: argparse.Namespace, data_dir: Path, spec: IterationSpec) -> int:
     import ray
 
-    from tryfleet.nodeagent.actor import unpack
-    from tryfleet.scheduler.records import TERMINAL, InvalidIteration, Iteration
     from tryfleet import cluster
+    from tryfleet.scheduler.records import TERMINAL, InvalidIteration, Iteration
 
     try:
         it = Iteration(image=spec.image, command=spec.argv, env=dict(spec.env), cwd=spec.cwd,
@@ -36,22 +35,21 @@ def run_in_fleet(args: argparse.Namespace, data_dir: Path, spec: IterationSpec) 
             where = fleet.where(iid)
             ended = where is not None and where["state"] in TERMINAL
             result = fleet.result(iid) if ended else None  # the whole output: only once ended
-            if where and where["host"] and where["state"] in ("RUNNING", "PLACED") or result:
+            if (where and where["host"] and where["state"] in ("RUNNING", "PLACED")) or result:
                 host = (result.host if result else None) or (where or {}).get("host")
                 attempt = (where or {}).get("attempt", 0)
                 if host:
                     try:
-                        got = ray.get(fleet.node(host).output.remote(iid, attempt, *offsets))
+                        got = fleet.output(host, iid, attempt, *offsets)
                     except (ValueError, ray.exceptions.RayError):
                         got = None
                     if got is not None:
-                        out, err, _ = unpack(got)
-                        sys.stdout.buffer.write(out)
+                        sys.stdout.buffer.write(got.stdout)
                         sys.stdout.flush()
-                        sys.stderr.buffer.write(err)
+                        sys.stderr.buffer.write(got.stderr)
                         sys.stderr.flush()
-                        offsets[0] += len(out)
-                        offsets[1] += len(err)
+                        offsets[0] += len(got.stdout)
+                        offsets[1] += len(got.stderr)
             if result is not None:
                 break
             time.sleep(0.2)
