@@ -195,7 +195,7 @@ class Sandbox:
         deadline = time.monotonic() + self.timeout_s
         while True:
             got = self.fleet._call("lease", self.id, self.image, self.cpus, self.mem_mib,
-                                   self.disk_mib)
+                                   self.disk_mib, self.timeout_s)
             if got["verdict"] == "placed":
                 break
             if got["verdict"] == "never" or time.monotonic() > deadline:
