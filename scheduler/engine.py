@@ -21,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tryfleet.errors import CannotPlace
+
 from .admission import Candidate, Policy, PressureLimits, Usage, admit
 from .backlog import Backlog
 from .dispatch import Dispatcher, Flight
@@ -28,7 +30,7 @@ from .hosts import Hosts
 from .ledger import Ledger, Report, Row
 from .metrics import Metrics
 from .placement import Demand, Reservations, Verdict, place
-from .records import InvalidIteration, Iteration
+from .records import Iteration
 
 log = logging.getLogger("tryfleet.scheduler")
 HOST_REFRESH_S = 1.0
@@ -305,8 +307,8 @@ class Engine:
             if decision is None:
                 decision = verdicts[demand] = place(demand, empty)
             if decision.verdict is Verdict.NEVER:
-                raise InvalidIteration(f"iteration {n + 1} ({it.id or 'no id'}) can never run "
-                                       f"on this fleet: {decision.explain()}")
+                raise CannotPlace(f"iteration {n + 1} ({it.id or 'no id'}) can never run "
+                                  f"on this fleet: {decision.explain()}", decision.explain())
 
     async def cancel(self, iid: str | None = None, suite: str | None = None,
                      tenant: str | None = None, everything: bool = False) -> dict[str, int]:

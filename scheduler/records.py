@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tryfleet.errors import BadRequest
 from tryfleet.nodeagent.records import State as Terminal
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     QUEUED = "QUEUED"
     PLACED = "PLACED"
     RUNNING = "RUNNING"
@@ -30,9 +31,10 @@ class Phase(str, enum.Enum):
 
 TERMINAL = tuple(p.value for p in Phase if p.terminal)
 IN_FLIGHT = (Phase.PLACED.value, Phase.RUNNING.value)
+ACTIVE = (Phase.QUEUED.value, *IN_FLIGHT)  # not ended yet
 
 
-class InvalidIteration(ValueError):
+class InvalidIteration(BadRequest):
     """An iteration as given can never run; the message says which field and why."""
 
 
@@ -48,7 +50,7 @@ class Iteration:
 
     image: str
     command: tuple[str, ...]
-    files: Mapping[str, str] = field(default_factory=dict)  # guest path -> text
+    files: Mapping[str, str | bytes] = field(default_factory=dict)  # guest path -> content
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float = 600.0
     cpus: int = 1
@@ -70,14 +72,15 @@ class Iteration:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise InvalidIteration(f"files: guest path {path!r} must be absolute")
             if not isinstance(text, (str, bytes)):
-                raise InvalidIteration(f"files[{path!r}] must be text")
+                raise InvalidIteration(f"files[{path!r}] must be text (str) or bytes, "
+                                       f"got {type(text).__name__}")
         for key, value in dict(self.env).items():
             if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
                 raise InvalidIteration(f"env entry {key!r} must be a name and a string value")
-        for name, value, low in (("cpus", self.cpus, 1), ("mem_mib", self.mem_mib, 128),
-                                 ("retries", self.retries, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InvalidIteration(f"{name} must be an integer >= {low}, got {value!r}")
+        for name, number, low in (("cpus", self.cpus, 1), ("mem_mib", self.mem_mib, 128),
+                                  ("retries", self.retries, 0)):
+            if not isinstance(number, int) or isinstance(number, bool) or number < low:
+                raise InvalidIteration(f"{name} must be an integer >= {low}, got {number!r}")
         if not isinstance(self.timeout_s, (int, float)) or self.timeout_s <= 0:
             raise InvalidIteration(f"timeout_s must be a positive number, got {self.timeout_s!r}")
         for limit in self.limits:
@@ -122,6 +125,55 @@ class Result:
     suite: str
     tenant: str
     error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of an iteration on one host. outcome: RETRIED (it went back to the queue), a
+    terminal state, or None while it runs."""
+
+    iteration_id: str
+    attempt: int
+    host: str
+    placed_at: float
+    ended_at: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class IterationDetail:
+    """An iteration as the ledger has it now (its output once it has ended) and its attempts."""
+
+    result: Result
+    attempts: tuple[Attempt, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": self.result.to_json(), "attempts": [a.to_json() for a in self.attempts]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IterationDetail:
+        return cls(Result(**data["result"]), tuple(Attempt(**a) for a in data["attempts"]))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOutput:
+    """An iteration's output past the offsets asked for, as bytes: live from its host while it
+    runs, from the ledger once it has ended (then `done`). `attempt` is the attempt the bytes
+    belong to: a retry starts its output again from offset 0."""
+
+    stdout: bytes
+    stderr: bytes
+    done: bool
+    state: str
+    attempt: int
+    host: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}

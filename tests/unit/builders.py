@@ -6,7 +6,8 @@ from types import ModuleType
 
 from tryfleet.nodeagent.fake_hv import make_fake_image as make_image
 
-__all__ = ["imported_roots", "make_image"]
+__all__ = ["IDS_40000", "imported_roots", "make_image"]
+IDS_40000 = [f"w-{i:05d}" for i in range(40_000)]  # more than SQLite's 32,766 parameters
 NOT_IN_PURE_MODULES = {"ray", "libvirt", "prometheus_client", "nodeagent"}
 
 
