@@ -6,8 +6,11 @@ directory, so `tryfleet down` can stop exactly what `up` started and nothing els
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,9 +22,9 @@ from typing import Any
 
 import psutil
 import ray
-
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from tryfleet.errors import FleetUnavailable
 from tryfleet.nodeagent.actor import ACTOR_PREFIX, NAMESPACE, start_node_actor
 from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
 
@@ -30,8 +33,10 @@ RAY_TEMP_DIR = "/tmp/tryfleet-ray"  # short: Ray puts unix sockets under it
 STATE_FILE = "up.json"
 
 
-class FleetError(RuntimeError):
-    """The fleet could not be started, reached or stopped; the message says what to do."""
+def ray_temp_dir(port: int) -> str:
+    """Ray's temp dir for the fleet whose head listens on port: one per port, so two fleets on
+    one machine (another port, another data dir) never stop each other's processes."""
+    return RAY_TEMP_DIR if port == RAY_PORT else f"{RAY_TEMP_DIR}-{port}"
 
 
 def ledger_path(data_dir: Path) -> Path:
@@ -40,9 +45,10 @@ def ledger_path(data_dir: Path) -> Path:
 
 def state(data_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((data_dir / STATE_FILE).read_text())
+        got = json.loads((data_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return got if isinstance(got, dict) else None
 
 
 def secure_ray() -> None:
@@ -74,7 +80,7 @@ def node_ip(bind: str | None) -> str:
         return bind
     from ray._private.services import get_node_ip_address
 
-    return str(get_node_ip_address())
+    return str(get_node_ip_address())  # type: ignore[no-untyped-call]
 
 
 def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
@@ -85,16 +91,17 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
     if _head_alive(address):
         return address
     cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
-           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={RAY_TEMP_DIR}",
+           "--include-dashboard=false", "--disable-usage-stats",
+           f"--temp-dir={ray_temp_dir(port)}",
            f"--num-cpus={os.cpu_count() or 1}"]
     if autoscaling_config:
         cmd.append(f"--autoscaling-config={autoscaling_config}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise FleetError(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")
+        raise FleetUnavailable(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / STATE_FILE).write_text(json.dumps(
-        {"address": address, "started_head": True, "temp_dir": RAY_TEMP_DIR,
+        {"address": address, "started_head": True, "temp_dir": ray_temp_dir(port),
          "started_at": time.time()}))
     return address
 
@@ -103,10 +110,11 @@ def join(address: str) -> None:
     """Make this machine a Ray worker of the cluster at `address`."""
     secure_ray()
     cmd = [_ray_bin(), "start", f"--address={address}", "--disable-usage-stats",
-           f"--temp-dir={RAY_TEMP_DIR}"]
+           f"--temp-dir={ray_temp_dir(int(address.rpartition(':')[2] or RAY_PORT))}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and "already" not in proc.stderr:
-        raise FleetError(f"`ray start --address={address}` failed: {proc.stderr.strip()[-2000:]}")
+        raise FleetUnavailable(f"`ray start --address={address}` failed: "
+                               f"{proc.stderr.strip()[-2000:]}")
 
 
 def init(address: str) -> None:
@@ -115,11 +123,11 @@ def init(address: str) -> None:
     secure_ray()
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                 logging_level="WARNING")
+                 logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as err:
-        raise FleetError(f"cannot reach the Ray cluster at {address}: {err}. Is the fleet up "
-                         "(`tryfleet up`), and does this host have the cluster's auth token "
-                         "in ~/.ray/auth_token?") from err
+        raise FleetUnavailable(f"cannot reach the Ray cluster at {address}: {err}. Is the "
+                               "fleet up (`tryfleet up`), and does this host have the "
+                               "cluster's auth token in ~/.ray/auth_token?") from err
 
 
 def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True,
@@ -131,18 +139,28 @@ def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True
     return node, ensure_scheduler(data_dir, detached, limits)
 
 
+def start_embedded(data_dir: Path) -> tuple[Any, Any]:
+    """A fleet inside this process's Ray session (started on loopback if there is none): this
+    host's node agent and a scheduler, not detached, so they go when the process does."""
+    if not ray.is_initialized():
+        ray.init(namespace=NAMESPACE, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, logging_level=logging.WARNING)
+    return ensure_actors(data_dir, detached=False)
+
+
 def ensure_scheduler(data_dir: Path, detached: bool = True,
                      limits: dict[str, int] | None = None) -> Any:
     # Pinned to this node: the ledger is a file on this node's disk, and a restart elsewhere
     # would open an empty one.
     here = ray.get_runtime_context().get_node_id()
-    options: dict[str, Any] = dict(
-        name=SCHEDULER_NAME, namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-        max_restarts=-1, max_concurrency=1000,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+    options: dict[str, Any] = {
+        "name": SCHEDULER_NAME, "namespace": NAMESPACE, "get_if_exists": True, "num_cpus": 0,
+        "max_restarts": -1, "max_concurrency": 1000,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
     if detached:
         options["lifetime"] = "detached"
-    sched = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)
+    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)),
+                                                                  limits)
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:
@@ -150,7 +168,8 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
             return sched
         except ray.exceptions.RayActorError as err:  # includes ActorUnavailableError
             if time.monotonic() > deadline:
-                raise FleetError(f"the scheduler did not come back within 120 s: {err}") from err
+                raise FleetUnavailable(f"the scheduler did not come back within 120 s: "
+                                       f"{err}") from err
             time.sleep(0.5)
 
 
@@ -162,22 +181,20 @@ def scheduler(timeout_s: float = 0) -> Any:
             return ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
         except ValueError:
             if time.monotonic() >= deadline:
-                raise FleetError("no tryfleet scheduler is running: start one with "
-                                 "`tryfleet up`") from None
+                raise FleetUnavailable("no tryfleet scheduler is running: start one with "
+                                       "`tryfleet up`") from None
             time.sleep(0.5)
 
 
 def stop(data_dir: Path) -> list[str]:
     """Stop what `up` started: the actors (destroying their VMs), then our Ray processes."""
-    done = []
+    done: list[str] = []
     st = state(data_dir)
     if st is None:
         return done
     if _head_alive(st["address"]):
-        try:
+        with contextlib.suppress(FleetUnavailable):  # the processes are stopped below anyway
             init(st["address"])
-        except FleetError:
-            pass  # the processes are stopped below all the same
     if ray.is_initialized():
         done += kill_actors()
         ray.shutdown()
@@ -195,10 +212,9 @@ def kill_actors() -> list[str]:
         if name.startswith("tryfleet-"):
             actor = ray.get_actor(name, namespace=NAMESPACE)
             if name.startswith(ACTOR_PREFIX):
-                try:
+                # If it does not answer, its VMs die with its process anyway (auto-destroy).
+                with contextlib.suppress(Exception):
                     ray.get(actor.shutdown.remote(), timeout=30)
-                except Exception:  # the VMs die with the process anyway (auto-destroy)
-                    pass
             ray.kill(actor, no_restart=True)
             done.append(name)
     return done
@@ -210,13 +226,21 @@ def running_address(data_dir: Path) -> str | None:
     return st["address"] if st is not None and _head_alive(st["address"]) else None
 
 
+def _names(cmd: str, temp_dir: str, address: str) -> bool:
+    """Whether a command line is of the Ray instance with this temp dir or address (the temp
+    dir as a whole path: /tmp/tryfleet-ray is not /tmp/tryfleet-ray-6391)."""
+    own = re.search(re.escape(temp_dir) + r"(/|\s|$)", cmd)
+    return own is not None or re.search(re.escape(f"--address={address}") + r"(\s|$)",
+                                         cmd) is not None
+
+
 def _kill_ray_processes(temp_dir: str, address: str) -> list[str]:
     """The processes of the Ray instance `up` started: those naming its temp dir or its
     address on their command line, and everything they started."""
     roots = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if (temp_dir in cmd or f"--address={address}" in cmd) and proc.pid != os.getpid():
+        if _names(cmd, temp_dir, address) and proc.pid != os.getpid():
             roots.append(proc)
     found = {p.pid: p for p in roots}
     for proc in roots:
@@ -226,14 +250,10 @@ def _kill_ray_processes(temp_dir: str, address: str) -> list[str]:
             continue
     mine = [p for pid, p in found.items() if pid != os.getpid()]
     for proc in mine:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(mine, timeout=10)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     return [f"ray process {p.pid}" for p in mine]
