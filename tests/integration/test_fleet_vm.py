@@ -9,7 +9,9 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,11 +25,13 @@ UP = ("up", "--port", PORT)
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, data_dir):
+def fleet(data_dir):
     """A fleet of this module's own: its port, and a data dir of its own (its up.json, ledger
     and logs) that shares the built images, saved guests and accelerator probe, and run/ (the
-    reaper must see every owner on this host, or it takes their VMs for leftovers)."""
-    own = tmp_path_factory.mktemp("data")
+    reaper must see every owner on this host, or it takes their VMs for leftovers). Next to the
+    real one: QEMU runs as its own user, and must reach the disks through it."""
+    own = Path(tempfile.mkdtemp(prefix=f"{data_dir.name}-test-", dir=data_dir.parent))
+    own.chmod(0o755)
     for shared in ("images", "snapshots", "run"):
         (own / shared).symlink_to(data_dir / shared)
     (own / "host").mkdir()
@@ -48,6 +52,7 @@ def fleet(tmp_path_factory, data_dir):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    shutil.rmtree(own)  # the shared folders are symlinks: removed, not followed
 
 
 def write_specs(path, specs):
