@@ -175,7 +175,7 @@ class NodeAgent:
                 should_stop: Callable[[], bool] | None = None) -> Sandbox:
         """A VM whose guest agent answers: from the warm pool, else restored from a saved
         guest, else booted. Raises if it cannot be had."""
-        _check_sizes(spec)
+        check_sizes(spec, self.capacity())
         image = self.image(spec.image)
         if spec.disk_mib is not None and spec.disk_mib < image.disk_mib:
             raise BadRequest(f"disk_mib={spec.disk_mib} is smaller than image {spec.image!r} "
@@ -385,12 +385,17 @@ def _warm(box: Sandbox, image: BuiltImage, should_stop: Callable[[], bool] | Non
                     ", timed out" if r.timed_out else "", r.stderr[-500:].decode(errors="replace"))
 
 
-def _check_sizes(spec: SandboxSpec) -> None:
+def check_sizes(spec: SandboxSpec, host: Capacity) -> None:
+    """BadRequest for a VM size no VM on this host can ever have, before any VM starts."""
     if spec.cpus < 1:
         raise BadRequest(f"cpus must be at least 1, got {spec.cpus}")
     if spec.mem_mib < 128:
         raise BadRequest(f"mem_mib must be at least 128 (the guest kernel needs it), "
                          f"got {spec.mem_mib}")
+    if spec.mem_mib > host.mem_mib:
+        raise BadRequest(f"a guest of {spec.mem_mib} MiB (--mem-mib, mem_mib) cannot run on "
+                         f"{host.hostname}: it has {host.mem_mib} MiB of memory in all. Ask for "
+                         f"at most {host.mem_mib} MiB, or run it on a bigger host")
 
 
 class _IterationRun:

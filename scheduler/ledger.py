@@ -4,6 +4,10 @@ An iteration is committed to disk before submit returns. Its state only moves fo
 QUEUED -> PLACED -> RUNNING -> one terminal state, or back to QUEUED for an infrastructure
 retry with the attempt number raised. Every transition after QUEUED is fenced by attempt, so a
 stale attempt's late result changes nothing.
+
+Each iteration that reaches a terminal state gets the next `end_seq`, a number never given twice
+and increasing in commit order, so a reader can ask for "what ended after N" (`ended_since`)
+instead of sending the ids it waits for on every poll.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Any
 
 import msgpack
 
+from tryfleet.errors import BadRequest, TryfleetError
+
+from . import ledger_reads as reads
 from .core import Abandon, Finish, Launch, MarkCancelled, Requeue
 from .records import IN_FLIGHT, TERMINAL, Iteration, Phase, Result, Row
 
@@ -50,6 +57,7 @@ CREATE TABLE IF NOT EXISTS iterations (
     error TEXT,
     result_attempt INTEGER,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    end_seq INTEGER,
     infra_tries INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS iterations_state ON iterations(state, priority, seq);
@@ -73,11 +81,26 @@ CREATE TABLE IF NOT EXISTS suites (
 );
 """
 
+# After the tables exist and older databases are migrated (they may lack end_seq).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS iterations_end_seq ON iterations(end_seq);
+CREATE INDEX IF NOT EXISTS iterations_suite_end_seq ON iterations(suite, end_seq);
+"""
+
 DEFAULT_INFRA_ATTEMPTS = 3
+NEXT_END_SEQ = "(SELECT COALESCE(MAX(end_seq), 0) + 1 FROM iterations)"
 
 
-class LedgerError(RuntimeError):
-    """The ledger refused a write (an id reused with another spec, a budget exceeded, ...)."""
+class LedgerError(TryfleetError):
+    """The ledger refused a write."""
+
+
+class IdReused(LedgerError, BadRequest):
+    """An iteration id already recorded with another spec or suite."""
+
+
+class SuiteBudgetExceeded(LedgerError, BadRequest):
+    """More iterations than the suite's budget allows."""
 
 
 class Ledger:
@@ -90,13 +113,43 @@ class Ledger:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        _migrate(self._db)
         self.commits = 0
+        self._db.executescript(SCHEMA)
+        self._migrate()
+        self._db.executescript(INDEXES)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a database made before a column was added up to this schema. end_seq is given
+        to the iterations that had already ended, in the order they ended."""
+        with self._lock:
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(iterations)")}
+        if "infra_tries" not in columns:
+            with self._tx() as db:
+                db.execute("ALTER TABLE iterations ADD COLUMN infra_tries INTEGER NOT NULL "
+                           "DEFAULT 0")
+        if "end_seq" in columns:
+            return
+        with self._tx() as db:
+            db.execute("ALTER TABLE iterations ADD COLUMN end_seq INTEGER")
+            ended = db.execute(f"SELECT id FROM iterations WHERE state IN "
+                               f"({reads.marks(TERMINAL)}) ORDER BY ended_at, seq",
+                               TERMINAL).fetchall()
+            db.executemany("UPDATE iterations SET end_seq = ? WHERE id = ?",
+                           ((n, r["id"]) for n, r in enumerate(ended, 1)))
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot for several reads."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -151,7 +204,7 @@ class Ledger:
                 old = db.execute("SELECT * FROM iterations WHERE id = ?", (iid,)).fetchone()
                 if old is not None:
                     if old["spec"] != spec or old["suite"] != suite:
-                        raise LedgerError(f"iteration id {iid!r} was already submitted with "
+                        raise IdReused(f"iteration id {iid!r} was already submitted with "
                                           "another spec or suite; give it a new id")
                     rows.append(_row(old))
                     continue
@@ -171,7 +224,7 @@ class Ledger:
                                 runs_left=runs, host=None, cancel_requested=False))
             if budget is not None and budget["max_iterations"] is not None and \
                     count + fresh > budget["max_iterations"]:
-                raise LedgerError(f"suite {suite!r} allows {budget['max_iterations']} "
+                raise SuiteBudgetExceeded(f"suite {suite!r} allows {budget['max_iterations']} "
                                   f"iterations; {count} recorded, {fresh} more refused")
         return rows
 
@@ -211,13 +264,13 @@ class Ledger:
                     out.append(cur.rowcount == 1)
                 elif isinstance(a, Abandon):
                     cur = db.execute("UPDATE iterations SET state = 'INFRA_ERROR', ended_at = ?, "
-                                     "error = ? WHERE id = ? AND state = 'QUEUED'",
-                                     (time.time(), a.why, a.id))
+                                     f"error = ?, end_seq = {NEXT_END_SEQ} WHERE id = ? AND "
+                                     "state = 'QUEUED'", (time.time(), a.why, a.id))
                     out.append(cur.rowcount == 1)
                 else:
                     cur = db.execute(
                         f"UPDATE iterations SET cancel_requested = 1 WHERE id IN "
-                        f"({_marks(a.ids)}) AND state NOT IN ({_marks(TERMINAL)})",
+                        f"({reads.marks(a.ids)}) AND state NOT IN ({reads.marks(TERMINAL)})",
                         (*a.ids, *TERMINAL))
                     out.append(cur.rowcount == len(a.ids))
         return out
@@ -229,7 +282,8 @@ class Ledger:
         cur = db.execute(
             "UPDATE iterations SET state = ?, ended_at = ?, duration_s = ?, exit_code = ?, "
             "signal = ?, stdout = ?, stderr = ?, stdout_truncated = ?, stderr_truncated = ?, "
-            "error = ?, result_attempt = ? WHERE id = ? AND attempt = ? AND "
+            f"error = ?, result_attempt = ?, end_seq = {NEXT_END_SEQ} WHERE id = ? AND "
+            "attempt = ? AND "
             + ("state = 'QUEUED'" if a.queued else "state IN ('PLACED', 'RUNNING')"),
             (a.state.value, now, o.duration_s if o else None, o.exit_code if o else None,
              o.signal if o else None, o.stdout if o else b"", o.stderr if o else b"",
@@ -250,7 +304,7 @@ class Ledger:
     def recover(self) -> tuple[list[Row], list[tuple[str, float, float]]]:
         """What a (re)started scheduler needs: every iteration that has not ended, in
         admission order, and the suites with a wall budget (name, created_at, max_wall_s)."""
-        rows = self._rows(f"state NOT IN ({_marks(TERMINAL)}) ORDER BY priority DESC, seq",
+        rows = self._rows(f"state NOT IN ({reads.marks(TERMINAL)}) ORDER BY priority DESC, seq",
                           TERMINAL)
         with self._lock:
             suites = self._db.execute("SELECT name, created_at, max_wall_s FROM suites WHERE "
@@ -264,7 +318,7 @@ class Ledger:
                           "seq LIMIT ?", (limit,))
 
     def in_flight(self) -> list[Row]:
-        return self._rows(f"state IN ({_marks(IN_FLIGHT)}) ORDER BY seq", IN_FLIGHT)
+        return self._rows(f"state IN ({reads.marks(IN_FLIGHT)}) ORDER BY seq", IN_FLIGHT)
 
     def get_row(self, iid: str) -> Row | None:
         rows = self._rows("id = ?", (iid,))
@@ -279,24 +333,30 @@ class Ledger:
     def result(self, iid: str) -> Result | None:
         with self._lock:
             r = self._db.execute("SELECT * FROM iterations WHERE id = ?", (iid,)).fetchone()
-        return None if r is None else _result(r)
+        return None if r is None else reads.to_result(r)
 
     def results(self, *, suite: str | None = None, ids: Sequence[str] | None = None,
-                states: Sequence[str] | None = None, limit: int = 100_000) -> list[Result]:
-        clauses, args = ["1 = 1"], []
-        if suite is not None:
-            clauses.append("suite = ?")
-            args.append(suite)
-        if ids is not None:
-            clauses.append(f"id IN ({_marks(ids)})")
-            args.extend(ids)
-        if states is not None:
-            clauses.append(f"state IN ({_marks(states)})")
-            args.extend(states)
+                states: Sequence[str] | None = None, limit: int = 100_000,
+                output: bool = True) -> list[Result]:
+        """In submission order; any number of ids; without stdout and stderr (empty strings)
+        when not `output`."""
+        with self._read() as db:
+            return reads.results(db, suite=suite, ids=ids, states=states, limit=limit,
+                                 output=output)
+
+    def ended_since(self, cursor: int, *, suite: str | None = None,
+                    ids: Sequence[str] | None = None, limit: int = 1000
+                    ) -> tuple[list[Result], int]:
+        """The iterations (of suite, among ids) that ended after `cursor`, in the order they
+        ended, and the cursor to ask with next (see reads.ended_since). Start at 0."""
+        with self._read() as db:
+            return reads.ended_since(db, cursor, suite=suite, ids=ids, limit=limit)
+
+    def output(self, iid: str, out_offset: int = 0, err_offset: int = 0
+               ) -> tuple[bytes, bytes] | None:
+        """The recorded stdout and stderr bytes past the offsets; None for an unknown id."""
         with self._lock:
-            found = self._db.execute(f"SELECT * FROM iterations WHERE {' AND '.join(clauses)} "
-                                     "ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
-        return [_result(r) for r in found]
+            return reads.output(self._db, iid, out_offset, err_offset)
 
     def counts(self, suite: str | None = None) -> dict[str, int]:
         where, args = ("suite = ?", (suite,)) if suite else ("1 = 1", ())
@@ -315,17 +375,6 @@ class Ledger:
                 "SELECT * FROM attempts WHERE iteration_id = ? ORDER BY attempt", (iid,))]
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Columns added since a ledger was first made."""
-    have = {r["name"] for r in db.execute("PRAGMA table_info(iterations)")}
-    if "infra_tries" not in have:
-        db.execute("ALTER TABLE iterations ADD COLUMN infra_tries INTEGER NOT NULL DEFAULT 0")
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values) or "NULL"
-
-
 def _row(r: sqlite3.Row) -> Row:
     spec = msgpack.unpackb(r["spec"], raw=False)
     return Row(
@@ -338,19 +387,5 @@ def _row(r: sqlite3.Row) -> Row:
     )
 
 
-def _text(blob: bytes | None) -> str:
-    return (blob or b"").decode("utf-8", errors="replace")
-
-
-def _result(r: sqlite3.Row) -> Result:
-    return Result(
-        id=r["id"], state=r["state"], exit_code=r["exit_code"], stdout=_text(r["stdout"]),
-        stderr=_text(r["stderr"]), stdout_truncated=bool(r["stdout_truncated"]),
-        stderr_truncated=bool(r["stderr_truncated"]), started_at=r["started_at"],
-        ended_at=r["ended_at"], duration_s=r["duration_s"], attempts=r["attempt"],
-        host=r["host"], trace_id=r["trace_id"], suite=r["suite"], tenant=r["tenant"],
-        error=r["error"],
-    )
-
-
-__all__ = ["Ledger", "LedgerError", "Phase", "Row"]
+__all__ = ["IdReused", "Ledger", "LedgerError", "Phase", "Row",
+           "SuiteBudgetExceeded"]

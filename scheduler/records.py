@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tryfleet.errors import BadRequest
 from tryfleet.wire import IterationSpec
 from tryfleet.wire import State as Terminal
 
@@ -31,9 +32,10 @@ class Phase(enum.StrEnum):
 
 TERMINAL = tuple(p.value for p in Phase if p.terminal)
 IN_FLIGHT = (Phase.PLACED.value, Phase.RUNNING.value)
+ACTIVE = (Phase.QUEUED.value, *IN_FLIGHT)  # not ended yet
 
 
-class InvalidIteration(ValueError):
+class InvalidIteration(BadRequest):
     """An iteration as given can never run; the message says which field and why."""
 
 
@@ -49,7 +51,7 @@ class Iteration:
 
     image: str
     command: tuple[str, ...]
-    files: Mapping[str, str] = field(default_factory=dict)  # guest path -> text
+    files: Mapping[str, str | bytes] = field(default_factory=dict)  # guest path -> content
     env: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float = 600.0
     cpus: int = 1
@@ -71,7 +73,8 @@ class Iteration:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise InvalidIteration(f"files: guest path {path!r} must be absolute")
             if not isinstance(text, (str, bytes)):
-                raise InvalidIteration(f"files[{path!r}] must be text")
+                raise InvalidIteration(f"files[{path!r}] must be text (str) or bytes, "
+                                       f"got {type(text).__name__}")
         for key, value in dict(self.env).items():
             if not isinstance(key, str) or not key or "=" in key or not isinstance(value, str):
                 raise InvalidIteration(f"env entry {key!r} must be a name and a string value")
@@ -154,6 +157,55 @@ class Result:
     suite: str
     tenant: str
     error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of an iteration on one host. outcome: RETRIED (it went back to the queue), a
+    terminal state, or None while it runs."""
+
+    iteration_id: str
+    attempt: int
+    host: str
+    placed_at: float
+    ended_at: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class IterationDetail:
+    """An iteration as the ledger has it now (its output once it has ended) and its attempts."""
+
+    result: Result
+    attempts: tuple[Attempt, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": self.result.to_json(), "attempts": [a.to_json() for a in self.attempts]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IterationDetail:
+        return cls(Result(**data["result"]), tuple(Attempt(**a) for a in data["attempts"]))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOutput:
+    """An iteration's output past the offsets asked for, as bytes: live from its host while it
+    runs, from the ledger once it has ended (then `done`). `attempt` is the attempt the bytes
+    belong to: a retry starts its output again from offset 0."""
+
+    stdout: bytes
+    stderr: bytes
+    done: bool
+    state: str
+    attempt: int
+    host: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}

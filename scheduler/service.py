@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from typing import Any
 
 import ray
 
+from tryfleet.errors import BadRequest, NotFound
+from tryfleet.wire import AttemptKey, Output, pack, unpack
+
 from .core import DEFAULT_DISK_MIB, LeaseGranted, Scope
 from .engine import Engine
 from .placement import Demand
-from .records import TERMINAL, InvalidIteration, Iteration
+from .records import IN_FLIGHT, TERMINAL, InvalidIteration, Iteration, Phase
+
+log = logging.getLogger("tryfleet.scheduler")
 
 SCHEDULER_NAME = "tryfleet-scheduler"
+MAX_PAGE = 10_000  # rows one listing or one page of ended results may ask for
+OUTPUT_TIMEOUT_S = 10.0
 
 
 class Scheduler:
@@ -132,4 +140,79 @@ class Scheduler:
                 for r in self.ledger.results(states=states, limit=limit)]
 
     async def attempts(self, iid: str) -> list[dict[str, Any]]:
-        return self.ledger.attempts(iid)
+        found = self.ledger.attempts(iid)
+        if not found and self.ledger.get_row(iid) is None:
+            raise NotFound(f"no iteration {iid!r} in the ledger")
+        return found
+
+    # ---- queries of the SDK (each one answer, JSON-ready but for output bytes) ---------------
+    # The ledger is the truth: these do not wait for the engine to start.
+    async def iterations(self, states: list[str] | None = None, suite: str | None = None,
+                         limit: int = 200) -> list[dict[str, Any]]:
+        """Iterations in submission order, without their output."""
+        if states is not None:
+            unknown = sorted(set(states) - {p.value for p in Phase})
+            if unknown:
+                raise BadRequest(f"unknown state(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(p.value for p in Phase)}")
+        _check_limit(limit)
+        return [r.to_json() for r in self.ledger.results(states=states, suite=suite,
+                                                         limit=limit, output=False)]
+
+    async def get(self, iid: str) -> dict[str, Any]:
+        """{"result": the iteration as it stands, "attempts": [...]}; NotFound if unknown."""
+        result = self.ledger.result(iid)
+        if result is None:
+            raise NotFound(f"no iteration {iid!r} in the ledger")
+        return {"result": result.to_json(), "attempts": self.ledger.attempts(iid)}
+
+    async def ended_since(self, cursor: int = 0, suite: str | None = None,
+                          ids: list[str] | None = None, limit: int = 1000) -> dict[str, Any]:
+        """{"results": what ended after cursor (of suite, among ids), "cursor": the next}."""
+        _check_limit(limit)
+        if not isinstance(cursor, int) or cursor < 0:
+            raise BadRequest(f"cursor must be an integer >= 0 (from a previous answer), "
+                             f"got {cursor!r}")
+        got, nxt = self.ledger.ended_since(cursor, suite=suite, ids=ids, limit=limit)
+        return {"results": [r.to_json() for r in got], "cursor": nxt}
+
+    async def output(self, iid: str, out_offset: int = 0, err_offset: int = 0
+                     ) -> dict[str, Any]:
+        """The iteration's output past the offsets: from the ledger once it has ended ("done"),
+        else live from the host running its current attempt (nothing when it has not started
+        or its host cannot be asked)."""
+        row = self.ledger.get_row(iid)
+        if row is None:
+            raise NotFound(f"no iteration {iid!r} in the ledger")
+        reply: dict[str, Any] = {"stdout": b"", "stderr": b"", "done": row.state in TERMINAL,
+                                 "state": row.state, "attempt": row.attempt, "host": row.host}
+        if reply["done"]:
+            reply["stdout"], reply["stderr"] = self.ledger.output(iid, out_offset,
+                                                                  err_offset) or (b"", b"")
+        elif row.state in IN_FLIGHT and row.host:
+            live = await self._live_output(row.host, iid, row.attempt, out_offset, err_offset)
+            if live is not None:
+                reply["stdout"], reply["stderr"] = live
+        return reply
+
+    async def _live_output(self, host: str, iid: str, attempt: int, out_offset: int,
+                           err_offset: int) -> tuple[bytes, bytes] | None:
+        """What the attempt has printed so far, asked of its node agent (read only)."""
+        ep = self.engine.hosts.endpoint(host)
+        if ep is None:
+            return None
+        try:
+            got = await asyncio.wait_for(ep.call("output", pack(AttemptKey(iid, attempt)),
+                                                 out_offset, err_offset), OUTPUT_TIMEOUT_S)
+        except Exception as err:  # a host that cannot say: no live output, nothing else
+            log.debug("live output of %s attempt %d from %s: %s", iid, attempt, host, err)
+            return None
+        if got is None:
+            return None
+        live = unpack(Output, got)
+        return live.stdout, live.stderr
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}")

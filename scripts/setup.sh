@@ -10,8 +10,16 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config gcc
-          python3-venv python3-dev debootstrap busybox-static e2fsprogs ca-certificates)
+# Without their recommends (--no-install-recommends below): those pull in 230-300 packages of GUI,
+# audio and video codecs that a headless VM host never uses (qemu-system-gui, ovmf, GStreamer),
+# and dnsmasq, which only serves libvirt's default network (tryfleet's guests have no NIC).
+# What a bare Debian 12 needs besides its base system, checked by tests/unit/test_setup_script.py:
+#   QEMU (x86 system emulator with SeaBIOS; qemu-img), libvirtd with its QEMU driver and virsh,
+#   libvirt-python's build (libvirt-dev, pkg-config, gcc, python3-dev), the venv,
+#   image builds (debootstrap and wget, busybox-static for the initramfs, mkfs.ext4).
+packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
+          pkg-config gcc python3-venv python3-dev debootstrap busybox-static e2fsprogs
+          ca-certificates)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -20,7 +28,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 # The venv is (re)installed when it is missing or pyproject.toml changed since the last install.

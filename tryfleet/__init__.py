@@ -3,6 +3,10 @@
     fleet = tryfleet.connect()
     for result in fleet.map([tryfleet.Iteration("base", ["pytest", "-q"])], suite="demo"):
         print(result.state, result.exit_code)
+
+Everything tryfleet raises is a tryfleet.TryfleetError; BadRequest (CannotPlace) when a request
+can never succeed as given, NotFound, NoRoom, WaitTimeout, InfrastructureError,
+FleetUnavailable.
 """
 
 import os
@@ -12,17 +16,42 @@ from typing import Any
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 __version__ = "0.1.0"
-__all__ = ["Fleet", "Iteration", "Result", "Sandbox", "__version__", "connect"]
+
+# Each public name and the module it comes from, imported on first use: `import tryfleet` stays
+# fast and imports neither Ray nor libvirt.
+_WHERE = {
+    "Attempt": "tryfleet.scheduler.records",
+    "BadRequest": "tryfleet.errors",
+    "CannotPlace": "tryfleet.errors",
+    "Fleet": "tryfleet.fleet",
+    "FleetUnavailable": "tryfleet.errors",
+    "InfrastructureError": "tryfleet.errors",
+    "Iteration": "tryfleet.scheduler.records",
+    "IterationDetail": "tryfleet.scheduler.records",
+    "LiveOutput": "tryfleet.scheduler.records",
+    "NoRoom": "tryfleet.errors",
+    "NotFound": "tryfleet.errors",
+    "Result": "tryfleet.scheduler.records",
+    "Sandbox": "tryfleet.fleet",
+    "TryfleetError": "tryfleet.errors",
+    "WaitTimeout": "tryfleet.errors",
+    "connect": "tryfleet.fleet",
+}
+
+__all__ = [
+    "Attempt", "BadRequest", "CannotPlace", "Fleet", "FleetUnavailable", "InfrastructureError",
+    "Iteration", "IterationDetail", "LiveOutput", "NoRoom", "NotFound", "Result", "Sandbox",
+    "TryfleetError", "WaitTimeout", "__version__", "connect",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # Importing Ray takes a second or two: only pay for it when the SDK is used.
-    if name in ("Iteration", "Result"):
-        from tryfleet.scheduler import records
+    if name in _WHERE:
+        import importlib
 
-        return getattr(records, name)
-    if name in ("Fleet", "Sandbox", "connect"):
-        from . import fleet
-
-        return getattr(fleet, name)
+        return getattr(importlib.import_module(_WHERE[name]), name)
     raise AttributeError(f"module 'tryfleet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -12,9 +12,26 @@ from tryfleet.nodeagent import default_data_dir
 
 from . import __version__
 
+DESCRIPTION = ("tryfleet runs commands in throwaway micro-VMs, one on this host or thousands "
+               "on a fleet of hosts.")
+
+EPILOG = """\
+main commands:
+  tryfleet image build base              build the base image (once; cached)
+  tryfleet run --image base -- CMD ...   run CMD in a fresh VM, exit with its exit code
+  tryfleet up                            start a fleet on this host (Ray, node agent, scheduler)
+  tryfleet batch SPECS.jsonl --suite S   run a file of iterations on the fleet
+  tryfleet status | ps | logs ID         watch the fleet and what runs on it
+  tryfleet cancel ID | --suite S | --all stop iterations (--all: the kill switch)
+  tryfleet down                          stop what `tryfleet up` started
+
+`tryfleet COMMAND --help` describes each command. README.md, at the top of the tryfleet
+source tree, covers set-up, the fleet, the Python SDK and the exit codes."""
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tryfleet", description=__doc__)
+    p = argparse.ArgumentParser(prog="tryfleet", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"tryfleet {__version__}")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="where images, overlays and logs live (default: $TRYFLEET_DATA "
@@ -49,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=6390, help="Ray's port on the head (default 6390)")
     up.add_argument("--autoscaling-config", default=None,
                     help="passed to `ray start --head` (the cluster launcher gives one)")
-    up.add_argument("--host", default=None, help="this host's name in the fleet (default: hostname)")
+    up.add_argument("--host", default=None,
+                    help="this host's name in the fleet (default: hostname)")
     up.add_argument("--limit", action="append", default=[], metavar="NAME=N",
                     help="shared-resource limit, fleet-wide, e.g. ci-db=8")
     up.add_argument("--pool", action="append", default=[], metavar="IMAGE[:CPUSxMEM]=N",

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import psutil
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from tryfleet.errors import FleetUnavailable
 from tryfleet.nodeagent.actor import start_node_actor
 from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
 from tryfleet.wire import NAMESPACE, NODE_ACTOR_PREFIX
@@ -32,8 +34,10 @@ RAY_TEMP_DIR = "/tmp/tryfleet-ray"  # short: Ray puts unix sockets under it
 STATE_FILE = "up.json"
 
 
-class FleetError(RuntimeError):
-    """The fleet could not be started, reached or stopped; the message says what to do."""
+def ray_temp_dir(port: int) -> str:
+    """Ray's temp dir for the fleet whose head listens on port: one per port, so two fleets on
+    one machine (another port, another data dir) never stop each other's processes."""
+    return RAY_TEMP_DIR if port == RAY_PORT else f"{RAY_TEMP_DIR}-{port}"
 
 
 def ledger_path(data_dir: Path) -> Path:
@@ -42,10 +46,10 @@ def ledger_path(data_dir: Path) -> Path:
 
 def state(data_dir: Path) -> dict[str, Any] | None:
     try:
-        got: dict[str, Any] = json.loads((data_dir / STATE_FILE).read_text())
+        got = json.loads((data_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return got
+    return got if isinstance(got, dict) else None
 
 
 def secure_ray() -> None:
@@ -88,16 +92,17 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
     if _head_alive(address):
         return address
     cmd = [_ray_bin(), "start", "--head", f"--node-ip-address={ip}", f"--port={port}",
-           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={RAY_TEMP_DIR}",
+           "--include-dashboard=false", "--disable-usage-stats",
+           f"--temp-dir={ray_temp_dir(port)}",
            f"--num-cpus={os.cpu_count() or 1}"]
     if autoscaling_config:
         cmd.append(f"--autoscaling-config={autoscaling_config}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise FleetError(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")
+        raise FleetUnavailable(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / STATE_FILE).write_text(json.dumps(
-        {"address": address, "started_head": True, "temp_dir": RAY_TEMP_DIR,
+        {"address": address, "started_head": True, "temp_dir": ray_temp_dir(port),
          "started_at": time.time()}))
     return address
 
@@ -106,10 +111,11 @@ def join(address: str) -> None:
     """Make this machine a Ray worker of the cluster at `address`."""
     secure_ray()
     cmd = [_ray_bin(), "start", f"--address={address}", "--disable-usage-stats",
-           f"--temp-dir={RAY_TEMP_DIR}"]
+           f"--temp-dir={ray_temp_dir(int(address.rpartition(':')[2] or RAY_PORT))}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 and "already" not in proc.stderr:
-        raise FleetError(f"`ray start --address={address}` failed: {proc.stderr.strip()[-2000:]}")
+        raise FleetUnavailable(f"`ray start --address={address}` failed: "
+                               f"{proc.stderr.strip()[-2000:]}")
 
 
 def init(address: str) -> None:
@@ -120,9 +126,9 @@ def init(address: str) -> None:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as err:
-        raise FleetError(f"cannot reach the Ray cluster at {address}: {err}. Is the fleet up "
-                         "(`tryfleet up`), and does this host have the cluster's auth token "
-                         "in ~/.ray/auth_token?") from err
+        raise FleetUnavailable(f"cannot reach the Ray cluster at {address}: {err}. Is the "
+                               "fleet up (`tryfleet up`), and does this host have the "
+                               "cluster's auth token in ~/.ray/auth_token?") from err
 
 
 def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True,
@@ -132,6 +138,15 @@ def ensure_actors(data_dir: Path, host: str | None = None, detached: bool = True
     host = host or socket.gethostname()
     node = start_node_actor(str(data_dir), host, detached=detached, pool=pool)
     return node, ensure_scheduler(data_dir, detached, limits)
+
+
+def start_embedded(data_dir: Path) -> tuple[Any, Any]:
+    """A fleet inside this process's Ray session (started on loopback if there is none): this
+    host's node agent and a scheduler, not detached, so they go when the process does."""
+    if not ray.is_initialized():
+        ray.init(namespace=NAMESPACE, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, logging_level=logging.WARNING)
+    return ensure_actors(data_dir, detached=False)
 
 
 def ensure_scheduler(data_dir: Path, detached: bool = True,
@@ -145,7 +160,8 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
     if detached:
         options["lifetime"] = "detached"
-    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)), limits)
+    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)),
+                                                                  limits)
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:
@@ -153,7 +169,8 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
             return sched
         except ray.exceptions.RayActorError as err:  # includes ActorUnavailableError
             if time.monotonic() > deadline:
-                raise FleetError(f"the scheduler did not come back within 120 s: {err}") from err
+                raise FleetUnavailable(f"the scheduler did not come back within 120 s: "
+                                       f"{err}") from err
             time.sleep(0.5)
 
 
@@ -165,8 +182,8 @@ def scheduler(timeout_s: float = 0) -> Any:
             return ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
         except ValueError:
             if time.monotonic() >= deadline:
-                raise FleetError("no tryfleet scheduler is running: start one with "
-                                 "`tryfleet up`") from None
+                raise FleetUnavailable("no tryfleet scheduler is running: start one with "
+                                       "`tryfleet up`") from None
             time.sleep(0.5)
 
 
@@ -177,7 +194,7 @@ def stop(data_dir: Path) -> list[str]:
     if st is None:
         return done
     if _head_alive(st["address"]):
-        with contextlib.suppress(FleetError):  # the processes are stopped below all the same
+        with contextlib.suppress(FleetUnavailable):  # the processes are stopped below anyway
             init(st["address"])
     if ray.is_initialized():
         done += kill_actors()
@@ -211,13 +228,21 @@ def running_address(data_dir: Path) -> str | None:
     return st["address"] if st is not None and _head_alive(st["address"]) else None
 
 
+def _names(cmd: str, temp_dir: str, address: str) -> bool:
+    """Whether a command line is of the Ray instance with this temp dir or address (the temp
+    dir as a whole path: /tmp/tryfleet-ray is not /tmp/tryfleet-ray-6391)."""
+    own = re.search(re.escape(temp_dir) + r"(/|\s|$)", cmd)
+    return own is not None or re.search(re.escape(f"--address={address}") + r"(\s|$)",
+                                         cmd) is not None
+
+
 def _kill_ray_processes(temp_dir: str, address: str) -> list[str]:
     """The processes of the Ray instance `up` started: those naming its temp dir or its
     address on their command line, and everything they started."""
     roots = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if (temp_dir in cmd or f"--address={address}" in cmd) and proc.pid != os.getpid():
+        if _names(cmd, temp_dir, address) and proc.pid != os.getpid():
             roots.append(proc)
     found = {p.pid: p for p in roots}
     for proc in roots:

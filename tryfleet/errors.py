@@ -36,6 +36,11 @@ class NoRoom(TryfleetError, TimeoutError):
     """The request fits the fleet, but no room came free before the wait ended."""
 
 
+class WaitTimeout(TryfleetError, TimeoutError):
+    """What was waited for (iterations to end) had not happened when the wait's deadline passed;
+    it goes on in the fleet."""
+
+
 class NotFound(TryfleetError, LookupError):
     """No such iteration, suite or sandbox (or not one the caller may see)."""
 
@@ -45,4 +50,4 @@ class FleetUnavailable(TryfleetError, ConnectionError):
 
 
 __all__ = ["BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError", "NoRoom",
-           "NotFound", "TryfleetError"]
+           "NotFound", "TryfleetError", "WaitTimeout"]

@@ -1,5 +1,6 @@
 """`tryfleet run` and `tryfleet host info` as a user types them."""
 
+import hashlib
 import json
 
 from .conftest import cli, tryfleet_domains
@@ -32,9 +33,31 @@ def test_put_and_get(tmp_path):
     src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
     src.write_text("abc")
     r = cli("run", "--image", "base", "--put", f"{src}:/root/in.txt",
-            "--get", f"/root/out.txt:{dst}", "--", "sh", "-c", "tr a-z A-Z < /root/in.txt > /root/out.txt")
+            "--get", f"/root/out.txt:{dst}", "--", "sh", "-c",
+            "tr a-z A-Z < /root/in.txt > /root/out.txt")
     assert r.returncode == 0, r.stderr
     assert dst.read_text() == "ABC"
+
+
+def test_put_of_a_binary_file_is_byte_for_byte(tmp_path):
+    data = bytes(range(256)) * 64 + b"\xff\xfe not utf-8 \x00"
+    src = tmp_path / "blob.bin"
+    src.write_bytes(data)
+    r = cli("run", "--local", "--image", "base", "--put", f"{src}:/root/blob", "--",
+            "sha256sum", "/root/blob")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+def test_more_memory_than_the_host_has_is_a_usage_error_before_any_vm(data_dir):
+    r = cli("run", "--local", "--image", "base", "--mem-mib", str(1 << 30), "--", "true")
+    assert r.returncode == 2 and "MiB of memory in all" in r.stderr and "QEMU" not in r.stderr
+    assert tryfleet_domains() == [] and overlays_left(data_dir) == []
+
+
+def test_help_says_what_tryfleet_is():
+    r = cli("--help")
+    assert r.returncode == 0 and "throwaway micro-VMs" in r.stdout and "README.md" in r.stdout
 
 
 def test_unknown_image_lists_the_known_ones():

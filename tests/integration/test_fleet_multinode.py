@@ -7,10 +7,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from tryfleet.nodeagent.actor import start_node_actor
-from tryfleet.scheduler.records import Iteration
 from tryfleet import cluster as fleet_cluster
 from tryfleet.fleet import Fleet
+from tryfleet.nodeagent.actor import start_node_actor
+from tryfleet.scheduler.records import Iteration
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,9 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere(fleet):
     ids = fleet.submit(its(8, secs=4, prefix="lost"), suite="lost")
     deadline = time.monotonic() + 30
     while True:
-        running = [r for r in fleet._call("ps") if r["suite"] == "lost" and r["host"]]
-        on_host1 = [r for r in running if r["host"] == "host1"]
+        running = [r for r in fleet.iterations(states=["PLACED", "RUNNING"], suite="lost")
+                   if r.host]
+        on_host1 = [r for r in running if r.host == "host1"]
         if on_host1:
             break
         assert time.monotonic() < deadline, "nothing started on host1"
@@ -69,12 +70,13 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere(fleet):
     try:
         results = fleet.wait(ids, timeout_s=90)
     except TimeoutError:
-        pytest.fail(f"not finished: {fleet._call('ps')} hosts: {fleet.status()['hosts']}")
+        pytest.fail(f"not finished: {fleet.iterations(states=['QUEUED', 'PLACED', 'RUNNING'])}"
+                    f" hosts: {fleet.status()['hosts']}")
     assert [r.state for r in results] == ["SUCCEEDED"] * 8, [(r.host, r.error) for r in results]
     moved = [r for r in results if r.attempts > 1]
     assert moved and all(r.host != "host1" for r in moved)
     assert sorted(r.stdout for r in results) == sorted(f"{i}\n" for i in range(8))
-    lost = [h for h in fleet.status()["hosts"] if h["host"] == "host1"][0]
+    lost = next(h for h in fleet.status()["hosts"] if h["host"] == "host1")
     assert lost["lost"]
 
 
@@ -83,7 +85,8 @@ def test_sdk_sandbox_exec_files_and_streaming(fleet):
         assert sb.host == "host2"
         sb.files.write("/root/in.txt", "hello")
         assert sb.files.read("/root/in.txt") == b"hello"
-        r = sb.exec(["sh", "-c", "cat in.txt; exit 4"])  # the fake runs commands in the guest's /root
+        # the fake runs commands in the guest's /root
+        r = sb.exec(["sh", "-c", "cat in.txt; exit 4"])
         assert (r.exit_code, r.stdout) == (4, b"hello")
         events = list(sb.exec_stream(["sh", "-c", "echo a; sleep 0.3; echo b >&2"]))
         assert events[:2] == [("stdout", b"a\n"), ("stderr", b"b\n")]

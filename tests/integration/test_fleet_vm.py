@@ -1,23 +1,45 @@
 """The fleet as a user runs it: `tryfleet up`, `tryfleet batch` of real-VM iterations, the
-scheduler killed with SIGKILL mid-batch, the kill switch, and a shared-resource limit."""
+scheduler killed with SIGKILL mid-batch, the kill switch, a shared-resource limit, `tryfleet run`
+through the fleet (a binary file in), `tryfleet ps` and `tryfleet logs` of a running iteration."""
 
+import hashlib
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from tryfleet.errors import CannotPlace
+from tryfleet.scheduler.records import Iteration
+
 from .conftest import TRYFLEET, cli, tryfleet_domains
+
+PORT = "6391"  # not the default 6390: a fleet other people use may be up there
+UP = ("up", "--port", PORT)
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory, data_dir):
-    ledger = tmp_path_factory.mktemp("ledger") / "ledger.db"
-    os.environ["TRYFLEET_LEDGER"] = str(ledger)
-    cli("down")
-    r = cli("up")
+def fleet(data_dir):
+    """A fleet of this module's own: its port, and a data dir of its own (its up.json, ledger
+    and logs) that shares the built images, saved guests and accelerator probe, and run/ (the
+    reaper must see every owner on this host, or it takes their VMs for leftovers). Next to the
+    real one: QEMU runs as its own user, and must reach the disks through it."""
+    own = Path(tempfile.mkdtemp(prefix=f"{data_dir.name}-test-", dir=data_dir.parent))
+    own.chmod(0o755)
+    for shared in ("images", "snapshots", "run"):
+        (own / shared).symlink_to(data_dir / shared)
+    (own / "host").mkdir()
+    if (data_dir / "host" / "accel.json").exists():
+        shutil.copy(data_dir / "host" / "accel.json", own / "host" / "accel.json")
+    saved = {k: os.environ.get(k) for k in ("TRYFLEET_DATA", "TRYFLEET_LEDGER")}
+    os.environ.update(TRYFLEET_DATA=str(own), TRYFLEET_LEDGER=str(own / "ledger.db"))
+    r = cli(*UP)
     assert r.returncode == 0, r.stderr
     import tryfleet
 
@@ -25,7 +47,12 @@ def fleet(tmp_path_factory, data_dir):
     yield f
     f.close()
     cli("down")
-    os.environ.pop("TRYFLEET_LEDGER", None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(own)  # the shared folders are symlinks: removed, not followed
 
 
 def write_specs(path, specs):
@@ -43,7 +70,7 @@ def batch(specs_path, suite, *extra, wait=True):
 def wait_running(fleet, suite, n=1, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = [r for r in fleet._call("ps") if r["suite"] == suite and r["state"] == "RUNNING"]
+        rows = fleet.iterations(states=["RUNNING"], suite=suite)
         if len(rows) >= n:
             return rows
         time.sleep(0.3)
@@ -68,7 +95,7 @@ def test_mixed_batch_matches_direct_runs_and_respects_the_limit(fleet, tmp_path)
     assert (got["mixed-1"]["stdout"], got["mixed-2"]["exit_code"], got["mixed-2"]["stderr"],
             got["mixed-4"]["stdout"]) == ("42\n", 3, "no\n", "hi\n")
     spans = sorted((d["started_at"], d["ended_at"]) for d in got.values())
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), \
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)), \
         "two iterations holding ci-db=1 overlapped"
     assert "SUCCEEDED" in r.stdout and "TOTAL" in r.stdout
 
@@ -78,7 +105,7 @@ def test_malformed_line_is_reported_with_its_number_and_nothing_is_submitted(fle
     path.write_text('{"image": "base", "command": ["true"]}\n{"image": "base", "command": "x"}\n')
     r = batch(path, "bad")
     assert r.returncode == 2 and "bad.jsonl:2" in r.stderr
-    assert fleet._call("counts", "bad") == {}
+    assert fleet.counts("bad") == {}
 
 
 def test_scheduler_killed_mid_batch_loses_nothing(fleet, tmp_path):
@@ -87,8 +114,8 @@ def test_scheduler_killed_mid_batch_loses_nothing(fleet, tmp_path):
                  str(tmp_path / "k.out"), wait=False)
     wait_running(fleet, "killed")
     os.kill(fleet.status()["pid"], signal.SIGKILL)
-    assert cli("up").returncode == 0
-    out, err = proc.communicate(timeout=600)
+    assert cli(*UP).returncode == 0
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     results = [json.loads(line) for line in (tmp_path / "k.out").read_text().splitlines()]
     assert sorted(r["id"] for r in results) == sorted(f"killed-{i}" for i in range(1, 7))
@@ -104,5 +131,47 @@ def test_kill_switch_stops_everything_within_two_seconds(fleet, tmp_path):
     time.sleep(2)
     assert tryfleet_domains() == []
     proc.communicate(timeout=120)
-    counts = fleet._call("counts", "switch")
+    counts = fleet.counts("switch")
     assert counts == {"CANCELLED": 6}
+
+
+def test_run_through_the_fleet_puts_a_binary_file_byte_for_byte(fleet, tmp_path):
+    data = bytes(range(256)) * 64 + b"\xff\xfe not utf-8 \x00"
+    src = tmp_path / "blob.bin"
+    src.write_bytes(data)
+    before = fleet.counts("put").get("SUCCEEDED", 0)
+    r = cli("run", "--suite", "put", "--image", "base", "--put", f"{src}:/root/blob", "--",
+            "sha256sum", "/root/blob")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+    assert fleet.counts("put").get("SUCCEEDED", 0) == before + 1  # it went through the fleet
+
+
+def test_ps_and_logs_of_a_running_iteration_then_of_the_ended_one(fleet):
+    (iid,) = fleet.submit([Iteration("base", ("sh", "-c", "echo started; sleep 120"),
+                                     id="logs-live")], suite="logs")
+    deadline = time.monotonic() + 120
+    while not fleet.output(iid).stdout:
+        assert time.monotonic() < deadline, fleet.get(iid)
+        time.sleep(0.3)
+    ps = cli("ps")
+    assert ps.returncode == 0, ps.stderr
+    (row,) = [line.split() for line in ps.stdout.splitlines() if line.startswith(iid)]
+    assert row[1:4] == ["logs", "default", "RUNNING"]
+    logs = cli("logs", iid)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == "started\n" and f"{iid}: RUNNING" in logs.stderr
+    fleet.cancel(iid)
+    assert fleet.wait([iid], timeout_s=60)[0].state == "CANCELLED"
+    logs = cli("logs", iid)
+    assert logs.returncode == 0 and f"{iid}: CANCELLED" in logs.stderr
+    assert iid in cli("ps", "--all").stdout and iid not in cli("ps").stdout
+    assert cli("logs", "no-such-id").returncode == 2
+
+
+def test_what_no_host_can_run_is_refused_at_submit_as_a_bad_request(fleet):
+    with pytest.raises(CannotPlace, match="can never run") as err:
+        fleet.submit([Iteration("base", ("true",), cpus=4096)], suite="huge")
+    assert "cpu" in err.value.reason
+    r = cli("run", "--image", "base", "--mem-mib", str(1 << 30), "--", "true")
+    assert r.returncode == 2 and "can never run" in r.stderr

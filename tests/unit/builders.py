@@ -5,8 +5,12 @@ import pathlib
 from types import ModuleType
 
 from tryfleet.nodeagent.fake_hv import make_fake_image as make_image
+from tryfleet.scheduler.core import Finish, Launch
+from tryfleet.wire import Outcome, State
 
-__all__ = ["NOT_IN_PURE_MODULES", "banned_imports", "imported_names", "make_image"]
+__all__ = ["IDS_40000", "NOT_IN_PURE_MODULES", "banned_imports", "end", "imported_names",
+           "make_image"]
+IDS_40000 = [f"w-{i:05d}" for i in range(40_000)]  # more than SQLite's 32,766 parameters
 # What the scheduler's pure modules (core, placement, admission, backlog, metrics) never
 # import.
 NOT_IN_PURE_MODULES = {"ray", "libvirt", "sqlite3", "prometheus_client", "threading",
@@ -35,3 +39,15 @@ def banned_imports(module: ModuleType, banned: set[str] = NOT_IN_PURE_MODULES) -
     package = module.__name__.rpartition(".")[0]
     found = imported_names(pathlib.Path(module.__file__ or ""), package)
     return {n for n in found for b in banned if n == b or n.startswith(b + ".")}
+
+
+def end(ledger, ids, state=State.SUCCEEDED, stdout=lambda iid: b"", **outcome):
+    """Start the next attempt of each id on h1, then commit its ending (one transaction each
+    way, in the order given), as the scheduler would. stdout(id) gives each one's output;
+    outcome: other Outcome fields."""
+    rows = [ledger.get_row(i) for i in ids]
+    launches = [Launch(r.id, r.attempt + 1, "h1", r) for r in rows]
+    assert all(ledger.launch(launches))
+    out = {"exit_code": 0 if state is State.SUCCEEDED else 1, **outcome}
+    assert all(ledger.commit([Finish(lc.id, lc.attempt, state, outcome=Outcome(
+        lc.id, lc.attempt, state, "h1", stdout=stdout(lc.id), **out)) for lc in launches]))

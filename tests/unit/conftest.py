@@ -5,10 +5,15 @@ import pytest
 
 from tryfleet.images.guestagent.agent import Agent
 from tryfleet.nodeagent.guest import GuestChannel
+from tryfleet.scheduler.ledger import Ledger
+from tryfleet.scheduler.records import Iteration
+
+from .builders import IDS_40000
 
 
 class AgentPair:
-    """The real guest agent in a thread, on one end of a socketpair; the host channel on the other."""
+    """The real guest agent in a thread, on one end of a socketpair; the host channel on the
+    other."""
 
     def __init__(self, root):
         self.host, self.guest = socket.socketpair()
@@ -31,3 +36,13 @@ def agent_pair(tmp_path):
     pair = AgentPair(tmp_path)
     yield pair
     pair.close()
+
+
+@pytest.fixture(scope="session")
+def queued_40000(tmp_path_factory):
+    """A ledger file with IDS_40000 queued in suite "s" (made once: copy it before writing)."""
+    path = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    ledger = Ledger(path)
+    ledger.submit([Iteration("base", ("true",), id=i) for i in IDS_40000], "s", "t")
+    ledger.close()
+    return path

@@ -1,12 +1,11 @@
 """The node agent's whole lifecycle on the fake hypervisor: real agent, real channel, no VM."""
 
 import json
-import os
 import subprocess
-import time
 
 import pytest
 
+from tests.unit.builders import make_image
 from tryfleet.nodeagent import (
     BadRequest,
     IterationSpec,
@@ -17,7 +16,6 @@ from tryfleet.nodeagent import (
 )
 from tryfleet.nodeagent.fake_hv import FakeHypervisor
 from tryfleet.nodeagent.reaper import OWNER_FILE
-from tests.unit.builders import make_image
 
 
 @pytest.fixture
@@ -191,3 +189,14 @@ def test_an_image_with_a_recipe_but_no_build_is_built_on_demand(tmp_path, monkey
     node.run_iteration(it("true"))
     assert built == ["base"]  # built once
     node.close()
+
+
+def test_a_guest_bigger_than_the_hosts_memory_is_refused_before_any_vm(data_dir):
+    node = make_node(data_dir)
+    try:
+        host_mib = node.capacity().mem_mib
+        with pytest.raises(BadRequest, match=f"{host_mib} MiB of memory in all"):
+            node.acquire(SandboxSpec("base", mem_mib=host_mib + 1))
+        assert node.hv.started == []
+    finally:
+        node.close()

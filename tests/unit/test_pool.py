@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.builders import make_image
 from tryfleet.nodeagent import BadRequest, IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
 from tryfleet.nodeagent.fake_hv import FakeHypervisor
 from tryfleet.nodeagent.hypervisor import RestoreSpec
 from tryfleet.nodeagent.libvirt_hv import restore_xml
 from tryfleet.nodeagent.node import PoolTarget
-from tests.unit.builders import make_image
 
 
 @pytest.fixture

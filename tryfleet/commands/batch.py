@@ -16,15 +16,23 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .common import error
+from tryfleet.errors import TryfleetError
+
+from .common import EXIT_USAGE, error, failed
 from .fleetcmds import connect, parse_limits
+
+if TYPE_CHECKING:
+    from tryfleet.fleet import Fleet
 
 RESULT_FIELDS = ("id", "state", "exit_code", "stdout", "stderr", "started_at", "ended_at",
                  "duration_s", "attempts", "host", "trace_id", "suite", "tenant", "error",
                  "stdout_truncated", "stderr_truncated")
 STATES = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED", "INFRA_ERROR")
+SUBMIT_CHUNK = 500
+POLL_S = 0.5
+WAIT_FOR_SCHEDULER_S = 3600.0  # a scheduler that restarts mid-batch is waited for
 
 
 def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
@@ -81,8 +89,9 @@ class Progress:
         filled = int(width * done / max(1, self.total))
         bar = "#" * filled + "-" * (width - filled)
         parts = "  ".join(f"{s.lower()} {self.counts[s]}" for s in STATES if self.counts[s])
-        line = (f"[{bar}] {done}/{self.total}  running {live.get('RUNNING', 0) + live.get('PLACED', 0)}"
-                f"  queued {live.get('QUEUED', 0)}  {parts}")
+        running = live.get("RUNNING", 0) + live.get("PLACED", 0)
+        line = (f"[{bar}] {done}/{self.total}  running {running}  queued {live.get('QUEUED', 0)}"
+                f"  {parts}")
         end = "\r" if self.tty and not force else "\n"
         print(line.ljust(110), end=end, file=sys.stderr, flush=True)
 
@@ -101,55 +110,58 @@ def summary(results: list[dict[str, Any]], wall_s: float) -> None:
 
 
 def batch(args: argparse.Namespace, data_dir: Path) -> int:
-    from tryfleet import cluster
-
     its, problems = read_specs(Path(args.specs), args.suite)
     if problems:
         for p in problems:
             print(f"tryfleet: invalid: {p}", file=sys.stderr)
         if not args.skip_invalid:
             return error(f"{len(problems)} malformed line(s) in {args.specs}; nothing was "
-                         "submitted. Fix them, or pass --skip-invalid to run the rest", 2)
+                         "submitted. Fix them, or pass --skip-invalid to run the rest",
+                         EXIT_USAGE)
     if not its:
-        return error(f"{args.specs} holds no iterations", 2)
+        return error(f"{args.specs} holds no iterations", EXIT_USAGE)
     try:
         limits = parse_limits(args.limit)
-        fleet = connect(args, data_dir)
+        fleet = connect(args, data_dir, wait_for_scheduler_s=WAIT_FOR_SCHEDULER_S)
         started = time.monotonic()
         ids: list[str] = []
-        for i in range(0, len(its), 500):
-            ids += fleet.submit(its[i:i + 500], suite=args.suite, tenant=args.tenant,
+        for i in range(0, len(its), SUBMIT_CHUNK):
+            ids += fleet.submit(its[i:i + SUBMIT_CHUNK], suite=args.suite, tenant=args.tenant,
                                 limits=limits, max_wall_s=args.max_wall_s)
-    except (cluster.FleetError, ValueError, RuntimeError) as err:  # LedgerError: RuntimeError
-        return error(str(err))
+    except TryfleetError as err:
+        return failed(err)
     print(f"submitted {len(ids)} iteration(s) to suite {args.suite}", file=sys.stderr)
     return _follow(fleet, ids, args, started)
 
 
-def _follow(fleet: Any, ids: list[str], args: argparse.Namespace, started: float) -> int:
+def _follow(fleet: Fleet, ids: list[str], args: argparse.Namespace, started: float) -> int:
+    """Results as they end, from the suite's ended iterations after a cursor: a poll sends the
+    cursor, not the ids still pending, however many there are."""
     progress = Progress(len(ids))
-    out = open(args.out, "w") if args.out else None
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 (closed below)
     results: list[dict[str, Any]] = []
     pending = set(ids)
+    cursor = 0
     try:
         while pending:
             try:
-                done = fleet._call("results", sorted(pending), retry_s=3600)
-                live = fleet._call("counts", args.suite, retry_s=3600)
-            except Exception as err:  # scheduler gone for good: what we have is on disk
+                done, cursor = fleet.ended_since(cursor, suite=args.suite)
+                live = fleet.counts(args.suite)
+            except TryfleetError as err:  # scheduler gone for good: what we have is on disk
                 return error(f"lost the scheduler ({err}); the batch continues in the ledger: "
                              "run the same command again to pick up its results")
             for r in done:
-                if r["id"] in pending:
-                    pending.discard(r["id"])
-                    results.append(r)
-                    progress.counts[r["state"]] += 1
+                if r.id in pending:
+                    pending.discard(r.id)
+                    row = r.to_json()
+                    results.append(row)
+                    progress.counts[r.state] += 1
                     if out:
-                        out.write(json.dumps({k: r.get(k) for k in RESULT_FIELDS}) + "\n")
+                        out.write(json.dumps({k: row.get(k) for k in RESULT_FIELDS}) + "\n")
                         out.flush()
             progress.show(live)
-            if pending:
-                time.sleep(0.5)
+            if pending and not done:
+                time.sleep(POLL_S)
     except KeyboardInterrupt:
         print("\ninterrupted: the batch keeps running in the fleet (stop it with "
               f"`tryfleet cancel --suite {args.suite}`)", file=sys.stderr)

@@ -8,13 +8,18 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from tryfleet.nodeagent.errors import BadRequest
+from tryfleet.errors import BadRequest, FleetUnavailable, TryfleetError
+from tryfleet.nodeagent.errors import BadRequest as NodeBadRequest
 
-from .common import error
+from .common import EXIT_USAGE, error, failed
+
+if TYPE_CHECKING:
+    from tryfleet.fleet import Fleet
 
 FLEET_DOWN = "no tryfleet fleet is running here: start one with `tryfleet up`"
+ACTIVE = ("QUEUED", "PLACED", "RUNNING")
 
 
 def parse_limits(values: list[str]) -> dict[str, int]:
@@ -22,23 +27,21 @@ def parse_limits(values: list[str]) -> dict[str, int]:
     for item in values:
         name, sep, number = item.partition("=")
         if not sep or not name or not number.isdigit() or int(number) < 1:
-            raise ValueError(f"--limit {item!r}: expected NAME=N with N >= 1, e.g. ci-db=8")
+            raise BadRequest(f"--limit {item!r}: expected NAME=N with N >= 1, e.g. ci-db=8")
         limits[name] = int(number)
     return limits
 
 
-def connect(args: argparse.Namespace, data_dir: Path) -> Any:
+def connect(args: argparse.Namespace, data_dir: Path, wait_for_scheduler_s: float = 0.0
+            ) -> Fleet:
     """The running fleet (never an embedded one: the CLI does not start a fleet by accident)."""
     from tryfleet import cluster
-    from tryfleet.fleet import Fleet
+    from tryfleet.fleet import connect as connect_fleet
 
-    address = getattr(args, "address", None)
+    address = getattr(args, "address", None) or cluster.running_address(data_dir)
     if address is None:
-        address = cluster.running_address(data_dir)
-        if address is None:
-            raise cluster.FleetError(FLEET_DOWN)
-    cluster.init(address)
-    return Fleet(data_dir, embedded=False)
+        raise FleetUnavailable(FLEET_DOWN)
+    return connect_fleet(address, data_dir, wait_for_scheduler_s=wait_for_scheduler_s)
 
 
 def up(args: argparse.Namespace, data_dir: Path) -> int:
@@ -59,11 +62,13 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
         cluster.init(address)
         cluster.ensure_actors(data_dir, host=args.host or socket.gethostname(), limits=limits,
                               pool=tuple(args.pool))
-        from tryfleet.fleet import Fleet
+        from tryfleet.fleet import connect as connect_fleet
 
-        status = Fleet(data_dir, embedded=False).status()
-    except (cluster.FleetError, ValueError, BadRequest) as err:
-        return error(str(err))
+        status = connect_fleet(address, data_dir).status()
+    except NodeBadRequest as err:
+        return error(str(err), EXIT_USAGE)
+    except TryfleetError as err:
+        return failed(err)
     hosts = ", ".join(h["host"] for h in status["hosts"] if not h["lost"]) or "none yet"
     print(f"tryfleet is up: Ray at {address}, scheduler pid {status['pid']}, hosts: {hosts}")
     print(f"ledger: {status['ledger']}")
@@ -85,12 +90,10 @@ def down(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def status(args: argparse.Namespace, data_dir: Path) -> int:
-    from tryfleet import cluster
-
     try:
         st = connect(args, data_dir).status()
-    except cluster.FleetError as err:
-        return error(str(err))
+    except TryfleetError as err:
+        return failed(err)
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
@@ -116,65 +119,55 @@ def _age(ts: float | None) -> str:
 
 
 def ps(args: argparse.Namespace, data_dir: Path) -> int:
-    from tryfleet import cluster
-
     try:
-        rows = connect(args, data_dir)._call("ps", args.all, args.limit)
-    except cluster.FleetError as err:
-        return error(str(err))
+        rows = connect(args, data_dir).iterations(None if args.all else ACTIVE,
+                                                  limit=args.limit)
+    except TryfleetError as err:
+        return failed(err)
     print(f"{'ID':<24} {'SUITE':<16} {'TENANT':<10} {'STATE':<12} {'HOST':<16} {'TRY':>3} "
           f"{'EXIT':>4} {'RUNNING':>7}")
     for r in rows:
-        exit_code = "" if r["exit_code"] is None else r["exit_code"]
-        print(f"{r['id']:<24} {r['suite']:<16} {r['tenant']:<10} {r['state']:<12} "
-              f"{(r['host'] or '-'):<16} {r['attempts']:>3} {exit_code:>4} "
-              f"{_age(r['started_at']):>7}")
+        exit_code = "" if r.exit_code is None else r.exit_code
+        print(f"{r.id:<24} {r.suite:<16} {r.tenant:<10} {r.state:<12} {(r.host or '-'):<16} "
+              f"{r.attempts:>3} {exit_code:>4} {_age(r.started_at):>7}")
     return 0
 
 
 def logs(args: argparse.Namespace, data_dir: Path) -> int:
-    from tryfleet import cluster
-
+    """The header and attempts on stderr; the output (live while it runs) as bytes."""
     try:
         fleet = connect(args, data_dir)
-        where = fleet.where(args.id)
-        if where is None:
-            return error(f"no iteration {args.id!r} in the ledger (see `tryfleet ps --all`)", 2)
-        result = fleet.result(args.id)
-        if result is None:  # still running: what it has printed so far, from its host
-            out = fleet.output(where["host"], args.id, where["attempt"]) \
-                if where["host"] else None
-            print(f"# {args.id}: {where['state']} on {where['host'] or '-'} "
-                  f"(attempt {where['attempt']}, trace {where['trace_id']})", file=sys.stderr)
-            if out:
-                sys.stdout.buffer.write(out.stdout)
-                sys.stderr.buffer.write(out.stderr)
-            return 0
-        attempts = fleet._call("attempts", args.id)
-    except cluster.FleetError as err:
-        return error(str(err))
-    print(f"# {result.id}: {result.state} exit {result.exit_code} on {result.host} after "
-          f"{result.attempts} attempt(s), trace {result.trace_id}", file=sys.stderr)
-    for a in attempts:
-        print(f"#   attempt {a['attempt']} on {a['host']}: {a['outcome']}"
-              f"{' - ' + a['error'] if a['error'] else ''}", file=sys.stderr)
-    if result.error:
-        print(f"# error: {result.error}", file=sys.stderr)
-    sys.stdout.write(result.stdout)
-    sys.stderr.write(result.stderr)
+        detail = fleet.get(args.id)
+        out = fleet.output(args.id)
+    except TryfleetError as err:
+        return failed(err)
+    r = detail.result
+    exit_part = "" if r.exit_code is None else f" exit {r.exit_code}"
+    print(f"# {r.id}: {r.state}{exit_part} on {r.host or '-'} after {r.attempts} attempt(s), "
+          f"suite {r.suite}, trace {r.trace_id}", file=sys.stderr)
+    for a in detail.attempts:
+        print(f"#   attempt {a.attempt} on {a.host}: {a.outcome or 'running'}"
+              f"{' - ' + a.error if a.error else ''}", file=sys.stderr)
+    if r.error:
+        print(f"# error: {r.error}", file=sys.stderr)
+    if not out.done:
+        print("# output so far:", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.buffer.write(out.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(out.stderr)
+    sys.stderr.buffer.flush()
     return 0
 
 
 def cancel(args: argparse.Namespace, data_dir: Path) -> int:
-    from tryfleet import cluster
-
     chosen = [x for x in (args.id, args.suite, args.tenant, args.all or None) if x]
     if len(chosen) != 1:
         return error("cancel takes exactly one of: ID, --suite S, --tenant T, --all", 2)
     try:
         got = connect(args, data_dir).cancel(args.id, args.suite, args.tenant, args.all)
-    except cluster.FleetError as err:
-        return error(str(err))
+    except TryfleetError as err:
+        return failed(err)
     print(f"cancelled {got['queued_cancelled']} queued; stopping {got['running_stopped']} "
           "running (their VMs are destroyed)")
     return 0

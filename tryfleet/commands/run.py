@@ -8,9 +8,18 @@ import sys
 from pathlib import Path
 
 from tryfleet.images import ImageError
-from tryfleet.nodeagent import BadRequest, IterationOutcome, IterationSpec, NodeAgentError, State
+from tryfleet.nodeagent import (
+    BadRequest,
+    IterationOutcome,
+    IterationSpec,
+    NodeAgentError,
+    SandboxSpec,
+    State,
+    read_capacity,
+)
+from tryfleet.nodeagent.node import check_sizes
 
-from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, error, open_node
+from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE, error, open_node
 
 
 class UsageError(ValueError):
@@ -49,7 +58,8 @@ def build_spec(args: argparse.Namespace) -> IterationSpec:
         try:
             puts.append((remote, Path(local).read_bytes()))
         except OSError as err:
-            raise UsageError(f"--put {local}:{remote}: cannot read {local}: {err.strerror}") from err
+            raise UsageError(f"--put {local}:{remote}: cannot read {local}: "
+                             f"{err.strerror}") from err
     gets = _pairs(args.get, "--get", "REMOTE:LOCAL")
     for remote, _ in gets:
         if not remote.startswith("/"):
@@ -86,10 +96,16 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
         return error(str(err), 2)
     gets = _pairs(args.get, "--get", "REMOTE:LOCAL")
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    if not args.local and not gets and _fleet_is_up(args, data_dir):
+    # --get and --stdin have no counterpart in a fleet iteration: those run here.
+    if not args.local and not gets and spec.stdin is None and _fleet_is_up(args, data_dir):
         from .runfleet import run_in_fleet
 
         return run_in_fleet(args, data_dir, spec)
+    try:  # before any VM: what this host can never give is a usage error
+        check_sizes(SandboxSpec(spec.image, spec.cpus, spec.mem_mib, spec.disk_mib),
+                    read_capacity(data_dir))
+    except BadRequest as err:
+        return error(str(err), EXIT_USAGE)
     try:
         node = open_node(data_dir, args.uri)
     except NodeAgentError as err:
@@ -97,7 +113,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         outcome = node.run_iteration(spec, on_output=_write)
     except (ImageError, BadRequest) as err:
-        return error(str(err), 2 if isinstance(err, BadRequest) else EXIT_INFRA)
+        return error(str(err), EXIT_USAGE if isinstance(err, BadRequest) else EXIT_INFRA)
     except KeyboardInterrupt:
         return error("interrupted; the VM was destroyed", EXIT_INTERRUPTED)
     finally:
