@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="the address Ray listens on (default: this host's own; Ray's token "
                          "authentication is always on, since its ports run code)")
     up.add_argument("--port", type=int, default=6390, help="Ray's port on the head (default 6390)")
+    up.add_argument("--api-listen", default="127.0.0.1:8470", metavar="HOST:PORT",
+                    help="where the HTTP API listens (default 127.0.0.1:8470: this host only)")
     up.add_argument("--autoscaling-config", default=None,
                     help="passed to `ray start --head` (the cluster launcher gives one)")
     up.add_argument("--host", default=None,

@@ -107,6 +107,33 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
     return address
 
 
+def start_front_door(data_dir: Path, listen: str, detached: bool = True) -> tuple[str, str]:
+    """The gateway on this node (started if missing) and the local admin key: (url, key).
+    The URL is recorded in up.json for the CLI and the SDK on this host."""
+    from tryfleet.gateway.actor import start_gateway
+    from tryfleet.gateway.keys import KeyStore, ensure_local_admin
+
+    store = KeyStore(ledger_path(data_dir), data_dir)
+    try:
+        key = ensure_local_admin(store, data_dir)
+    finally:
+        store.close()
+    _, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
+    st = state(data_dir)
+    if detached and st is not None:
+        (data_dir / STATE_FILE).write_text(json.dumps({**st, "api_url": url}))
+    return url, key
+
+
+def api_url(data_dir: Path) -> str | None:
+    """The gateway URL of the fleet `tryfleet up` started here, if it is still up."""
+    st = state(data_dir)
+    if st is None or not _head_alive(st["address"]):
+        return None
+    url = st.get("api_url")
+    return url if isinstance(url, str) else None
+
+
 def join(address: str) -> None:
     """Make this machine a Ray worker of the cluster at `address`."""
     secure_ray()

@@ -45,9 +45,26 @@ class NotFound(TryfleetError, LookupError):
     """No such iteration, suite or sandbox (or not one the caller may see)."""
 
 
+class QuotaExceeded(TryfleetError):
+    """A tenant's quota would be passed (sandboxes, vCPUs or memory at once); the message
+    names the limit and its value. Trying again once something ended may work."""
+
+    def __init__(self, message: str, limit: str, value: int | float) -> None:
+        super().__init__(message)
+        self.limit, self.value = limit, value
+
+
+class PolicyDenied(TryfleetError, PermissionError):
+    """What the tenant's policy does not allow; the message names the rule."""
+
+    def __init__(self, message: str, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
 class FleetUnavailable(TryfleetError, ConnectionError):
     """The fleet could not be started, reached or stopped; the message says what to do."""
 
 
 __all__ = ["BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError", "NoRoom",
-           "NotFound", "TryfleetError", "WaitTimeout"]
+           "NotFound", "PolicyDenied", "QuotaExceeded", "TryfleetError", "WaitTimeout"]

@@ -62,6 +62,9 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
         cluster.init(address)
         cluster.ensure_actors(data_dir, host=args.host or socket.gethostname(), limits=limits,
                               pool=tuple(args.pool))
+        url = None
+        if not args.address:  # the head serves the API
+            url, _ = cluster.start_front_door(data_dir, args.api_listen)
         from tryfleet.fleet import connect as connect_fleet
 
         status = connect_fleet(address, data_dir).status()
@@ -72,6 +75,8 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
     hosts = ", ".join(h["host"] for h in status["hosts"] if not h["lost"]) or "none yet"
     print(f"tryfleet is up: Ray at {address}, scheduler pid {status['pid']}, hosts: {hosts}")
     print(f"ledger: {status['ledger']}")
+    if url:
+        print(f"API: {url} (docs at {url}/docs); local admin key in {data_dir}/admin.key")
     print("next: tryfleet batch SPECS.jsonl --suite NAME, tryfleet status, tryfleet down")
     return 0
 

@@ -1,0 +1,103 @@
+"""The gateway under Ray's supervision: a detached actor on the head that serves the app with
+uvicorn on its own event loop. Ray restarts it when it dies (even by SIGKILL), and it listens
+again right after the restart, without waiting for a caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from tryfleet.errors import BadRequest, FleetUnavailable
+from tryfleet.wire import NAMESPACE
+
+GATEWAY_NAME = "tryfleet-gateway"
+DEFAULT_LISTEN = "127.0.0.1:8470"
+log = logging.getLogger("tryfleet.gateway")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT -> (host, port); BadRequest saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadRequest(f"--api-listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8470")
+    return host.strip("[]"), int(port)
+
+
+class Gateway:
+    def __init__(self, data_dir: str, ledger_path: str, listen: str) -> None:
+        self.data_dir, self.ledger_path = Path(data_dir), Path(ledger_path)
+        self.host, self.port = parse_listen(listen)
+        self._serving: asyncio.Task[None] | None = None
+        self._server: Any = None
+        self.url = ""
+        if ray.is_initialized():  # an actor: serve right away, also after a restart
+            with contextlib.suppress(Exception):  # not an actor (tests of the class itself)
+                ray.get_runtime_context().current_actor.start.remote()
+
+    async def start(self) -> str:
+        """Serve (once); the URL it listens on."""
+        if self._server is None:
+            await self._serve()
+        while not self._server.started:
+            if self._serving is not None and self._serving.done():
+                self._server = None
+                raise FleetUnavailable(f"the gateway could not listen on "
+                                       f"{self.host}:{self.port} (in use?)")
+            await asyncio.sleep(0.01)
+        return self.url
+
+    async def _serve(self) -> None:
+        import uvicorn
+
+        from .app import create_app
+        from .calls import FleetCalls
+        from .keys import KeyStore
+        from .policy import Policies
+
+        app = create_app(FleetCalls(), KeyStore(self.ledger_path, self.data_dir),
+                         Policies(self.data_dir), self.ledger_path)
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
+                                access_log=False, lifespan="off", timeout_keep_alive=30)
+        self._server = server = uvicorn.Server(config)
+        self._serving = asyncio.create_task(server.serve())
+        while not server.started and not self._serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            sock = server.servers[0].sockets[0].getsockname()
+            self.url = f"http://{_url_host(sock[0])}:{sock[1]}"
+            log.info("gateway listening on %s", self.url)
+
+    async def ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "url": await self.start()}
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def start_gateway(data_dir: Path, ledger_path: Path, listen: str = DEFAULT_LISTEN,
+                  detached: bool = True) -> tuple[Any, str]:
+    """The gateway actor on this node (created if missing) and the URL it serves."""
+    parse_listen(listen)
+    here = ray.get_runtime_context().get_node_id()
+    options: dict[str, Any] = {
+        "name": GATEWAY_NAME, "namespace": NAMESPACE, "get_if_exists": True, "num_cpus": 0,
+        "max_restarts": -1, "max_concurrency": 1000,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
+    if detached:
+        options["lifetime"] = "detached"
+    actor: Any = ray.remote(Gateway).options(**options).remote(str(data_dir),
+                                                               str(ledger_path), listen)
+    got: dict[str, Any] = ray.get(actor.ping.remote(), timeout=60)
+    return actor, str(got["url"])
+
+
+__all__ = ["DEFAULT_LISTEN", "GATEWAY_NAME", "Gateway", "parse_listen", "start_gateway"]

@@ -1,0 +1,104 @@
+"""The gateway's ASGI app: /v1 resources, /healthz, OpenAPI at /openapi.json and docs at /docs.
+
+Stateless: what it knows comes from the scheduler (through `FleetCalls`) and the ledger (keys,
+and reads), so several can run. Every response carries `X-Request-Id` (a well-formed one the
+client sent is kept), and the id goes with everything the request causes.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tryfleet import __version__
+
+from . import problems
+from .keys import KeyStore
+from .policy import Policies
+from .routes import keys as keys_routes
+from .routes import meta
+
+MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+class RequestIds:
+    """Plain ASGI middleware (cheaper than Starlette's): the request's id into
+    request.state.request_id and out in the X-Request-Id response header; a body over
+    MAX_BODY_BYTES refused with 413 before it is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = sent if _REQUEST_ID.match(sent) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await _too_large(scope, send, rid)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            got = await receive()
+            if got["type"] == "http.request":
+                received += len(got.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise problems.Problem(413, "too-large", f"the request body is over "
+                                           f"{MAX_BODY_BYTES} bytes")
+            return got
+
+        await self.app(scope, counted, send_with_id)
+
+
+async def _too_large(scope: Scope, send: Send, rid: str) -> None:
+    import json
+
+    body = json.dumps({"type": "urn:tryfleet:problem:too-large", "title": "Too large",
+                       "status": 413, "detail": f"the request body is over {MAX_BODY_BYTES} "
+                       "bytes", "instance": scope.get("path"), "request_id": rid}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [
+        (b"content-type", problems.MEDIA_TYPE.encode()), (b"x-request-id", rid.encode()),
+        (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path) -> FastAPI:
+    """The app over a fleet (FleetCalls, or a stand-in with the same methods in tests)."""
+    app = FastAPI(title="tryfleet", version=__version__, openapi_url="/openapi.json",
+                  docs_url="/docs", redoc_url=None,
+                  description="Throwaway micro-VMs for the try-until-it-works loops of "
+                              "AI-agent fleets. Every /v1 call needs an API key: "
+                              "`Authorization: Bearer <key>`. Errors are "
+                              "application/problem+json (RFC 9457).")
+    app.state.fleet, app.state.keys, app.state.policies = fleet, keys, policies
+    app.state.ledger_path = ledger_path
+    problems.install(app)
+    app.include_router(meta.router)
+    app.include_router(keys_routes.router)
+    app.add_middleware(RequestIds)
+    return app
+
+
+__all__ = ["MAX_BODY_BYTES", "RequestIds", "create_app", "new_request_id"]

@@ -1,0 +1,174 @@
+"""Per-tenant policy: what each tenant may ask for, in one TOML file an admin edits
+(`policy.toml` in the data directory). Read again when it changes; a file that does not
+validate is refused with the line and field at fault, and the last good one stays in force.
+
+    [default]                      # every tenant without a section of its own
+    images = ["*"]                 # glob patterns of image names
+    max_cpus = 8                   # per request
+    max_mem_mib = 16384
+    max_disk_mib = 65536
+    max_timeout_s = 86400
+    max_sandboxes = 20             # at once
+    max_vcpus_in_use = 32          # sandboxes and running iterations together
+    max_mem_mib_in_use = 65536
+
+    [tenant.acme]                  # only what differs from [default]
+    images = ["base"]
+    max_cpus = 1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import re
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tryfleet.errors import BadRequest, PolicyDenied
+
+POLICY_FILE = "policy.toml"
+RECHECK_S = 1.0
+
+
+class PolicyError(BadRequest):
+    """The policy file does not validate; the message names the line and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    images: tuple[str, ...] = ("*",)
+    max_cpus: int = 16
+    max_mem_mib: int = 65536
+    max_disk_mib: int = 262144
+    max_timeout_s: float = 7 * 86400
+    max_sandboxes: int = 50
+    max_vcpus_in_use: int = 256
+    max_mem_mib_in_use: int = 1 << 20
+
+    def image_allowed(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
+
+    def check(self, *, image: str, cpus: int, mem_mib: int, disk_mib: int | None,
+              timeout_s: float, what: str) -> None:
+        """PolicyDenied naming the rule this request breaks, if any."""
+        if not self.image_allowed(image):
+            raise PolicyDenied(f"{what}: image {image!r} is not allowed for this tenant "
+                               f"(images = {list(self.images)})", "images")
+        for rule, asked, most in (("max_cpus", cpus, self.max_cpus),
+                                  ("max_mem_mib", mem_mib, self.max_mem_mib),
+                                  ("max_disk_mib", disk_mib or 0, self.max_disk_mib),
+                                  ("max_timeout_s", timeout_s, self.max_timeout_s)):
+            if asked > most:
+                field = rule.removeprefix("max_")
+                raise PolicyDenied(f"{what}: {field} {asked:g} is over this tenant's "
+                                   f"{rule} = {most:g}", rule)
+
+
+_FIELDS = {f.name: f for f in fields(TenantPolicy)}
+
+
+def _line_of(text: str, section: str, key: str | None) -> int:
+    """The line of `key` in [section] (or of the section header), 1-based; 0 if not found."""
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*" + re.escape(section).replace(r"\.", r"\s*\.\s*") +
+                        r"\s*\]")
+    start = next((n for n, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        return 0
+    if key is None:
+        return start + 1
+    for n in range(start + 1, len(lines)):
+        if re.match(r"^\s*\[", lines[n]):
+            break
+        if re.match(r"^\s*" + re.escape(key) + r"\s*=", lines[n]):
+            return n + 1
+    return start + 1
+
+
+def _section(raw: Any, base: TenantPolicy, text: str, name: str) -> TenantPolicy:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"line {_line_of(text, name, None)}: [{name}] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"line {_line_of(text, name, key)}: [{name}] {key}"
+        if key not in _FIELDS:
+            raise PolicyError(f"{where}: unknown field; known: {', '.join(sorted(_FIELDS))}")
+        if key == "images":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise PolicyError(f"{where}: must be a list of image names or glob patterns")
+            values[key] = tuple(value)
+        elif key == "max_timeout_s":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise PolicyError(f"{where}: must be a number of seconds > 0, got {value!r}")
+            values[key] = float(value)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise PolicyError(f"{where}: must be a whole number >= 0, got {value!r}")
+        else:
+            values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+def parse(text: str) -> tuple[TenantPolicy, dict[str, TenantPolicy]]:
+    """(the default policy, each tenant's) from the file's text; PolicyError when invalid."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise PolicyError(f"not valid TOML: {err}") from None
+    unknown = set(raw) - {"default", "tenant"}
+    if unknown:
+        raise PolicyError(f"unknown section(s) {', '.join(sorted(unknown))}: the file has "
+                          "[default] and [tenant.NAME] sections")
+    default = _section(raw.get("default", {}), TenantPolicy(), text, "default")
+    tenants_raw = raw.get("tenant", {})
+    if not isinstance(tenants_raw, dict):
+        raise PolicyError("tenant must be tables: [tenant.NAME]")
+    tenants = {name: _section(body, default, text, f"tenant.{name}")
+               for name, body in tenants_raw.items()}
+    return default, tenants
+
+
+class Policies:
+    """The policy file, read again (at most once a second) when it changes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / POLICY_FILE
+        self._lock = threading.Lock()
+        self._default = TenantPolicy()
+        self._tenants: dict[str, TenantPolicy] = {}
+        self._seen: tuple[int, int] | None = None
+        self._checked = 0.0
+        self.error: str | None = None  # why the file on disk is not the one in force
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._default, self._tenants, self._seen, self.error = TenantPolicy(), {}, None, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._seen:
+            return
+        self._seen = stamp
+        try:
+            self._default, self._tenants = parse(self.path.read_text())
+            self.error = None
+        except (PolicyError, OSError, UnicodeDecodeError) as err:
+            self.error = f"{self.path}: {err}"
+
+    def for_tenant(self, tenant: str) -> TenantPolicy:
+        now = time.monotonic()
+        if now - self._checked >= RECHECK_S:
+            with self._lock:
+                self._checked = now
+                self.reload()
+        return self._tenants.get(tenant, self._default)
+
+
+__all__ = ["POLICY_FILE", "Policies", "PolicyError", "TenantPolicy", "parse"]

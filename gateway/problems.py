@@ -1,0 +1,134 @@
+"""Every error the API answers is RFC 9457 problem+json: what was wrong and what to do.
+
+    {"type": "urn:tryfleet:problem:not-found", "title": "Not found", "status": 404,
+     "detail": "no sandbox 'sbx-1'", "instance": "/v1/sandboxes/sbx-1", "request_id": "..."}
+
+tryfleet's own errors map to a status by their family (errors.py); bad input of any kind is a
+4xx, never a 500; a 500 is a bug, and says only that and the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tryfleet.errors import (
+    BadRequest,
+    CannotPlace,
+    FleetUnavailable,
+    InfrastructureError,
+    NoRoom,
+    NotFound,
+    PolicyDenied,
+    QuotaExceeded,
+    TryfleetError,
+)
+
+log = logging.getLogger("tryfleet.gateway")
+MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """An answer other than success: raised anywhere in a request, turned into problem+json."""
+
+    def __init__(self, status: int, slug: str, detail: str, *, title: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.slug, self.detail = status, slug, detail
+        self.title = title or slug.replace("-", " ").capitalize()
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(detail: str, **extra: Any) -> Problem:
+    return Problem(403, "forbidden", detail, **extra)
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "not-found", f"no {what}")
+
+
+def of_error(err: TryfleetError) -> Problem:
+    """The problem a tryfleet error is, by its family."""
+    detail = str(err)
+    if isinstance(err, QuotaExceeded):
+        return Problem(429, "quota-exceeded", detail, limit=err.limit, value=err.value,
+                       headers={"Retry-After": "5"})
+    if isinstance(err, PolicyDenied):
+        return Problem(403, "policy-denied", detail, rule=err.rule)
+    if isinstance(err, NotFound):
+        return Problem(404, "not-found", detail)
+    if isinstance(err, CannotPlace):
+        return Problem(422, "cannot-place", detail, reason=err.reason)
+    if isinstance(err, BadRequest):
+        return Problem(400, "bad-request", detail)
+    if isinstance(err, NoRoom):
+        return Problem(503, "no-room", detail, headers={"Retry-After": "5"})
+    if isinstance(err, (FleetUnavailable, InfrastructureError)):
+        return Problem(503, "unavailable", detail, headers={"Retry-After": "1"})
+    return Problem(500, "internal", "tryfleet failed to handle this request; the request id "
+                   "says where in its logs")
+
+
+def response(request: Request, p: Problem) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None)
+    body = {"type": f"urn:tryfleet:problem:{p.slug}", "title": p.title, "status": p.status,
+            "detail": p.detail, "instance": request.url.path, "request_id": rid, **p.extra}
+    headers = dict(p.headers)
+    if rid:
+        headers["X-Request-Id"] = rid
+    return JSONResponse(body, status_code=p.status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        out.append({"field": where, "problem": e.get("msg", "invalid")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, err: Problem) -> JSONResponse:
+        return response(request, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(err)
+        detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors[:5])
+        return response(request, Problem(422, "invalid-request", f"the request does not fit "
+                                         f"its schema (see /openapi.json): {detail}",
+                                         errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
+            err.status_code, "http-error")
+        return response(request, Problem(err.status_code, slug, str(err.detail)))
+
+    @app.exception_handler(TryfleetError)
+    async def _ours(request: Request, err: TryfleetError) -> JSONResponse:
+        p = of_error(err)
+        if p.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, err)
+        return response(request, p)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, err: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return response(request, Problem(500, "internal", "tryfleet failed to handle this "
+                                         "request; the request id says where in its logs"))
+
+
+__all__ = ["MEDIA_TYPE", "Problem", "forbidden", "install", "not_found", "of_error", "response",
+           "unauthorized"]

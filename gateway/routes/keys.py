@@ -1,0 +1,82 @@
+"""/v1/keys: API keys, for admins. A key's secret is in the answer to its creation only."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from ..auth import Admin
+from ..keys import KeyInfo, KeyStore, parse_scopes
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+MAX_EXPIRY_S = 10 * 365 * 86400
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(description="the tenant the key acts for", examples=["acme"])
+    scopes: list[str] = Field(min_length=1, max_length=4,
+                              description="some of sandbox, batch, read, admin",
+                              examples=[["sandbox", "batch"]])
+    expires_in_s: float | None = Field(None, gt=0, le=MAX_EXPIRY_S,
+                                       description="seconds until the key stops working")
+    name: str = Field("", max_length=200, description="what the key is for")
+
+
+class Key(BaseModel):
+    id: str
+    tenant: str
+    scopes: list[str]
+    name: str
+    state: str = Field(description="active, expired or revoked")
+    created_at: float
+    created_by: str
+    expires_at: float | None
+    revoked_at: float | None
+
+
+class NewKey(Key):
+    key: str = Field(description="the key itself: shown this once, never again")
+
+
+class KeyList(BaseModel):
+    items: list[Key]
+
+
+def _key(info: KeyInfo) -> Key:
+    return Key(id=info.id, tenant=info.tenant, scopes=list(info.scopes), name=info.name,
+               state=info.state, created_at=info.created_at, created_by=info.created_by,
+               expires_at=info.expires_at, revoked_at=info.revoked_at)
+
+
+def _store(request: Request) -> KeyStore:
+    store: KeyStore = request.app.state.keys
+    return store
+
+
+@router.post("", status_code=201, summary="Make a key (admin)")
+async def create(body: KeyCreate, who: Admin, request: Request) -> NewKey:
+    expires = None if body.expires_in_s is None else time.time() + body.expires_in_s
+    info, token = _store(request).create(body.tenant, parse_scopes(body.scopes),
+                                         created_by=f"key:{who.key_id}", expires_at=expires,
+                                         name=body.name)
+    return NewKey(**_key(info).model_dump(), key=token)
+
+
+@router.get("", summary="List keys, without their secrets (admin)")
+async def list_keys(who: Admin, request: Request,
+                    tenant: Annotated[str | None, Query(max_length=64)] = None) -> KeyList:
+    return KeyList(items=[_key(k) for k in _store(request).list(tenant)])
+
+
+@router.get("/{key_id}", summary="One key, without its secret (admin)")
+async def get(key_id: str, who: Admin, request: Request) -> Key:
+    return _key(_store(request).get(key_id))
+
+
+@router.delete("/{key_id}", status_code=204, summary="Revoke a key at once (admin)")
+async def revoke(key_id: str, who: Admin, request: Request) -> Response:
+    _store(request).revoke(key_id, by=f"key:{who.key_id}")
+    return Response(status_code=204)
