@@ -29,7 +29,7 @@ from .hosts import Hosts
 from .ledger import Ledger
 from .metrics import Metrics
 from .placement import Demand
-from .records import Iteration
+from .records import Iteration, qualified
 
 log = logging.getLogger("tryfleet.scheduler")
 HOST_REFRESH_S = 1.0
@@ -47,7 +47,9 @@ class Engine:
         self.ledger = Ledger(Path(ledger_path))
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
         self.dispatch = Dispatcher(self.hosts, self._on_outcomes, self._on_lost)
-        self.core = c.Core(Policy(limits=dict(limits or {}), default_suite_cap=suite_cap,
+        # `limits` are defaults: a size an admin set (set_limit, kept in the ledger) wins.
+        sizes = {**(limits or {}), **self.ledger.limits()}
+        self.core = c.Core(Policy(limits=sizes, default_suite_cap=suite_cap,
                                   default_tenant_cap=tenant_cap), timer=time.perf_counter)
         self.tasks: set[asyncio.Task[None]] = set()
         self._metrics_base = Metrics()
@@ -163,20 +165,33 @@ class Engine:
 
     # ---- what the API asks -----------------------------------------------------------------
     def submit(self, its: list[Iteration], suite: str, tenant: str,
-               limits: dict[str, int] | None, max_iterations: int | None,
-               max_wall_s: float | None) -> list[str]:
+               max_iterations: int | None = None, max_wall_s: float | None = None,
+               request_id: str = "", key_id: str = "") -> list[str]:
+        """Record the tenant's iterations and queue them; their ids (the tenant's own). The
+        limits they name are held while they run; their sizes are set_limit's business."""
         self.core.check_fits(its)
-        if limits:
-            policy = self.core.state.policy
-            self.core.state.policy = replace(policy, limits={**policy.limits, **limits})
         self.ledger.ensure_suite(suite, tenant, max_iterations, max_wall_s)
-        rows = self.ledger.submit_rows(its, suite, tenant)
-        created_at, wall = self.ledger.suite_budget(suite)
-        self.feed(c.Submitted(tuple(rows), suite, created_at, wall))
+        rows = self.ledger.submit_rows(its, suite, tenant, request_id=request_id,
+                                       key_id=key_id)
+        created_at, wall = self.ledger.suite_budget(suite, tenant)
+        self.feed(c.Submitted(tuple(rows), qualified(tenant, suite), created_at, wall))
         self.poke()
         return [r.id for r in rows]
 
+    def set_limit(self, name: str, value: int | None, by: str = "") -> dict[str, int]:
+        """Size a fleet-wide shared-resource limit (None: unlimited), on disk first; the
+        limits in force after it."""
+        self.ledger.set_limit(name, value, by)
+        policy = self.core.state.policy
+        sizes = {k: v for k, v in policy.limits.items() if k != name}
+        if value is not None:
+            sizes[name] = value
+        self.core.state.policy = replace(policy, limits=sizes)
+        self.poke()
+        return dict(sizes)
+
     def cancel(self, scope: c.Scope, name: str = "") -> dict[str, int]:
+        """Cancel by scope; name is an iteration key, a suite key or a tenant."""
         actions = self.feed(c.CancelRequested(scope, name))
         return {"queued_cancelled": sum(1 for a in actions if isinstance(a, c.Finish)),
                 "running_stopped": sum(len(a.attempts) for a in actions

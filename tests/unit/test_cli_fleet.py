@@ -65,7 +65,7 @@ def test_ps_lists_queued_and_running_and_all_with_all(tmp_path, fleet_of, capsys
     fleet, sched, _ = fleet_of(Printing([SimHostSpec("a", cpus=1)], slow))
     fleet.submit([Iteration("base", ("x",), id=f"p{i}") for i in range(2)], suite="ps")
     sched.ledger.submit([Iteration("base", ("x",), id="old")], "done", "t")
-    sched.ledger.commit([Finish("old", 0, State.CANCELLED, "cancelled", queued=True)])
+    sched.ledger.commit([Finish("t/old", 0, State.CANCELLED, "cancelled", queued=True)])
     until(lambda: fleet.iterations(states=["RUNNING"]))
     assert main(["ps", "--address", "local"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -47,8 +47,8 @@ def make(tmp_path, sim, **more_agents):
 
 
 def flights(engine):
-    """The attempts the scheduler has in flight: {iteration id: its Work}."""
-    return {iid: w for iid, w in engine.core.state.work.items() if w.host is not None}
+    """The attempts the scheduler has in flight: {iteration id: its Work} (one tenant)."""
+    return {w.row.id: w for w in engine.core.state.work.values() if w.host is not None}
 
 
 def wire(n, prefix="it", **kw):
@@ -161,7 +161,7 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
         for task in [first.engine._loop_task, *first.engine.dispatch._tasks]:
             task.cancel()  # the old scheduler dies
         forgotten = flights(first.engine)[ids[1]]
-        lost = sim._hosts["a"].attempts.pop(AttemptKey(ids[1], forgotten.attempt))
+        lost = sim._hosts["a"].attempts.pop(AttemptKey(forgotten.row.key, forgotten.attempt))
         lost.timer.cancel()  # ... and its host forgot one attempt
         second, _ = make(tmp_path, sim)
         await second.ping()
