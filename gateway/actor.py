@@ -52,7 +52,14 @@ class Gateway:
                 raise FleetUnavailable(f"the gateway could not listen on "
                                        f"{self.host}:{self.port} (in use?)")
             await asyncio.sleep(0.01)
+        self._listening()  # a caller that raced the first start sees the URL too
         return self.url
+
+    def _listening(self) -> None:
+        if not self.url:
+            sock = self._server.servers[0].sockets[0].getsockname()
+            self.url = f"http://{_url_host(sock[0])}:{sock[1]}"
+            log.info("gateway listening on %s", self.url)
 
     async def _serve(self) -> None:
         import uvicorn
@@ -71,9 +78,7 @@ class Gateway:
         while not server.started and not self._serving.done():
             await asyncio.sleep(0.01)
         if server.started:
-            sock = server.servers[0].sockets[0].getsockname()
-            self.url = f"http://{_url_host(sock[0])}:{sock[1]}"
-            log.info("gateway listening on %s", self.url)
+            self._listening()
 
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "url": await self.start()}

@@ -20,8 +20,11 @@ from tryfleet import __version__
 from . import problems
 from .keys import KeyStore
 from .policy import Policies
+from .routes import fleet as fleet_routes
+from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
 from .routes import meta
+from .routes import suites as suite_routes
 
 MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -97,6 +100,9 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(keys_routes.router)
+    app.include_router(iteration_routes.router)
+    app.include_router(suite_routes.router)
+    app.include_router(fleet_routes.router)
     app.add_middleware(RequestIds)
     return app
 

@@ -27,7 +27,7 @@ PAGE_BYTES = 32 * 1024 * 1024  # ended_since stops adding results past this much
 # Every column a Result needs, with the output left out (a listing does not carry it).
 NO_OUTPUT = ("id, state, exit_code, NULL AS stdout, NULL AS stderr, stdout_truncated, "
              "stderr_truncated, started_at, ended_at, duration_s, attempt, host, trace_id, "
-             "suite, tenant, error, end_seq, request_id, key_id, submitted_at")
+             "suite, tenant, error, end_seq, request_id, key_id, submitted_at, seq")
 
 
 class AmbiguousId(BadRequest):
@@ -145,7 +145,7 @@ def to_result(r: sqlite3.Row) -> Result:
         ended_at=r["ended_at"], duration_s=r["duration_s"], attempts=r["attempt"],
         host=r["host"], trace_id=r["trace_id"], suite=r["suite"], tenant=r["tenant"],
         error=r["error"], request_id=r["request_id"], key_id=r["key_id"],
-        submitted_at=r["submitted_at"], end_seq=r["end_seq"],
+        submitted_at=r["submitted_at"], end_seq=r["end_seq"], seq=r["seq"],
     )
 
 

@@ -189,6 +189,7 @@ class Result:
     key_id: str = ""
     submitted_at: float | None = None
     end_seq: int | None = None  # the cursor of its ending (ended_since), once it has ended
+    seq: int | None = None  # its place in submission order (a listing's cursor)
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
