@@ -23,7 +23,10 @@ def _token(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def principal(request: Request) -> Principal:
+# The dependencies are `async def` on purpose: they do no blocking I/O beyond one indexed read
+# of the key's row, and FastAPI runs a plain `def` dependency in a worker thread, a hop that
+# costs more than the check itself on every request.
+async def principal(request: Request) -> Principal:
     token = _token(request)
     if not token:
         raise unauthorized("this API needs a key: send `Authorization: Bearer <key>` (make "
@@ -40,7 +43,7 @@ def needs(*scopes: Scope) -> Callable[[Principal], Principal]:
     """A dependency: the caller, who must hold one of `scopes` (admin holds all)."""
     names = " or ".join(f"`{s.value}`" for s in scopes)
 
-    def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not any(who.may(s) for s in scopes):
             raise forbidden(f"this key lacks the scope this needs: {names}", scopes=[
                 s.value for s in scopes])
