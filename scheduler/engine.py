@@ -170,9 +170,9 @@ class Engine:
         """Record the tenant's iterations and queue them; their ids (the tenant's own). The
         limits they name are held while they run; their sizes are set_limit's business."""
         self.core.check_fits(its)
-        self.ledger.ensure_suite(suite, tenant, max_iterations, max_wall_s)
         rows = self.ledger.submit_rows(its, suite, tenant, request_id=request_id,
-                                       key_id=key_id)
+                                       key_id=key_id, max_iterations=max_iterations,
+                                       max_wall_s=max_wall_s)
         created_at, wall = self.ledger.suite_budget(suite, tenant)
         self.feed(c.Submitted(tuple(rows), qualified(tenant, suite), created_at, wall))
         self.poke()

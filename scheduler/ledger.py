@@ -82,15 +82,21 @@ class Ledger(Reads):
     # ---- submit ----------------------------------------------------------------------------
     def ensure_suite(self, name: str, tenant: str, max_iterations: int | None = None,
                      max_wall_s: float | None = None) -> None:
+        """The tenant's suite, made if new; a budget given replaces the one it had."""
         check_name("tenant", tenant)
         check_name("suite", name)
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO suites VALUES (?, ?, ?, ?, ?)",
-                       (tenant, name, time.time(), max_iterations, max_wall_s))
-            if max_iterations is not None or max_wall_s is not None:
-                db.execute("UPDATE suites SET max_iterations = COALESCE(?, max_iterations), "
-                           "max_wall_s = COALESCE(?, max_wall_s) WHERE tenant = ? AND name = ?",
-                           (max_iterations, max_wall_s, tenant, name))
+            self._ensure_suite(db, name, tenant, max_iterations, max_wall_s)
+
+    @staticmethod
+    def _ensure_suite(db: sqlite3.Connection, name: str, tenant: str,
+                      max_iterations: int | None, max_wall_s: float | None) -> None:
+        db.execute("INSERT OR IGNORE INTO suites VALUES (?, ?, ?, ?, ?)",
+                   (tenant, name, time.time(), max_iterations, max_wall_s))
+        if max_iterations is not None or max_wall_s is not None:
+            db.execute("UPDATE suites SET max_iterations = COALESCE(?, max_iterations), "
+                       "max_wall_s = COALESCE(?, max_wall_s) WHERE tenant = ? AND name = ?",
+                       (max_iterations, max_wall_s, tenant, name))
 
     def suite_budget(self, name: str, tenant: str) -> tuple[float, float | None]:
         """(created_at, max_wall_s) of the tenant's suite; (0.0, None) when it is unknown."""
@@ -107,14 +113,18 @@ class Ledger(Reads):
 
     def submit_rows(self, iterations: Sequence[Iteration], suite: str, tenant: str,
                     infra_attempts: int = DEFAULT_INFRA_ATTEMPTS, request_id: str = "",
-                    key_id: str = "") -> list[Row]:
+                    key_id: str = "", max_iterations: int | None = None,
+                    max_wall_s: float | None = None) -> list[Row]:
         """As submit, returning the rows: new ones as QUEUED, known ids as they stand now.
-        request_id and key_id: the API request and key that submitted them."""
+        request_id and key_id: the API request and key that submitted them. The suite is made
+        (with the budget given, if any) in the same transaction: a refused submit leaves
+        nothing, not even an empty suite."""
         check_name("tenant", tenant)
         check_name("suite", suite)
         now = time.time()
         rows = []
         with self._tx() as db:
+            self._ensure_suite(db, suite, tenant, max_iterations, max_wall_s)
             budget = db.execute("SELECT max_iterations FROM suites WHERE tenant = ? AND "
                                 "name = ?", (tenant, suite)).fetchone()
             (count,) = db.execute("SELECT COUNT(*) FROM iterations WHERE tenant = ? AND "

@@ -21,7 +21,8 @@ from tryfleet.scheduler.records import Iteration
 from .conftest import TRYFLEET, cli, tryfleet_domains
 
 PORT = "6391"  # not the default 6390: a fleet other people use may be up there
-UP = ("up", "--port", PORT)
+# Limit sizes are an admin's: `up` sets ci-db (a batch's `--limit` may only agree with it).
+UP = ("up", "--port", PORT, "--limit", "ci-db=1")
 
 
 @pytest.fixture(scope="module")
