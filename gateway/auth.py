@@ -6,7 +6,7 @@ A tenant's key acts only for its tenant; what belongs to another tenant does not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -39,7 +39,7 @@ async def principal(request: Request) -> Principal:
     return who
 
 
-def needs(*scopes: Scope) -> Callable[[Principal], Principal]:
+def needs(*scopes: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency: the caller, who must hold one of `scopes` (admin holds all)."""
     names = " or ".join(f"`{s.value}`" for s in scopes)
 

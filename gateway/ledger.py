@@ -84,9 +84,9 @@ class EndWatch:
             self._poller = asyncio.create_task(self._poll())
         try:
             async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self.top > cursor),
-                                           timeout_s)
+                with contextlib.suppress(TimeoutError):  # (not wait_for: see engine._loop)
+                    async with asyncio.timeout(timeout_s):
+                        await self._changed.wait_for(lambda: self.top > cursor)
         finally:
             self._waiting -= 1
 

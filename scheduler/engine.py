@@ -78,8 +78,11 @@ class Engine:
             except Exception:
                 log.exception("scheduling pass failed; trying again")
             assert self._wake is not None
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes
+            # as the event is set, and this loop then outlives its task's cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), HOST_REFRESH_S)
+                async with asyncio.timeout(HOST_REFRESH_S):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _refresh_hosts(self) -> None:

@@ -158,10 +158,14 @@ async def _chunk(request: Request, row: Row, out_offset: int, err_offset: int
             "attempt": fresh.attempt}
 
 
+_FOLLOWED: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": "the output, or with follow=true server-sent events: stdout, stderr, "
+                   "attempt, then ended"}}
+
+
 @router.get("/v1/iterations/{iid}/output", summary="Output past offsets; ?follow=true streams it",
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "the output, or with follow=true server-sent "
-                                            "events: stdout, stderr, attempt, then ended"}})
+            response_model=OutputOut, responses=_FOLLOWED)
 async def get_output(iid: IterationId, who: Reader, request: Request,
                      out_offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
                      err_offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,

@@ -16,6 +16,7 @@ from tryfleet.scheduler.records import Iteration
 from tryfleet.wire import State
 
 from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet, until
+from .test_cli_fleet import fleet_of  # noqa: F401 (a fixture)
 from .test_core import make_host, make_row
 from .test_ledger_reads import OLD_SCHEMA
 
@@ -191,3 +192,24 @@ def test_a_cancel_by_suite_reaches_only_that_tenants_suite(tmp_path):
         assert run(sched.cancel("t2", None, "bolt")) == {"queued_cancelled": 1,
                                                          "running_stopped": 0}
         assert run(sched.get("t2", "acme"))["result"]["state"] == "CANCELLED"
+
+
+# ---- the CLI over the scheduler's API --------------------------------------------------------
+def test_batch_for_a_tenant_writes_and_logs_show_its_own_ids(tmp_path, fleet_of,  # noqa: F811
+                                                             capsys):
+    import json
+
+    from tryfleet.cli import main
+
+    fleet_of(Printing([SimHostSpec("a", cpus=4)], FAST, b"ok\n"))
+    specs, out = tmp_path / "specs.jsonl", tmp_path / "results.jsonl"
+    specs.write_text("".join(json.dumps({"image": "base", "command": ["x"]}) + "\n"
+                             for _ in range(3)))
+    code = main(["batch", str(specs), "--suite", "b", "--tenant", "acme", "--address", "local",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["id"], r["tenant"]) for r in rows) == [("b-1", "acme"), ("b-2", "acme"),
+                                                            ("b-3", "acme")]
+    assert main(["logs", "--address", "local", "b-2"]) == 0
+    assert "b-2: SUCCEEDED" in capsys.readouterr().err
