@@ -262,6 +262,16 @@ class Reads:
             out.setdefault(tuple(r[c] for c in columns), {})[r["state"]] = r["n"]
         return out
 
+    def tenant_counts(self) -> dict[str, Any]:
+        """{"counts": iterations per state, "tenants": {tenant: per state}}, in one query (a
+        scan of the whole ledger)."""
+        by_tenant = self.counts_by("tenant")
+        counts: dict[str, int] = {}
+        for per_state in by_tenant.values():
+            for state, n in per_state.items():
+                counts[state] = counts.get(state, 0) + n
+        return {"counts": counts, "tenants": {t: c for (t,), c in by_tenant.items()}}
+
     def suite(self, tenant: str, name: str) -> dict[str, Any] | None:
         """The tenant's suite (tenant, name, created_at, max_iterations, max_wall_s)."""
         with self._lock:

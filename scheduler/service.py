@@ -88,6 +88,8 @@ class Scheduler:
         are set by admins (set_limit). `limits` sizes nothing: it stays in its place for the
         callers of the old signature and must be empty or agree with the sizes in force."""
         await self._ensure_started()
+        check_name("tenant", tenant)
+        check_name("suite", suite)
         its = []
         for n, data in enumerate(iterations):
             try:
@@ -103,8 +105,6 @@ class Scheduler:
                     f"/v1/fleet/limits/NAME), not by a batch: {_sizes(differ)} differ from "
                     f"the sizes in force ({_sizes(sizes) or 'none'}); name the limits in "
                     "each iteration's `limits`")
-        check_name("tenant", tenant)
-        check_name("suite", suite)
         return self.engine.submit(its, suite, tenant, max_iterations, max_wall_s, request_id,
                                   key_id)
 
@@ -154,23 +154,22 @@ class Scheduler:
 
     # ---- queries -----------------------------------------------------------------------------
     # tenant: whose iterations and suites; None for every tenant's (an admin's view).
-    async def status(self, suites: bool = True) -> dict[str, Any]:
-        """The fleet as an admin sees it: hosts, limits (size and in use), counts by state,
-        by tenant and (unless suites=False) by suite, keyed "tenant/suite"."""
+    async def status(self, suites: bool = True, counts: bool = True) -> dict[str, Any]:
+        """The fleet as an admin sees it: hosts, limits (size and in use), and (unless
+        counts=False) counts by state, by tenant and (unless suites=False) by suite, keyed
+        "tenant/suite". Counting reads the whole ledger: a reader of its own (the gateway)
+        asks for counts=False and counts itself."""
         await self._ensure_started()
         e = self.engine
-        by_tenant = self.ledger.counts_by("tenant")
-        counts: dict[str, int] = {}
-        for per_state in by_tenant.values():
-            for state, n in per_state.items():
-                counts[state] = counts.get(state, 0) + n
-        out = {"pid": os.getpid(), "ledger": str(self.ledger.path), "counts": counts,
-               "tenants": {t: c for (t,), c in by_tenant.items()},
-               "hosts": [h.to_json() for h in e.hosts.describe()],
-               "limits": dict(e.policy.limits),
-               "limits_in_use": {k: v for k, v in e.core.state.usage.limits.items() if v},
-               "in_flight": e.in_flight}
-        if suites:
+        out: dict[str, Any] = {
+            "pid": os.getpid(), "ledger": str(self.ledger.path),
+            "hosts": [h.to_json() for h in e.hosts.describe()],
+            "limits": dict(e.policy.limits),
+            "limits_in_use": {k: v for k, v in e.core.state.usage.limits.items() if v},
+            "in_flight": e.in_flight}
+        if counts:
+            out |= self.ledger.tenant_counts()
+        if counts and suites:
             out["suites"] = {qualified(t, s): c
                              for (t, s), c in self.ledger.counts_by("tenant", "suite").items()}
         return out

@@ -1,9 +1,11 @@
 """/v1/fleet: the fleet's status (hosts, capacity, pressure, limits, counts) and the sizes of
 its shared-resource limits, for admins.
 
-Status is the scheduler's answer (only it knows the hosts and what holds each limit), kept here
-for STATUS_TTL_S: however many clients ask, one gateway asks the scheduler at most five times a
-second, and answers everyone else from memory, already rendered. The answer carries `as_of`;
+Status is the scheduler's answer (only it knows the hosts and what holds each limit) with the
+counts by state and tenant read from the ledger here (a scan of the ledger, kept off the
+scheduler's event loop), kept for STATUS_TTL_S: however many clients ask, one gateway asks the
+scheduler at most five times a second, and answers everyone else from memory, already
+rendered. The answer carries `as_of`;
 a status at most 200 ms old is as good as the hosts' own reports, which are a second apart.
 Nothing else is kept: a gateway that restarts, or several side by side, each just ask anew.
 """
@@ -16,8 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from ..auth import Admin
+from ..ledger import view
 from .iteration_models import NAME, FleetOut, LimitIn, LimitSet, fleet
 
 router = APIRouter(prefix="/v1/fleet", tags=["fleet"])
@@ -64,8 +68,9 @@ def _cache(request: Request) -> ShortCache:
 @router.get("", response_model=FleetOut, summary="The fleet's status (admin)")
 async def status(who: Admin, request: Request) -> Response:
     async def fetch() -> bytes:
-        st = await request.app.state.fleet.sched("status", False)
-        return fleet(st, time.time()).model_dump_json().encode()
+        st = await request.app.state.fleet.sched("status", False, False)
+        counted = await run_in_threadpool(view(request).tenant_counts)  # off the scheduler
+        return fleet({**st, **counted}, time.time()).model_dump_json().encode()
 
     return Response(await _cache(request).get(fetch), media_type="application/json")
 
