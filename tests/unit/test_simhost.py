@@ -65,3 +65,24 @@ def test_cancel_and_timeout():
         assert got == {"c": "CANCELLED", "t": "TIMED_OUT"}
 
     asyncio.run(go())
+
+
+def test_a_removed_host_is_gone_for_good_also_after_a_restart(tmp_path):
+    gone = tmp_path / "removed"
+
+    async def go():
+        sim = SimHosts([SimHostSpec("a"), SimHostSpec("b")], FAST, str(gone))
+        await sim.start_many("a", pack([req("x")]))
+        assert await sim.remove("a") == 1  # its running attempt went with it
+        assert set(unpack(await sim.status_all())) == {"b"}
+        try:
+            await sim.collect("a", pack([]), 0.01)
+        except KeyError as err:
+            assert "no simulated host 'a'" in str(err)
+        else:
+            raise AssertionError("a call naming a removed host must fail")
+        again = SimHosts([SimHostSpec("a"), SimHostSpec("b")], FAST, str(gone))  # a restart
+        assert set(unpack(await again.status_all())) == {"b"}
+        assert await again.pid() == await sim.pid() > 0
+
+    asyncio.run(go())
