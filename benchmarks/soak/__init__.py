@@ -13,10 +13,10 @@ The checks (checks.py reads the ledger file directly; the soak exits 1 unless al
   state at the end of the run, 5 s after the work stopped;
 - double_committed: iterations whose result was committed more than once (checks.py says
   exactly how that shows in the ledger);
-- stuck: submitted ids not terminal when the run stopped waiting: `grace_s` after the last
-  chaos event (60 s; shorter with --quick, shown in the output), or earlier once everything
-  ended; the run also stops when nothing ended for twice the grace, or at its deadline, and
-  then whatever is not terminal is stuck as well;
+- stuck: submitted ids not terminal when the run gives up waiting, which it does once no
+  iteration has ended for `grace_s` after the last chaos event (60 s, so at least 60 s after
+  the last kill; shorter with --quick, shown in the output), or for twice that while chaos
+  still runs, or at its deadline;
 - leaked_domains, leaked_overlays, 5 s after the work stopped. Real (real.py says how a
   domain or file is known to be this run's): domains the live node agent does not hold (its
   running attempts and warm pool; a guest being saved as a new slot is left out), plus VMs it
@@ -130,18 +130,30 @@ def _relative(rec: Mapping[str, Any], t0: float) -> dict[str, Any]:
             for k, v in rec.items()}
 
 
+LABELS = {"lost": "lost", "double_committed": "double commit", "stuck": "stuck",
+          "leaked_domains": "leaked VMs", "leaked_overlays": "leaked files"}
+
+
 def chart(result: Mapping[str, Any]) -> list[tuple[str, float]]:
-    rows = [(f"checks: {k.replace('_', ' ')} (count)", result.get(k)) for k in CHECKS]
-    rows.append(("tryfleet under chaos: throughput (iterations/s)",
-                 result.get("iterations_per_s")))
+    """The five checks next to what the chaos did (kills, retried attempts) for scale; the
+    throughput; and the scheduler's recovery after its kills."""
+    rows = [(f"checks: {LABELS[k]} (count)", result.get(k)) for k in CHECKS]
+    done = result.get("chaos_done") or {}
+    rows += [("chaos: scheduler kills (count)", done.get("scheduler")),
+             ("chaos: node kills (count)", done.get("node")),
+             ("chaos: VMs destroyed (count)", done.get("destroy")),
+             ("chaos: attempts retried (count)", result.get("retried_attempts")),
+             ("tryfleet under chaos: throughput (iterations/s)",
+              result.get("iterations_per_s"))]
     recover = result.get("scheduler_recover_s") or []
     if recover:
         rows += [("scheduler restart: recover p50 (s)", percentile(recover, 50)),
                  ("scheduler restart: recover max (s)", max(recover))]
     resume = [r for r in result.get("scheduler_resume_s") or [] if r is not None]
     if resume:
-        rows.append(("scheduler restart: next result max (s)", max(resume)))
-    return [(label, float(v)) for label, v in rows if isinstance(v, (int, float))]
+        rows.append(("scheduler restart: resume max (s)", max(resume)))
+    return [(label, float(v)) for label, v in rows if isinstance(v, (int, float)) and
+            not (label.startswith("chaos") and not v)]
 
 
 CHART = chart
@@ -156,6 +168,10 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     for rec in result["chaos"]:
         if "error" in rec or rec.get("skipped"):
             print(f"chaos {rec['kind']} at {rec['at']} s: {rec.get('error') or rec.get('why')}")
+    leaks = result["leaks"]
+    if leaks.get("libvirtd_alive") is False:
+        print(f"libvirtd is not answering any more ({leaks.get('error') or 'after the run'}): "
+              "restart it with `python -m nodeagent.daemons start`")
     verdict = "FAILED" if failed(result) else "passed"
     if result["kept_ledger"]:
         verdict += f" (the run's ledger is kept in {result['kept_ledger']})"
@@ -166,8 +182,8 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
                                             f"{result['double_committed']} / {result['stuck']}"),
         ("leaked domains / overlays", f"{result['leaked_domains']} / "
                                       f"{result['leaked_overlays']}"),
-        ("stuck means", f"not terminal {result['grace_s']:g} s after the last kill "
-                        f"(stopped: {result['ended_by']})"),
+        ("stuck means", f"not terminal once nothing ended for {result['grace_s']:g} s after "
+                        f"the last kill (stopped: {result['ended_by']})"),
         ("states", ", ".join(f"{k} {v}" for k, v in result["states"].items())),
         ("attempts per iteration", ", ".join(f"{k}: {v}" for k, v in
                                              result["attempts_per_iteration"].items())),

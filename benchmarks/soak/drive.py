@@ -108,13 +108,15 @@ def due(chunk: int, lead: int, chunk_len: int) -> int:
 def drive(sched: Any, ledger: Path, chunks: list[list[dict[str, Any]]], lead: int,
           chaos: Chaos, grace_s: float, deadline_s: float,
           submitting: threading.Event | None = None) -> Timeline:
-    """Submit, let chaos run, and stop once every submitted iteration is terminal, or the grace
-    after the last chaos event ran out, or nothing ended for twice that, or the deadline."""
+    """Submit, let chaos run, and wait until every submitted iteration is terminal. Give up
+    once no iteration ended for grace_s after the last chaos event (so at least grace_s after
+    the last kill), or for twice that while chaos still runs, or at the deadline; what is not
+    terminal then is stuck."""
     progress = Progress(ledger)
     tl = Timeline(t0=time.time())
     total = sum(len(c) for c in chunks)
     deadline = time.monotonic() + deadline_s
-    nxt, last_done, last_move = 0, -1, time.monotonic()
+    nxt, last_done, last_move = 0, -1, time.time()
     try:
         with chaos:
             while True:
@@ -125,10 +127,9 @@ def drive(sched: Any, ledger: Path, chunks: list[list[dict[str, Any]]], lead: in
                     if nxt == len(chunks):
                         tl.all_submitted_at = time.time()
                 if done != last_done:
-                    last_done, last_move = done, time.monotonic()
-                why = _why_stop(done, total, nxt == len(chunks), chaos, grace_s,
-                                time.monotonic() - last_move > 2 * grace_s,
-                                time.monotonic() > deadline)
+                    last_done, last_move = done, time.time()
+                why = _why_stop(nxt == len(chunks) and done >= total, chaos, grace_s,
+                                last_move, time.monotonic() > deadline)
                 if why:
                     tl.ended_by = why
                     break
@@ -157,15 +158,16 @@ def _submit(sched: Any, chunk: list[dict[str, Any]], tl: Timeline,
     return ids
 
 
-def _why_stop(done: int, total: int, all_in: bool, chaos: Chaos, grace_s: float,
-              stalled: bool, past_deadline: bool) -> str:
-    if all_in and done >= total and chaos.finished:
+def _why_stop(all_ended: bool, chaos: Chaos, grace_s: float, last_move: float,
+              past_deadline: bool, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    if all_ended and chaos.finished:
         return "every iteration ended"
     last = chaos.last_at
-    if chaos.finished and last is not None and time.time() > last + grace_s:
-        return f"{grace_s:g} s after the last chaos event"
-    if stalled:
-        return f"no iteration ended for {2 * grace_s:g} s"
+    if chaos.finished and last is not None and now > max(last, last_move) + grace_s:
+        return f"nothing ended for {grace_s:g} s after the last chaos event"
+    if now > last_move + 2 * grace_s:
+        return f"nothing ended for {2 * grace_s:g} s while chaos went on"
     if past_deadline:
         return "the run's deadline"
     return ""

@@ -213,8 +213,6 @@ def events(size: Any, seed: int) -> list[Event]:
 
 
 def run(size: Any, seed: int) -> dict[str, Any]:
-    import ray
-
     from tryfleet.nodeagent import default_data_dir
 
     data_dir = default_data_dir()
@@ -225,41 +223,78 @@ def run(size: Any, seed: int) -> dict[str, Any]:
     with local_ray("bench-soak-real-") as tmp:
         ledger = tmp / "ledger.db"
         host = _start_host(data_dir)
-        sched = start_scheduler(ledger, 1, restartable=True)
-        rng = random.Random(seed)
-        actions = {"node": lambda ev: host.kill(),
-                   "destroy": lambda ev: host.destroy_one(rng)}
-        progress = Progress(ledger)
-        chaos = Chaos(events(size, seed), actions, progress)
         try:
-            tl = drive(sched, ledger, chunks_of(work(size.iterations, seed), size.chunks),
-                       size.lead, chaos, size.grace_s, size.deadline_s)
+            sched = start_scheduler(ledger, 1, restartable=True)
+            rng = random.Random(seed)
+            actions = {"node": lambda ev: host.kill(),
+                       "destroy": lambda ev: host.destroy_one(rng)}
+            progress = Progress(ledger)
+            chaos = Chaos(events(size, seed), actions, progress)
+            try:
+                tl = drive(sched, ledger, chunks_of(work(size.iterations, seed), size.chunks),
+                           size.lead, chaos, size.grace_s, size.deadline_s)
+            finally:
+                progress.close()
+            time.sleep(LEAK_WAIT_S)
+            leaks = _leaks(host, sched)
+            final = check(ledger, tl.submitted)
+            marks = timing(ledger, [r["killed_at"] for r in chaos.records if "killed_at" in r])
+            kept = keep_ledger(ledger) if final.not_terminal or final.double_committed \
+                or tl.stuck else None
+            stats = {**call(sched.stats), "in_flight_at_end": call(sched.status)["in_flight"]}
         finally:
-            progress.close()
-        time.sleep(LEAK_WAIT_S)
-        leaked_domains, leaked_files, end = host.leftovers()
-        final = check(ledger, tl.submitted)
-        marks = timing(ledger, [r["killed_at"] for r in chaos.records if "killed_at" in r])
-        kept = keep_ledger(ledger) if final.not_terminal or final.double_committed \
-            or tl.stuck else None
-        stats = call(sched.stats)
-        ray.kill(sched, no_restart=True)
-        call(host.node.shutdown)
-        ray.kill(host.node, no_restart=True)
-        after_doms, after_files = host.after_stop()
-        extra = unaccounted(end)
+            _stop(host)
+        leaks.update(_after_stop(host, leaks))
         return {"timeline": tl, "chaos": chaos.records, "planned": chaos.events,
                 "final": final, "timing": marks, "kept_ledger": kept, "scheduler_stats": stats,
-                "leaked_domains": len(set(leaked_domains) | set(after_doms)) + extra,
-                "leaked_overlays": len(set(leaked_files) | set(after_files)),
-                "leaks": {"domains": leaked_domains, "files": leaked_files[:20],
-                          "domains_after_stop": after_doms, "files_after_stop": after_files[:20],
-                          "node_running_at_end": end["running"],
-                          "node_vms_at_end": end["vms"], "node_vms_unaccounted": extra,
-                          "node_pool_at_end": end.get("pool", [])},
+                "leaked_domains": leaks.pop("leaked_domains"),
+                "leaked_overlays": leaks.pop("leaked_overlays"), "leaks": leaks,
                 "setup": {"hosts": 1, "data_dir": str(data_dir), "owners": sorted(host.owners),
                           "iteration": f"1 vcpu, {MEM_MIB} MiB, sh -c 'sleep 0.1-0.9; "
                                        f"echo ok', timeout {TIMEOUT_S:g} s"}}
+
+
+def libvirt_alive() -> bool:
+    return subprocess.run([*VIRSH, "version"], capture_output=True).returncode == 0
+
+
+def _leaks(host: RealHost, sched: Any) -> dict[str, Any]:
+    """What the run left, with the agent still up (see leftovers); when libvirt cannot be
+    asked (libvirtd died), the counts are None: the soak fails and says why."""
+    try:
+        doms, files, end = host.leftovers()
+    except (subprocess.CalledProcessError, RuntimeError) as err:
+        stderr = getattr(err, "stderr", "") or ""
+        return {"leaked_domains": None, "leaked_overlays": None, "libvirtd_alive":
+                libvirt_alive(), "error": f"{err} {stderr.strip()[-300:]}"}
+    extra = unaccounted(end)
+    return {"leaked_domains": len(doms) + extra, "leaked_overlays": len(files),
+            "domains": doms, "files": files, "node_running_at_end": end["running"],
+            "node_vms_at_end": end["vms"], "node_vms_unaccounted": extra,
+            "node_pool_at_end": end.get("pool", []), "libvirtd_alive": True}
+
+
+def _stop(host: RealHost) -> None:
+    """The node agent shut down as `tryfleet down` does it (its VMs destroyed), then gone."""
+    import ray
+
+    try:
+        call(host.node.shutdown, within_s=30)
+    finally:
+        ray.kill(host.node, no_restart=True)
+
+
+def _after_stop(host: RealHost, leaks: dict[str, Any]) -> dict[str, Any]:
+    """The run's domains and files once its agent shut down, added to the leaks not counted
+    yet (nothing of the run should be left)."""
+    if not libvirt_alive():
+        return {"libvirtd_alive": False, "leaked_domains": None}
+    doms, files = host.after_stop()
+    out: dict[str, Any] = {"domains_after_stop": doms, "files_after_stop": files}
+    if leaks["leaked_domains"] is not None:
+        out["leaked_domains"] = leaks["leaked_domains"] + len(set(doms) - set(leaks["domains"]))
+        out["leaked_overlays"] = leaks["leaked_overlays"] + len(set(files) - set(leaks["files"]))
+    return out
 
 
 def _start_host(data_dir: Path) -> RealHost:

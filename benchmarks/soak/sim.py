@@ -121,7 +121,7 @@ def run(size: Any, seed: int) -> dict[str, Any]:
         marks = timing(ledger, [r["killed_at"] for r in chaos.records if "killed_at" in r])
         kept = keep_ledger(ledger) if final.not_terminal or final.double_committed \
             or tl.stuck else None
-        stats = call(sched.stats)
+        stats = {**call(sched.stats), "in_flight_at_end": call(sched.status)["in_flight"]}
         ray.kill(sched, no_restart=True)
         for a in actors:
             ray.kill(a, no_restart=True)

@@ -204,14 +204,35 @@ def test_any_check_not_zero_fails_the_soak():
 
 def test_chart_shows_the_checks_throughput_and_recovery():
     result = {**dict.fromkeys(soak.CHECKS, 0), "iterations_per_s": 250.0,
+              "chaos_done": {"scheduler": 5, "node": 20, "destroy": 0},
+              "retried_attempts": 300,
               "scheduler_recover_s": [1.5, 2.5, 2.0], "scheduler_resume_s": [1.0, None, 0.5]}
     drawn = {(b.series, b.metric): b.value for b in bars(soak.CHART, result)}
-    assert drawn[("checks", "lost")] == 0.0
+    assert drawn[("checks", "lost")] == 0.0 and drawn[("checks", "leaked VMs")] == 0.0
+    assert drawn[("chaos", "node kills")] == 20.0 and ("chaos", "VMs destroyed") not in drawn
     assert drawn[("tryfleet under chaos", "throughput")] == 250.0
     assert drawn[("scheduler restart", "recover max")] == 2.5
-    assert drawn[("scheduler restart", "next result max")] == 1.0
+    assert drawn[("scheduler restart", "resume max")] == 1.0
 
 
 def test_mask_keeps_the_first_line_without_terminal_colours():
     ray_error = "host sim004 lost: \x1b[36mray::SimHosts.collect()\x1b[39m (pid=12)\n  File x"
     assert checks.mask(ray_error) == "host # lost: ray::SimHosts.collect() (pid=#)"
+
+
+def test_the_run_waits_for_the_work_and_gives_up_only_when_nothing_moves_after_the_chaos():
+    ran = chaos.Chaos([chaos.Event(1, "node", 0)], {}, lambda: 0)
+    ran.records.append({"done_at": 100.0})
+    why = drive._why_stop
+    assert why(True, ran, 60.0, last_move=150.0, past_deadline=False, now=151.0) == \
+        "every iteration ended"
+    # work still moving 100 s after the last kill: keep waiting
+    assert why(False, ran, 60.0, last_move=199.0, past_deadline=False, now=200.0) == ""
+    assert why(False, ran, 60.0, last_move=120.0, past_deadline=False, now=181.0) == \
+        "nothing ended for 60 s after the last chaos event"
+    pending = chaos.Chaos([chaos.Event(1, "node", 0)], {}, lambda: 0)  # not fired yet
+    assert why(False, pending, 60.0, last_move=100.0, past_deadline=False, now=200.0) == ""
+    assert why(False, pending, 60.0, last_move=100.0, past_deadline=False, now=221.0) == \
+        "nothing ended for 120 s while chaos went on"
+    assert why(False, pending, 60.0, last_move=100.0, past_deadline=True, now=101.0) == \
+        "the run's deadline"
