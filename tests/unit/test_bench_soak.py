@@ -236,3 +236,28 @@ def test_the_run_waits_for_the_work_and_gives_up_only_when_nothing_moves_after_t
         "nothing ended for 120 s while chaos went on"
     assert why(False, pending, 60.0, last_move=100.0, past_deadline=True, now=101.0) == \
         "the run's deadline"
+
+
+def test_the_summary_counts_the_checks_and_the_chaos_done(ledger, capsys):
+    ledger.submit([it("a"), it("b")], "soak", "t")
+    ok(ledger, "a")
+    final = checks.check(ledger.path, ["a", "b"])
+    tl = drive.Timeline(t0=1000.0, submitted=["a", "b"], end_at=1010.0, stuck=["b"],
+                        ended_by="nothing ended for 60 s after the last chaos event")
+    records = [{"kind": "scheduler", "at": 1001.0, "done_at": 1003.0, "killed_at": 1001.5,
+                "recover_s": 1.5, "during_submit": True},
+               {"kind": "node", "at": 1002.0, "done_at": 1002.1, "error": "ActorDiedError"}]
+    out = {"timeline": tl, "final": final, "chaos": records, "kept_ledger": None,
+           "planned": [chaos.Event(1, "scheduler", 0), chaos.Event(1, "node", 0)],
+           "timing": {"last_end": 1005.0, "resume_s": [0.7], "iteration_p50_s": 0.1,
+                      "iteration_max_s": 0.2},
+           "leaked_domains": 0, "leaked_overlays": 0, "scheduler_stats": {}, "setup": {}}
+    got = soak.report(soak.summarize(out, soak.SIM_QUICK, real=False, quick=True))
+    assert (got["lost"], got["stuck"], got["double_committed"]) == (1, 1, 0)
+    assert soak.failed(got)
+    assert got["chaos_done"]["scheduler"] == 1 and got["chaos_done"]["node"] == 0
+    assert got["chaos_planned"]["node"] == 1
+    assert got["iterations_per_s"] == 0.4  # 2 submitted, 5 s from the start to the last end
+    assert got["chaos"][0]["killed_at"] == 1.5 and got["scheduler_kills_during_submit"] == 1
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and "ActorDiedError" in printed
