@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt

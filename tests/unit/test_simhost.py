@@ -103,3 +103,18 @@ def test_a_host_not_in_the_group_is_refused():
     sim = SimHosts([SimHostSpec("a")], FAST)
     with pytest.raises(WrongHost, match="no simulated host 'z'"):
         asyncio.run(sim.start_many("z", pack([req("i1")])))
+def test_a_removed_host_is_gone_for_good_also_after_a_restart(tmp_path):
+    gone = tmp_path / "removed"
+
+    async def go():
+        sim = SimHosts([SimHostSpec("a"), SimHostSpec("b")], FAST, str(gone))
+        await sim.start_many("a", pack([req("x")]))
+        assert await sim.remove("a") == 1  # its running attempt went with it
+        assert set(unpack_map(HostStatus, await sim.status_all())) == {"b"}
+        with pytest.raises(WrongHost, match="no simulated host 'a'"):
+            await sim.collect("a", pack([]), 0.01, 0.0)
+        again = SimHosts([SimHostSpec("a"), SimHostSpec("b")], FAST, str(gone))  # a restart
+        assert set(unpack_map(HostStatus, await again.status_all())) == {"b"}
+        assert await again.pid() == await sim.pid() > 0
+
+    asyncio.run(go())
