@@ -7,9 +7,11 @@ SIGKILL, libvirtd destroys its VMs when the connection drops; the reaper removes
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -132,12 +134,28 @@ def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
 class LibvirtHypervisor:
     def __init__(self, uri: str = DEFAULT_URI) -> None:
         self.uri = uri
+        self._lock = threading.Lock()
+        self._handle = self._open()
+
+    def _open(self) -> Any:
         try:
-            self._conn = libvirt.open(uri)
+            return libvirt.open(self.uri)
         except libvirt.libvirtError as err:
             raise HypervisorUnavailable(
-                f"cannot connect to libvirt at {uri}: {err.get_error_message()}; {START_HINT}"
-            ) from err
+                f"cannot connect to libvirt at {self.uri}: {err.get_error_message()}; "
+                f"{START_HINT}") from err
+
+    @property
+    def _conn(self) -> Any:
+        """The connection, opened again when libvirtd restarted under it."""
+        with self._lock:
+            try:
+                alive = self._handle.isAlive() == 1
+            except libvirt.libvirtError:
+                alive = False
+            if not alive:
+                self._handle = self._open()
+            return self._handle
 
     def start(self, spec: DomainSpec) -> None:
         try:
@@ -226,6 +244,6 @@ class LibvirtHypervisor:
 
     def close(self) -> None:
         try:
-            self._conn.close()
+            self._handle.close()
         except libvirt.libvirtError:
             pass
