@@ -171,7 +171,7 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     leaks = result["leaks"]
     if leaks.get("libvirtd_alive") is False:
         print(f"libvirtd is not answering any more ({leaks.get('error') or 'after the run'}): "
-              "restart it with `python -m nodeagent.daemons start`")
+              "restart it with `python -m tryfleet.nodeagent.daemons start`")
     verdict = "FAILED" if failed(result) else "passed"
     if result["kept_ledger"]:
         verdict += f" (the run's ledger is kept in {result['kept_ledger']})"
