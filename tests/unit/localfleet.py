@@ -7,30 +7,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tryfleet.fleet import Fleet
 from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.scheduler.service import Scheduler
-from tryfleet.wire import AttemptKey, Output, StartRequest, pack, unpack
+from tryfleet.wire import AttemptKey, Output, StartRequest, State, pack, unpack
 
 FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
 
 
 class Local:
-    """handle.method.remote(*args) -> a future of obj.method(*args) on the running loop."""
+    """A stand-in for a Ray actor handle: handle.method.remote(*args) -> a future of
+    obj.method(*args) on the running loop (a blocking method runs in a thread). How often each
+    method was called is kept in `calls`."""
 
     def __init__(self, obj: Any) -> None:
         self._obj = obj
+        self.calls: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self._obj, name)
-        return types.SimpleNamespace(remote=lambda *args: asyncio.ensure_future(fn(*args)))
+
+        def remote(*args: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if inspect.iscoroutinefunction(fn):
+                return asyncio.ensure_future(fn(*args))
+            return asyncio.ensure_future(asyncio.to_thread(fn, *args))
+
+        return types.SimpleNamespace(remote=remote)
+
+
+def end_now(sim: SimHosts, host: str) -> int:
+    """End every attempt still running on `host` of `sim` at once, SUCCEEDED, as its timer
+    would have (call it on the loop the attempts run on); how many ended."""
+    h = sim._host(host)
+    running = [att for att in h.attempts.values() if att.outcome is None]
+    for att in running:
+        if att.timer is not None:
+            att.timer.cancel()
+        sim._finish(h, att, State.SUCCEEDED, time.time(), 0.0)
+    return len(running)
 
 
 class Printing(SimHosts):
@@ -123,12 +146,4 @@ def local_fleet(tmp_path: Path, sim: SimHosts | None = None
         sched.ledger.close()
 
 
-def until(done: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    """Poll done() until it is true; fail after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"not true after {timeout_s}s"
-        time.sleep(0.01)
-
-
-__all__ = ["FAST", "Local", "LocalTransport", "LoopThread", "Printing", "local_fleet", "until"]
+__all__ = ["FAST", "Local", "LocalTransport", "LoopThread", "Printing", "end_now", "local_fleet"]
