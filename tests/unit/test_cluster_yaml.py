@@ -3,6 +3,7 @@
 import copy
 import pathlib
 
+import click
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -33,5 +34,5 @@ def test_it_is_an_on_prem_fleet_that_installs_and_starts_tryfleet(config):
 def test_validation_can_fail(config):
     config["provider"] = {"type": "local"}  # no head_ip: Ray must refuse it
     config.pop("auth")
-    with pytest.raises(Exception):
+    with pytest.raises(click.ClickException, match="head_ip"):
         validate_config(prepare_config(config))
