@@ -1,5 +1,6 @@
 """The real guest agent against the real host channel, over a socketpair (no VM)."""
 
+import os
 import signal
 import socket
 import threading
@@ -22,11 +23,19 @@ def test_exit_code_and_both_streams(agent_pair):
 
 
 def test_output_is_streamed_in_order_while_the_command_runs(agent_pair):
+    # Each line is printed only after the host has received the one before (the command
+    # waits on a FIFO the host writes to when a line arrives): three separate arrivals.
+    gate = agent_pair.root / "gate"
+    os.mkfifo(gate)
     seen = []
-    script = "for i in 1 2 3; do echo line$i; sleep 0.2; done"
-    r = agent_pair.channel.exec(["sh", "-c", script], on_output=lambda s, d: seen.append(d))
-    assert b"".join(seen) == r.stdout == b"line1\nline2\nline3\n"
-    assert len(seen) == 3  # three separate arrivals, not one buffer at the end
+
+    def arrived(stream, data):
+        seen.append(data)
+        gate.write_text("go\n")
+
+    script = f"for i in 1 2 3; do echo line$i; read go < {gate}; done"
+    r = agent_pair.channel.exec(["sh", "-c", script], on_output=arrived, timeout_s=30)
+    assert seen == [b"line1\n", b"line2\n", b"line3\n"] and r.stdout == b"".join(seen)
 
 
 def test_stdin_env_and_cwd(agent_pair):
