@@ -6,10 +6,11 @@ SIGKILL, libvirtd destroys its VMs when the connection drops; the reaper removes
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from pathlib import Path
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -98,7 +99,8 @@ def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
             continue
         for old in disk.findall("source") + disk.findall("backingStore"):
             disk.remove(old)
-        anchor = list(disk).index(disk.find("driver")) + 1 if disk.find("driver") is not None else 0
+        driver = disk.find("driver")
+        anchor = list(disk).index(driver) + 1 if driver is not None else 0
         disk.insert(anchor, ET.Element("source", file=str(spec.disk)))
         parent = disk
         pos = anchor + 1
@@ -187,7 +189,8 @@ class LibvirtHypervisor:
             if dom.isPersistent():
                 dom.undefine()
         except libvirt.libvirtError as err:
-            if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            gone = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
+            if err.get_error_code() in gone:
                 return
             raise HypervisorError(f"failed to destroy {name}: {err.get_error_message()}") from err
 
@@ -225,7 +228,5 @@ class LibvirtHypervisor:
             return None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()
-        except libvirt.libvirtError:
-            pass
