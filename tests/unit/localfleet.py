@@ -11,7 +11,7 @@ import inspect
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,30 @@ class Printing(SimHosts):
         return pack(Output(printed[out_offset:], b"", att.outcome is not None))
 
 
+async def cancel_until_ended(tasks: Iterable[asyncio.Task[Any]] | None = None) -> None:
+    """Cancel tasks (default: every other task on this loop, such as a scheduler's loop and
+    long-polls) until each has ended. Once is not enough on Python 3.11: asyncio.wait_for
+    loses a cancel that arrives just as what it waits for completes (the engine's loop, woken
+    by a poke, then waits again), so what is still running is cancelled again."""
+    pending = set(tasks) if tasks is not None else \
+        {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
+def run_until_quiet(main: Any) -> Any:
+    """asyncio.run(main()), then every task it left cancelled until it has ended."""
+    async def main_then_quiet() -> Any:
+        try:
+            return await main()
+        finally:
+            await cancel_until_ended()
+
+    return asyncio.run(main_then_quiet())
+
+
 class LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -95,13 +119,7 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def stop(self) -> None:
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(cancel_all())
+        self.run(cancel_until_ended())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
@@ -146,4 +164,5 @@ def local_fleet(tmp_path: Path, sim: SimHosts | None = None
         sched.ledger.close()
 
 
-__all__ = ["FAST", "Local", "LocalTransport", "LoopThread", "Printing", "end_now", "local_fleet"]
+__all__ = ["FAST", "Local", "LocalTransport", "LoopThread", "Printing", "cancel_until_ended",
+           "end_now", "local_fleet", "run_until_quiet"]

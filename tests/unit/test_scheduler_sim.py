@@ -14,7 +14,7 @@ from tryfleet.scheduler.records import TERMINAL
 from tryfleet.scheduler.service import Scheduler
 from tryfleet.wire import AttemptKey
 
-from .localfleet import FAST, Local, end_now
+from .localfleet import FAST, Local, cancel_until_ended, end_now, run_until_quiet
 
 
 class Held(SimHosts):
@@ -88,7 +88,7 @@ def test_many_iterations_few_calls_and_one_attempt_each(tmp_path):
         state = sched.engine.core.state
         assert not state.work and not state.backlog and len(state.reservations) == 0
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_bin_packing_and_capacity_hold(tmp_path):
@@ -105,7 +105,7 @@ def test_bin_packing_and_capacity_hold(tmp_path):
         assert sim.release() == 8  # what was held ran; the two that waited run next
         await until_done(sched, "s", 10)
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_ignored(
@@ -140,7 +140,7 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_
         assert [(a["host"], a["outcome"]) for a in attempts] == \
             [("a", "RETRIED"), ("b", "SUCCEEDED")]
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_cancel_a_suite_queued_and_running(tmp_path):
@@ -160,7 +160,7 @@ def test_cancel_a_suite_queued_and_running(tmp_path):
                           explain=lambda: sorted(flights(engine)))
         assert not engine.core.state.backlog
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_path):
@@ -170,8 +170,8 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
         ids = await first.submit(wire(3), "s", "t")
         await until_async(lambda: len(flights(first.engine)) == 2)
         assert sorted(flights(first.engine)) == ids[:2]  # 2 cpus: the third waits
-        for task in [first.engine._loop_task, *first.engine.dispatch._tasks]:
-            task.cancel()  # the old scheduler dies
+        await cancel_until_ended([first.engine._loop_task, *first.engine.dispatch._tasks])
+        # the old scheduler died
         forgotten = flights(first.engine)[ids[1]]
         sim.forget("a", AttemptKey(ids[1], forgotten.attempt))  # ... and its host forgot one
         second, _ = make(tmp_path, sim)
@@ -181,7 +181,7 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
         got = {r["id"]: r["attempts"] for r in await second.results(ids)}
         assert got == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 @pytest.mark.parametrize("kw, match", [({"cpus": 64}, "can never run"),
@@ -192,7 +192,7 @@ def test_what_can_never_fit_is_refused_at_submit(tmp_path, kw, match):
         with pytest.raises(CannotPlace, match=match):
             await sched.submit(wire(3, **kw), "s", "t")
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 class SlowStart(SimHosts):
@@ -230,7 +230,7 @@ def test_a_cancel_that_overtakes_the_start_is_sent_again(tmp_path):
         await until_done(sched, "s", 2, timeout_s=5)
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_a_real_node_agent_and_simulated_hosts_are_reached_alike(tmp_path, monkeypatch):
@@ -255,10 +255,8 @@ def test_a_real_node_agent_and_simulated_hosts_are_reached_alike(tmp_path, monke
             [("SUCCEEDED", "h1"), ("SUCCEEDED", "s1")]
         hosts = {h["host"]: h for h in (await sched.status())["hosts"]}
         assert (hosts["h1"]["accel"], hosts["s1"]["accel"]) == ("tcg", "sim")
-        for task in [sched.engine._loop_task, *sched.engine.dispatch._tasks]:
-            task.cancel()
 
     try:
-        asyncio.run(go())
+        run_until_quiet(go)
     finally:
         real.shutdown()
