@@ -6,6 +6,7 @@ SIGKILL, libvirtd destroys its VMs when the connection drops; the reaper removes
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -100,7 +101,8 @@ def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
             continue
         for old in disk.findall("source") + disk.findall("backingStore"):
             disk.remove(old)
-        anchor = list(disk).index(disk.find("driver")) + 1 if disk.find("driver") is not None else 0
+        driver = disk.find("driver")
+        anchor = list(disk).index(driver) + 1 if driver is not None else 0
         disk.insert(anchor, ET.Element("source", file=str(spec.disk)))
         parent = disk
         pos = anchor + 1
@@ -205,7 +207,8 @@ class LibvirtHypervisor:
             if dom.isPersistent():
                 dom.undefine()
         except libvirt.libvirtError as err:
-            if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            gone = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
+            if err.get_error_code() in gone:
                 return
             raise HypervisorError(f"failed to destroy {name}: {err.get_error_message()}") from err
 
@@ -243,7 +246,5 @@ class LibvirtHypervisor:
             return None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             self._handle.close()
-        except libvirt.libvirtError:
-            pass
