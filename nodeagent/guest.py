@@ -185,7 +185,8 @@ class GuestChannel:
         """Run argv in the guest, streaming output to on_output(stream, data) as it arrives."""
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else float("inf")
-        first, rest = (stdin[:wire.CHUNK_BYTES], stdin[wire.CHUNK_BYTES:]) if stdin else (stdin, b"")
+        size = wire.CHUNK_BYTES
+        first, rest = (stdin[:size], stdin[size:]) if stdin else (stdin, b"")
         req = self._request("exec", argv=list(argv), env=env or {}, cwd=cwd, stdin=first,
                             stdin_open=bool(rest), timeout_s=timeout_s, max_output=max_output)
         for offset in range(0, len(rest), wire.CHUNK_BYTES):

@@ -10,6 +10,7 @@ buffering without bound.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -24,7 +25,10 @@ from typing import Any
 try:
     from . import wire
 except ImportError:  # run as a script inside the guest
-    import wire  # type: ignore[no-redef]
+    # agent.py and wire.py are copied into the guest side by side and agent.py runs as a
+    # script: this top-level `wire` is the module imported just above under its package name,
+    # which mypy, checking the package, cannot see.
+    import wire  # type: ignore[import-not-found,no-redef]
 
 DEFAULT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -48,8 +52,8 @@ class RequestError(Exception):
 
 class Proc:
     __slots__ = (
-        "req", "popen", "pid", "streams", "stdin_fd", "stdin_buf", "stdin_eof", "cap",
-        "sent", "truncated", "deadline", "timed_out", "status", "exited_at", "files",
+        "cap", "deadline", "exited_at", "files", "pid", "popen", "req", "sent", "status",
+        "stdin_buf", "stdin_eof", "stdin_fd", "streams", "timed_out", "truncated",
     )
 
     def __init__(self, req: int, popen: subprocess.Popen[bytes], cap: int, deadline: float | None):
@@ -118,10 +122,8 @@ class Agent:
                 self._kill(proc, signal.SIGKILL)
             for proc in list(self.procs.values()):
                 if proc.status is None:
-                    try:
+                    with contextlib.suppress(ChildProcessError):
                         os.waitpid(proc.pid, 0)
-                    except ChildProcessError:
-                        pass
 
     def _loop(self) -> None:
         while self.running:
@@ -440,10 +442,8 @@ class Agent:
     def _kill(self, proc: Proc, signum: int) -> None:
         if proc.status is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def _reap(self) -> None:
         if self.pid1:

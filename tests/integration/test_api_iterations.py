@@ -18,6 +18,7 @@ import httpx
 import pytest
 import ray
 
+from tests.waiting import until
 from tryfleet import cluster
 from tryfleet.gateway.actor import start_gateway
 from tryfleet.gateway.keys import KeyStore, Scope
@@ -148,14 +149,6 @@ def admin(api):
         yield c
 
 
-def until(done, timeout_s=30.0, poll_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while not (got := done()):
-        assert time.monotonic() < deadline, f"not true after {timeout_s}s"
-        time.sleep(poll_s)
-    return got
-
-
 def it(iid, *argv, image="echo", **kw):
     return {"id": iid, "image": image, "command": list(argv or ("echo", iid)), **kw}
 
@@ -172,7 +165,7 @@ def ended(client, iid, **params):
     def get():
         got = client.get(f"/v1/iterations/{iid}", params=params).json()
         return got if got["end_cursor"] is not None else None
-    return until(get)
+    return until(get, 30)
 
 
 def events(client, path, want, headers=None, params=None, timeout_s=30.0):
@@ -485,13 +478,14 @@ def real_host(api, data_dir):
         shutil.copy(data_dir / "host" / "accel.json", own / "host" / "accel.json")
     node = start_node_actor(str(own), "vm-host", detached=False)
     until(lambda: any(h["host"] == "vm-host" and h["cpus"]
-                      for h in ray.get(api.sched.status.remote(False))["hosts"]), 120, 0.5)
+                      for h in ray.get(api.sched.status.remote(False, False))["hosts"]), 120)
     yield node
     ray.get(node.shutdown.remote(), timeout=120)
     ray.kill(node, no_restart=True)
     shutil.rmtree(own)
 
 
+@pytest.mark.vm
 def test_a_real_vm_through_the_api(real_host, acme, admin):
     files = {"/root/in.txt": "6\n", "/root/raw.bin": {"b64": "AAEC"}}
     submit(acme, "vm", it("vm1", "python3", "-c", "print(6*7); import sys; "

@@ -9,12 +9,13 @@ import signal
 import pytest
 
 import tryfleet.fleet
+from tests.waiting import until
 from tryfleet.cli import main
 from tryfleet.scheduler.core import Finish
 from tryfleet.scheduler.records import Iteration
 from tryfleet.wire import State
 
-from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet, until
+from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet
 
 COMMANDS = pathlib.Path(tryfleet.fleet.__file__).parent / "commands"
 

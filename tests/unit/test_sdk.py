@@ -15,7 +15,7 @@ from tryfleet.wire import State
 
 from .builders import IDS_40000 as IDS
 from .builders import end
-from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet
+from .localfleet import FAST, Delays, Printing, SimHostSpec, end_now, local_fleet
 
 
 def finish(ledger, ids, state="SUCCEEDED"):
@@ -70,16 +70,22 @@ def test_a_wait_that_times_out_says_what_is_left(tmp_path):
 
 def test_follow_yields_the_output_as_it_comes_then_the_result(tmp_path):
     script = b"line 1\nline 2\n\xff\x00 not text"
+    half = len(script) // 2  # what the simulated command has printed while it runs
     sim = Printing([SimHostSpec("a", cpus=4)],
-                   Delays(seed=1, boot_median_ms=1, exec_median_ms=400, exec_sigma=0.01),
+                   Delays(seed=1, boot_median_ms=1, exec_median_ms=600_000, exec_sigma=0.01),
                    script)
-    with local_fleet(tmp_path, sim) as (fleet, _, _):
+    with local_fleet(tmp_path, sim) as (fleet, _, transport):
         (iid,) = fleet.submit([Iteration("base", ("x",), id="f1")], suite="s")
-        items = list(itertools.islice(fleet.follow(iid, poll_s=0.01), 100))
-        *chunks, result = items
+        following = fleet.follow(iid, poll_s=0.01)
+        assert next(following) == ("stdout", script[:half])  # while it runs
+
+        async def end():
+            return end_now(sim, "a")
+
+        assert transport.loop.run(end()) == 1
+        *rest, result = itertools.islice(following, 100)
+        assert rest == [("stdout", script[half:])]
         assert isinstance(result, Result) and result.state == "SUCCEEDED"
-        assert {name for name, _ in chunks} == {"stdout"} and len(chunks) >= 2
-        assert b"".join(data for _, data in chunks) == script
 
 
 def test_one_iteration_its_detail_attempts_output_and_listings(tmp_path):

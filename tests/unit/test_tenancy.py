@@ -8,6 +8,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 
+from tests.waiting import until
 from tryfleet.errors import BadRequest
 from tryfleet.scheduler import core as c
 from tryfleet.scheduler.ledger import Ledger
@@ -15,7 +16,7 @@ from tryfleet.scheduler.ledger_reads import AmbiguousId, LedgerView
 from tryfleet.scheduler.records import Iteration
 from tryfleet.wire import State
 
-from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet, until
+from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet
 from .test_cli_fleet import fleet_of  # noqa: F401 (a fixture)
 from .test_core import make_host, make_row
 from .test_ledger_reads import OLD_SCHEMA
