@@ -116,7 +116,7 @@ def api(tmp_path_factory):
             name=SIM_GROUP_PREFIX + group, namespace=NAMESPACE, num_cpus=0,
             max_concurrency=1000).remote([dataclasses.asdict(h) for h in hosts],
                                          dataclasses.asdict(delays)))
-    sched = cluster.ensure_scheduler(data, detached=False)
+    sched = cluster.ensure_scheduler(data, detached=False, limits={"gpu": 2})  # as `up` does
     deadline = time.monotonic() + 60
     while len([h for h in ray.get(sched.status.remote())["hosts"] if h["cpus"]]) < 4:
         assert time.monotonic() < deadline, "the scheduler did not see the simulated hosts"
@@ -411,6 +411,7 @@ def test_the_fleet_status_for_an_admin(admin):
     assert {"q1", "q2", "s1", "e1"} <= set(hosts) and hosts["q1"]["cpus"] == 8
     assert hosts["q1"]["accel"] == "sim" and "cpu_some_avg10" in hosts["q1"]["pressure"]
     assert st["counts"]["SUCCEEDED"] >= 1 and "acme" in st["tenants"] and st["as_of"] > 0
+    assert st["limits"]["gpu"] == {"size": 2, "in_use": 0}  # sized by `tryfleet up --limit`
 
 
 def test_bad_input_is_a_4xx_problem_and_records_nothing(acme, admin):
