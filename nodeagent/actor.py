@@ -3,8 +3,9 @@
 
 It implements wire.NodeProtocol for exactly one host: every call takes and returns wire
 records packed as msgpack bytes, so nothing pickled crosses between scheduler and host; a call
-naming another host is refused (wire.WrongHost). The interactive-sandbox calls the SDK makes
-follow the same rule.
+naming another host is refused (wire.WrongHost). The interactive-sandbox calls (the gateway's,
+and the scheduler's open, extend, list and close) follow the same rule, and refuse a sandbox
+that is not open here with wire.SandboxGone.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ class NodeActor:
     def sandbox_open(self, host: str, request: bytes) -> str:
         return self.svc.sandbox_open(host, unpack(SandboxOpen, request))
 
+    def sandbox_list(self, host: str) -> bytes:
+        """Packed [str]: the ids of the sandboxes open on this host."""
+        return pack(self.svc.sandbox_list(host))
+
+    def sandbox_extend(self, host: str, sid: str, timeout_s: float) -> None:
+        self.svc.sandbox_extend(host, sid, timeout_s)
+
     def sandbox_exec(self, host: str, sid: str, request: bytes) -> bytes:
         return pack(self.svc.sandbox_exec(host, sid, unpack(ExecRequest, request)))
 
@@ -100,11 +108,32 @@ class NodeActor:
             yield pack(chunk)
 
     def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
-                      mode: int = 0o644) -> None:
-        self.svc.sandbox_write(host, sid, path, data, mode)
+                      mode: int = 0o644, append: bool = False) -> None:
+        self.svc.sandbox_write(host, sid, path, data, mode, append)
 
-    def sandbox_read(self, host: str, sid: str, path: str) -> bytes:
-        return self.svc.sandbox_read(host, sid, path)
+    def sandbox_read(self, host: str, sid: str, path: str, offset: int = 0,
+                     length: int | None = None) -> bytes:
+        """The whole file (length None), or up to `length` bytes from offset (fewer only at
+        its end)."""
+        return self.svc.sandbox_read(host, sid, path, offset, length)
+
+    def sandbox_stat(self, host: str, sid: str, path: str) -> bytes:
+        """Packed FileInfo."""
+        return pack(self.svc.sandbox_stat(host, sid, path))
+
+    def sandbox_list_dir(self, host: str, sid: str, path: str, depth: int = 1) -> bytes:
+        """Packed Listing."""
+        return pack(self.svc.sandbox_list_dir(host, sid, path, depth))
+
+    def sandbox_mkdir(self, host: str, sid: str, path: str, parents: bool = True) -> bool:
+        return self.svc.sandbox_mkdir(host, sid, path, parents)
+
+    def sandbox_remove(self, host: str, sid: str, path: str, recursive: bool = False) -> None:
+        self.svc.sandbox_remove(host, sid, path, recursive)
+
+    def sandbox_move(self, host: str, sid: str, src: str, dst: str) -> bytes:
+        """Packed FileInfo of dst."""
+        return pack(self.svc.sandbox_move(host, sid, src, dst))
 
     def sandbox_close(self, host: str, sid: str) -> bool:
         return self.svc.sandbox_close(host, sid)
