@@ -87,7 +87,7 @@ def test_mkdir_makes_parents_and_says_whether_it_made_anything(tree, agent_pair)
 
 def test_remove_takes_a_file_an_empty_dir_or_with_recursive_a_tree(tree, agent_pair):
     tree.remove("/work/a.txt")
-    with pytest.raises(GuestPathRefused, match="not empty|Directory not empty"):
+    with pytest.raises(GuestPathRefused, match="not empty"):
         tree.remove("/work/sub")
     tree.remove("/work/sub", recursive=True)
     assert sorted(os.listdir(agent_pair.root / "work")) == ["link"]
