@@ -38,7 +38,7 @@ class NodeActor:
 
     def __init__(self, data_dir: str, host: str | None = None, fake: bool = False,
                  uri: str = "qemu:///system", fake_images: tuple[str, ...] = ("base",),
-                 pool: tuple[str, ...] | None = None) -> None:
+                 pool: tuple[str, ...] | None = None, pool_max_per_key: int = 4) -> None:
         hypervisor = build = None
         if fake:  # a host without VMs: the guest agent in threads (see fake_hv.py)
             from .fake_hv import FakeHypervisor, make_fake_image
@@ -53,7 +53,8 @@ class NodeActor:
         # a fake one only when given targets.
         targets = tuple(PoolTarget.parse(t) for t in pool or ())
         config = NodeConfig(data_dir=Path(data_dir), uri=uri, accel="tcg" if fake else None,
-                            warm_pool=bool(targets) or not fake, pool_targets=targets)
+                            warm_pool=bool(targets) or not fake, pool_targets=targets,
+                            pool_max_per_key=pool_max_per_key)
         self.svc = NodeService(config, host, hypervisor, build_image=build)
 
     # ---- wire.NodeProtocol -----------------------------------------------------------------
@@ -141,8 +142,9 @@ class NodeActor:
 
 def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake: bool = False,
                      detached: bool = True, fake_images: tuple[str, ...] = ("base",),
-                     pool: tuple[str, ...] | None = None) -> Any:
-    """Create (or find) the node agent actor of `host`, pinned to Ray node `node_id`."""
+                     pool: tuple[str, ...] | None = None, pool_max_per_key: int = 4) -> Any:
+    """Create (or find) the node agent actor of `host`, pinned to Ray node `node_id`;
+    pool_max_per_key bounds the warm VMs kept ready of one image and size."""
     node_id = node_id or ray.get_runtime_context().get_node_id()
     options: dict[str, Any] = {
         "name": NODE_ACTOR_PREFIX + host, "namespace": NAMESPACE, "get_if_exists": True,
@@ -152,6 +154,7 @@ def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake:
     if detached:
         options["lifetime"] = "detached"
     actor: Any = ray.remote(NodeActor).options(**options).remote(
-        data_dir, host, fake, fake_images=fake_images, pool=pool)
+        data_dir, host, fake, fake_images=fake_images, pool=pool,
+        pool_max_per_key=pool_max_per_key)
     ray.get(actor.ping.remote())
     return actor

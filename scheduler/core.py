@@ -545,6 +545,8 @@ class Core:
         over = self._over_quota(ev)
         if over is not None:
             return [over]
+        if not s.hosts:  # none has reported yet (a start): not "never"
+            return [LeaseRefused(ev.lease_id, False, "no hosts in the fleet yet")]
         decision = place(ev.demand, [s.reservations.apply(v) for v in s.hosts.values()])
         if decision.verdict is Verdict.PLACED and decision.host is not None:
             s.reservations.reserve(ev.lease_id, decision.host, ev.demand)

@@ -81,8 +81,11 @@ class Engine:
             except Exception:
                 log.exception("scheduling pass failed; trying again")
             assert self._wake is not None
+            # asyncio.timeout, not wait_for: in Python 3.11 a cancel that lands as wait_for
+            # times out comes back as TimeoutError, and the loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), HOST_REFRESH_S)
+                async with asyncio.timeout(HOST_REFRESH_S):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _refresh_hosts(self) -> None:
@@ -232,7 +235,8 @@ class Engine:
         if self._changed is None:
             self._changed = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
 
     def release(self, lease_id: str) -> None:
         self.feed(c.LeaseClosed(lease_id))

@@ -102,3 +102,8 @@ def test_extending_moves_the_expiry_and_closing_twice_is_harmless():
     assert core.handle(c.Tick(T0 + 50)) == []
     assert core.handle(c.LeaseClosed("a")) == [] and core.handle(c.LeaseClosed("a")) == []
     assert core.state.leases == {} and len(core.state.reservations) == 0
+
+
+def test_with_no_host_seen_yet_a_lease_waits_rather_than_never_fits():
+    (refused,) = opened(c.Core(), "a")
+    assert isinstance(refused, c.LeaseRefused) and not refused.never
