@@ -327,9 +327,9 @@ class NodeProtocol(Protocol):
 
 
 __all__ = [
-    "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk",
-    "ExecReply", "ExecRequest", "Failure", "FileInfo", "FileType", "HostStatus", "Ids",
-    "IterationSpec", "Listing", "MAX_GUEST_PATH_BYTES", "NodeProtocol", "Outcome", "Output", "PoolRow", "Pressure",
-    "SandboxGone", "SandboxOpen", "StartRequest", "State", "WireError", "WrongHost", "pack",
-    "guest_path_problem", "unpack", "unpack_list", "unpack_map",
+    "MAX_GUEST_PATH_BYTES", "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey",
+    "Capacity", "ExecChunk", "ExecReply", "ExecRequest", "Failure", "FileInfo", "FileType",
+    "HostStatus", "Ids", "IterationSpec", "Listing", "NodeProtocol", "Outcome", "Output",
+    "PoolRow", "Pressure", "SandboxGone", "SandboxOpen", "StartRequest", "State", "WireError",
+    "WrongHost", "guest_path_problem", "pack", "unpack", "unpack_list", "unpack_map",
 ]

@@ -177,7 +177,7 @@ def check_path(path: str, what: str = "path") -> str:
     return path
 
 
-def open_box(sid: SandboxId, who: Caller, request: Request) -> SandboxRecord:
+async def open_box(sid: SandboxId, who: Caller, request: Request) -> SandboxRecord:
     """The caller's open sandbox (404 otherwise), from one read of the ledger."""
     rec = book(request).get(sid, seen_by(who))
     if rec.state != "open":
@@ -185,8 +185,8 @@ def open_box(sid: SandboxId, who: Caller, request: Request) -> SandboxRecord:
     return rec
 
 
-def readable_box(sid: SandboxId, who: Reader, request: Request) -> SandboxRecord:
-    return open_box(sid, who, request)
+async def readable_box(sid: SandboxId, who: Reader, request: Request) -> SandboxRecord:
+    return await open_box(sid, who, request)
 
 
 OpenBox = Annotated[SandboxRecord, Depends(open_box)]
@@ -231,7 +231,7 @@ def utf8(what: str, *values: str) -> None:
                       "surrogates)") from None
 
 
-def exec_job(body: ExecBody, encoding: Annotated[Encoding | None, Query(
+async def exec_job(body: ExecBody, encoding: Annotated[Encoding | None, Query(
         description="text or base64; the body's `encoding` wins")] = None) -> ExecJob:
     """The command as the node takes it; a bad cwd or stdin_b64 refused (400) before it runs
     (and before a stream starts)."""
