@@ -75,7 +75,7 @@ def _path(path: str) -> str:
 
 
 @router.put("/{sid}/files", summary="Upload a file (the raw body is its content)",
-            responses=documented(401, 403, 400, 404, 413, 503),
+            responses=documented(400, 401, 403, 404, 413, 422, 503),
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string",
                                                         "format": "binary"}}}}})
@@ -121,7 +121,7 @@ async def _discard(request: Request, box: SandboxRecord, path: str) -> None:
             responses={200: {"content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}},
                 "description": "the file's bytes"},
-                **documented(401, 403, 400, 404, 413, 503)})
+                **documented(400, 401, 403, 404, 413, 422, 503)})
 async def download(box: ReadableBox, request: Request, path: GuestPath) -> StreamingResponse:
     info = unpack(FileInfo, await on_node(request, box, "sandbox_stat", _path(path)))
     if info.type is FileType.DIR:
@@ -147,7 +147,7 @@ async def download(box: ReadableBox, request: Request, path: GuestPath) -> Strea
 
 
 @router.get("/{sid}/files/list", summary="List a directory",
-            responses=documented(401, 403, 400, 404, 503))
+            responses=documented(400, 401, 403, 404, 422, 503))
 async def list_files(box: ReadableBox, request: Request, path: GuestPath,
                      depth: Annotated[int, Query(ge=1, le=16, description="levels")] = 1
                      ) -> DirListing:

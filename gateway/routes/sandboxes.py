@@ -56,7 +56,7 @@ SandboxId = Annotated[str, Path(min_length=1, max_length=64, description="the sa
 _use, _read = needs(Scope.SANDBOX), needs(Scope.SANDBOX, Scope.READ)
 Caller = Annotated[Principal, Depends(_use)]
 Reader = Annotated[Principal, Depends(_read)]
-NOT_FOUND = documented(401, 403, 404)
+NOT_FOUND = documented(401, 403, 404, 422)
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -182,6 +182,9 @@ async def open_box(sid: SandboxId, who: Caller, request: Request) -> SandboxReco
     rec = book(request).get(sid, seen_by(who))
     if rec.state != "open":
         raise Problem(404, "not-found", f"sandbox {sid!r} is closed: {rec.close_reason}")
+    if rec.vm is None:  # granted, its host still opening the VM (its creation not answered)
+        raise Problem(503, "unavailable", f"sandbox {sid!r} is still being opened on its "
+                      "host; try again in a moment", headers={"Retry-After": "1"})
     return rec
 
 
@@ -256,7 +259,7 @@ Job = Annotated[ExecJob, Depends(exec_job)]
 
 # ---- routes: the sandboxes -------------------------------------------------------------------
 @router.post("", status_code=201, summary="Open a sandbox",
-             responses=documented(401, 403, 400, 404, 422, 429, 503))
+             responses=documented(400, 401, 403, 404, 422, 429, 503))
 async def create(body: SandboxCreate, who: Caller, request: Request) -> Sandbox:
     tenant = tenant_of(who, body.tenant)
     utf8("metadata", *body.metadata, *body.metadata.values())
@@ -273,7 +276,7 @@ async def create(body: SandboxCreate, who: Caller, request: Request) -> Sandbox:
     return sandbox_json(SandboxRecord(**got), who)
 
 
-@router.get("", summary="List sandboxes", responses=documented(401, 403, 400))
+@router.get("", summary="List sandboxes", responses=documented(400, 401, 403, 422))
 async def list_sandboxes(
         who: Reader, request: Request,
         state: Literal["open", "closed", "all"] = "open",
@@ -293,7 +296,7 @@ async def get(sid: SandboxId, who: Reader, request: Request) -> Sandbox:
 
 
 @router.post("/{sid}/timeout", summary="Set its timeout: closed timeout_s from now",
-             responses=documented(401, 403, 404, 503))
+             responses=documented(401, 403, 404, 422, 503))
 async def extend(sid: SandboxId, body: Timeout, who: Caller, request: Request) -> Sandbox:
     rec = book(request).get(sid, seen_by(who))
     most = request.app.state.policies.for_tenant(rec.tenant).max_timeout_s
@@ -315,7 +318,7 @@ async def delete(sid: SandboxId, who: Caller, request: Request) -> Response:
 
 # ---- routes: commands ------------------------------------------------------------------------
 @router.post("/{sid}/exec", summary="Run a command; its result once it ended",
-             responses=documented(401, 403, 400, 404, 503))
+             responses=documented(400, 401, 403, 404, 422, 503))
 async def exec_(job: Job, box: OpenBox, request: Request) -> ExecResult:
     r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(job.request)))
     return ExecResult(exit_code=r.exit_code, signal=r.signal,
@@ -331,7 +334,7 @@ async def exec_(job: Job, box: OpenBox, request: Request) -> ExecResult:
              description="Events: `started` {sandbox, argv}; `stdout` and `stderr` {data} as "
              "the output comes (text or base64 per `encoding`); `exit` (the result without "
              "the output); `error` (a problem) if it fails midway. Comments keep a silent "
-             "stream alive.", responses=documented(401, 403, 400, 404))
+             "stream alive.", responses=documented(400, 401, 403, 404, 422, 503))
 async def exec_stream(job: Job, box: OpenBox, request: Request
                       ) -> AsyncIterator[ServerSentEvent]:
     req: ExecRequest = job.request

@@ -61,6 +61,7 @@ class Fleet:
     def __init__(self, url: str, data: Path, keys: KeyStore, node: object) -> None:
         self.url, self.data, self.keys, self.node = url, data, keys, node
         self.http = httpx.Client(base_url=url, timeout=120)
+        self.actors: list[object] = []  # not detached: alive while a handle is held
 
     def key(self, tenant: str, *scopes: Scope, **kw) -> dict[str, str]:
         _, token = self.keys.create(tenant, frozenset(scopes or {Scope.SANDBOX}),
@@ -103,7 +104,7 @@ def fleet(data_dir):
         gateway, url = start_gateway(own, cluster.ledger_path(own), "127.0.0.1:0",
                                      detached=False)
         f = Fleet(url, own, keys, node)
-        f.actors = [sched, gateway]  # not detached: alive while a handle is held
+        f.actors = [sched, gateway]
         yield f
         f.http.close()
         ray.get(node.shutdown.remote(), timeout=120)

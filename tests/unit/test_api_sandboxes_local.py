@@ -207,3 +207,28 @@ def test_the_openapi_document_describes_every_sandbox_route(api):
             "/v1/sandboxes/{sid}/files", "/v1/sandboxes/{sid}/files/list"} <= set(paths)
     assert "text/event-stream" in paths["/v1/sandboxes/{sid}/exec/stream"]["post"][
         "responses"]["200"]["content"]
+
+
+def test_a_stream_whose_sandbox_is_gone_ends_with_an_error_event(api, acme, box):
+    node = api.fleet.node_actor.svc
+    node.node.hv.crash(node.node.live()[0])
+    r = api.post(f"/v1/sandboxes/{box['id']}/exec/stream", json={"argv": ["true"]},
+                 headers=acme)
+    kinds = [k for k, _ in events(r.text)]
+    assert kinds == ["started", "error"]
+    problem = events(r.text)[-1][1]
+    assert problem["status"] == 404 and "gone" in problem["detail"]
+    assert api.get(f"/v1/sandboxes/{box['id']}", headers=acme).json()["state"] == "closed"
+
+
+def test_a_sandbox_still_being_opened_is_not_taken_for_gone(api, acme):
+    import time
+
+    from tryfleet.scheduler.sandboxes import SandboxRecord
+
+    api.app.state.sandboxes.record(SandboxRecord(
+        "sbx-opening", "acme", "base", 1, 512, None, "h1", "open", time.time(),
+        time.time() + 60))
+    r = api.post("/v1/sandboxes/sbx-opening/exec", json={"argv": ["true"]}, headers=acme)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert api.get("/v1/sandboxes/sbx-opening", headers=acme).json()["state"] == "open"
