@@ -103,10 +103,16 @@ class NodeActor:
     def sandbox_exec(self, host: str, sid: str, request: bytes) -> bytes:
         return pack(self.svc.sandbox_exec(host, sid, unpack(ExecRequest, request)))
 
-    def sandbox_exec_stream(self, host: str, sid: str, request: bytes) -> Iterator[bytes]:
-        """Packed ExecChunk items; the last one carries the reply."""
-        for chunk in self.svc.sandbox_exec_stream(host, sid, unpack(ExecRequest, request)):
+    def sandbox_exec_stream(self, host: str, sid: str, request: bytes,
+                            exec_id: str = "") -> Iterator[bytes]:
+        """Packed ExecChunk items; the last one carries the reply. With an exec_id,
+        sandbox_exec_cancel kills the command (when its reader went away)."""
+        for chunk in self.svc.sandbox_exec_stream(host, sid, unpack(ExecRequest, request),
+                                                  exec_id):
             yield pack(chunk)
+
+    def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
+        return self.svc.sandbox_exec_cancel(host, sid, exec_id)
 
     def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
                       mode: int = 0o644, append: bool = False) -> None:

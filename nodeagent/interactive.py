@@ -63,6 +63,7 @@ class OpenSandboxes:
         self.host = host
         self._boxes: dict[str, _Box] = {}
         self._lock = threading.Lock()
+        self._streams: dict[tuple[str, str], threading.Event] = {}  # (sid, exec_id) -> stop
 
     # ---- lifecycle -------------------------------------------------------------------------
     def add(self, sid: str, sandbox: Sandbox, timeout_s: float) -> None:
@@ -148,9 +149,13 @@ class OpenSandboxes:
                 list(req.argv), env=dict(req.env) or None, cwd=req.cwd, stdin=req.stdin,
                 timeout_s=self._limit(box, req.timeout_s)))
 
-    def exec_stream(self, sid: str, req: ExecRequest) -> Iterator[ExecChunk]:
-        """ExecChunk items with output as it comes, then one carrying the reply."""
+    def exec_stream(self, sid: str, req: ExecRequest, exec_id: str = "") -> Iterator[ExecChunk]:
+        """ExecChunk items with output as it comes, then one carrying the reply. With an
+        exec_id, cancel_exec(sid, exec_id) kills the command (its reader went away)."""
         self._get(sid)  # refused here, before anything runs
+        stop = threading.Event()
+        if exec_id:
+            self._streams[(sid, exec_id)] = stop
         chunks: list[ExecChunk] = []
         cond = threading.Condition()
         result: list[ExecReply | Exception] = []
@@ -166,16 +171,26 @@ class OpenSandboxes:
                 with self._use(sid) as box:
                     r = reply_of(box.sandbox.exec(
                         list(req.argv), env=dict(req.env) or None, cwd=req.cwd,
-                        stdin=req.stdin, on_output=sink,
+                        stdin=req.stdin, on_output=sink, should_stop=stop.is_set,
                         timeout_s=self._limit(box, req.timeout_s)))
             except Exception as err:
                 r = err
+            finally:
+                self._streams.pop((sid, exec_id), None)
             with cond:
                 result.append(r)
                 cond.notify()
 
         threading.Thread(target=work, daemon=True, name=f"exec-{sid}").start()
         return _drain(chunks, cond, result)
+
+    def cancel_exec(self, sid: str, exec_id: str) -> bool:
+        """Kill a streamed command nobody reads any more; False if it is not running."""
+        stop = self._streams.get((sid, exec_id))
+        if stop is None:
+            return False
+        stop.set()
+        return True
 
     # ---- files -----------------------------------------------------------------------------
     def write(self, sid: str, path: str, data: bytes, mode: int = 0o644,

@@ -249,10 +249,16 @@ class NodeService:
         self._check(host)
         return self.boxes.exec(sid, req)
 
-    def sandbox_exec_stream(self, host: str, sid: str, req: ExecRequest) -> Iterator[ExecChunk]:
-        """ExecChunk items with output as it comes, then one carrying the reply."""
+    def sandbox_exec_stream(self, host: str, sid: str, req: ExecRequest,
+                            exec_id: str = "") -> Iterator[ExecChunk]:
+        """ExecChunk items with output as it comes, then one carrying the reply; with an
+        exec_id, sandbox_exec_cancel kills it."""
         self._check(host)
-        return self.boxes.exec_stream(sid, req)
+        return self.boxes.exec_stream(sid, req, exec_id)
+
+    def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
+        self._check(host)
+        return self.boxes.cancel_exec(sid, exec_id)
 
     def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
                       mode: int = 0o644, append: bool = False) -> None:

@@ -10,10 +10,12 @@ no longer holds the sandbox (its VM died, its host restarted) gets it closed, an
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import codecs
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -341,11 +343,13 @@ async def exec_stream(job: Job, box: OpenBox, request: Request
     yield ServerSentEvent(event="started", data={"sandbox": box.id, "argv": list(req.argv)})
     text = job.encoding == "text"
     decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
+    exec_id, ended = secrets.token_hex(8), False
     try:
         async for raw in request.app.state.fleet.node_stream(
-                box.host, "sandbox_exec_stream", box.id, pack(req)):
+                box.host, "sandbox_exec_stream", box.id, pack(req), exec_id):
             chunk = unpack(ExecChunk, raw)
             if chunk.reply is not None:
+                ended = True
                 for n, decoder in enumerate(decoders):
                     rest = decoder.decode(b"", final=True) if text else ""
                     if rest:
@@ -360,11 +364,28 @@ async def exec_stream(job: Job, box: OpenBox, request: Request
                     yield ServerSentEvent(event=("stdout", "stderr")[chunk.stream - 1],
                                           data={"data": data})
     except SandboxGone as err:
+        ended = True
         yield ServerSentEvent(event="error", data=problems.body(
             request, await gone(request, box, err)))
     except TryfleetError as err:
+        ended = True
         yield ServerSentEvent(event="error", data=problems.body(request,
                                                                 problems.of_error(err)))
+    finally:
+        if not ended:  # the client went away: the command goes too (in the background,
+            _detach(request.app.state.fleet.node(  # since this task is being cancelled)
+                box.host, "sandbox_exec_cancel", box.id, exec_id))
+
+
+_detached: set[asyncio.Task[Any]] = set()
+
+
+def _detach(coro: Any) -> None:
+    """Run coro to its end whatever happens to the request that started it."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
 
 
 def _exit(r: ExecReply, encoding: Encoding) -> ExecExit:

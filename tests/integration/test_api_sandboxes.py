@@ -303,3 +303,15 @@ def test_base64_output_is_lossless(fleet, acme, box):
     r = fleet.http.post(f"/v1/sandboxes/{box['id']}/exec?encoding=base64",
                         json={"argv": ["printf", "\\377\\000ok"]}, headers=acme).json()
     assert base64.b64decode(r["stdout"]) == b"\xff\x00ok" and r["encoding"] == "base64"
+
+
+def test_a_client_that_leaves_a_stream_takes_its_command_with_it(fleet, acme, box):
+    with fleet.http.stream("POST", f"/v1/sandboxes/{box['id']}/exec/stream", headers=acme,
+                           json={"argv": ["sh", "-c", "echo up; sleep 60"]}) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: stdout"):
+                break  # and hang up
+    started = time.monotonic()
+    r = fleet.http.post(f"/v1/sandboxes/{box['id']}/exec", json={"argv": ["true"]},
+                        headers=acme)
+    assert r.status_code == 200 and time.monotonic() - started < 30  # not after the sleep

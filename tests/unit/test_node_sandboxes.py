@@ -128,3 +128,16 @@ def test_extending_moves_the_nodes_own_expiry(svc, monkeypatch):
     assert svc.sandbox_list("h1") == [sid]
     svc.sandbox_extend("h1", sid, 0.1)
     until(lambda: svc.sandbox_list("h1") == [], timeout_s=10)
+
+
+def test_a_streamed_command_nobody_reads_any_more_is_killed_on_request(svc):
+    sid = opened(svc)
+    stream = svc.sandbox_exec_stream("h1", sid, ExecRequest(("sh", "-c", "echo up; sleep 30")),
+                                     "e1")
+    assert next(stream).data == b"up\n"
+    assert svc.sandbox_exec_cancel("h1", sid, "e1") is True
+    (last,) = list(stream)
+    assert last.reply is not None and last.reply.exit_code is None
+    assert svc.sandbox_exec_cancel("h1", sid, "e1") is False  # it ended
+    r = svc.sandbox_exec("h1", sid, ExecRequest(("echo", "free")))  # the sandbox is free
+    assert r.stdout == b"free\n"
