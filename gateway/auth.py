@@ -23,10 +23,9 @@ def _token(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-# The dependencies are `async def` on purpose: they do no blocking I/O beyond one indexed read
-# of the key's row, and FastAPI runs a plain `def` dependency in a worker thread, a hop that
-# costs more than the check itself on every request.
 async def principal(request: Request) -> Principal:
+    """The caller (async, like every dependency on the hot path: FastAPI runs a plain `def`
+    dependency in a worker thread, a hop that costs more than the key check itself)."""
     token = _token(request)
     if not token:
         raise unauthorized("this API needs a key: send `Authorization: Bearer <key>` (make "

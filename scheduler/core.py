@@ -106,13 +106,25 @@ class CancelRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """A tenant's aggregate limits on what it holds at once, its open sandboxes and running
+    iterations together (None: no limit)."""
+
+    max_sandboxes: int | None = None
+    max_vcpus_in_use: int | None = None
+    max_mem_mib_in_use: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseOpened:
-    """Capacity for an interactive sandbox, until expires_at (wall clock)."""
+    """Capacity for an interactive sandbox, until expires_at (wall clock), within the
+    tenant's quota."""
 
     lease_id: str
     demand: Demand
     expires_at: float
     tenant: str = ""
+    quota: Quota = Quota()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +139,15 @@ class LeaseClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class HostSandboxes:
+    """The sandboxes a host holds open (asked after a restart of either side); None: it
+    cannot say."""
+
+    host: str
+    known: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes (wall clock, seconds since the epoch): budgets and leases expire, and a
     scheduling pass admits and places what can start now."""
@@ -135,7 +156,7 @@ class Tick:
 
 
 Event = (Submitted | Recovered | HostsSeen | HostAttempts | OutcomesCollected | HostLost
-         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | Tick)
+         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | HostSandboxes | Tick)
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -225,6 +246,16 @@ class LeaseRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseOverQuota:
+    """Refused: the tenant would hold more than `limit` allows (its value)."""
+
+    lease_id: str
+    limit: str  # max_sandboxes, max_vcpus_in_use or max_mem_mib_in_use
+    value: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseSandbox:
     """A lease ended without its owner closing it (expired, or its host was lost)."""
 
@@ -234,7 +265,8 @@ class CloseSandbox:
 
 
 Action = (RecordPlacements | StartOnHost | StopOnHost | StopEverywhere | MarkCancelled
-          | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | CloseSandbox)
+          | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | LeaseOverQuota
+          | CloseSandbox)
 
 
 # ---- the retry policy ------------------------------------------------------------------------
@@ -381,6 +413,8 @@ class Core:
                 if self.state.leases.pop(event.lease_id, None) is not None:
                     self.state.reservations.unreserve(event.lease_id)
                 return []
+            case HostSandboxes():
+                return self._host_sandboxes(event)
             case Tick():
                 return [*self._expire(event.now), *self._pass()]
         raise TypeError(f"not a scheduler event: {event!r}")
@@ -401,10 +435,13 @@ class Core:
     def _recovered(self, ev: Recovered) -> list[Action]:
         for name, created_at, max_wall_s in ev.suites:
             self.state.budgets[name] = (created_at, max_wall_s)
-        for lease_id, lease in ev.leases:
-            if self.state.reservations.reserve(lease_id, lease.host, lease.demand):
-                self.state.leases[lease_id] = lease
         actions: list[Action] = []
+        for lease_id, lease in ev.leases:
+            if lease.host not in self.state.hosts:
+                actions.append(CloseSandbox(lease_id, lease.host,
+                                            f"its host {lease.host} is gone"))
+            elif self.state.reservations.reserve(lease_id, lease.host, lease.demand):
+                self.state.leases[lease_id] = lease
         for row in ev.rows:
             if row.key in self.state.work:
                 continue
@@ -509,12 +546,53 @@ class Core:
         s = self.state
         if ev.lease_id in s.leases:
             return [LeaseGranted(ev.lease_id, s.leases[ev.lease_id].host)]
+        over = self._over_quota(ev)
+        if over is not None:
+            return [over]
+        if not s.hosts:  # none has reported yet (a start): not "never"
+            return [LeaseRefused(ev.lease_id, False, "no hosts in the fleet yet")]
         decision = place(ev.demand, [s.reservations.apply(v) for v in s.hosts.values()])
         if decision.verdict is Verdict.PLACED and decision.host is not None:
             s.reservations.reserve(ev.lease_id, decision.host, ev.demand)
             s.leases[ev.lease_id] = Lease(decision.host, ev.demand, ev.expires_at, ev.tenant)
             return [LeaseGranted(ev.lease_id, decision.host)]
         return [LeaseRefused(ev.lease_id, decision.verdict is Verdict.NEVER, decision.explain())]
+
+    def _over_quota(self, ev: LeaseOpened) -> LeaseOverQuota | None:
+        """The first of the tenant's limits this lease would pass, counting what it holds
+        now: its open sandboxes and its iterations in flight."""
+        q = ev.quota
+        if q == Quota():
+            return None
+        s = self.state
+        held = [lease.demand for lease in s.leases.values() if lease.tenant == ev.tenant]
+        boxes = len(held) + 1
+        held += [w.cand.demand for w in s.work.values()
+                 if w.host is not None and w.row.tenant == ev.tenant]
+        cpus = ev.demand.cpus + sum(d.cpus for d in held)
+        mem = ev.demand.mem_mib + sum(d.mem_mib for d in held)
+        for limit, most, asked, unit in (("max_sandboxes", q.max_sandboxes, boxes, "sandboxes"),
+                                         ("max_vcpus_in_use", q.max_vcpus_in_use, cpus, "vCPUs"),
+                                         ("max_mem_mib_in_use", q.max_mem_mib_in_use, mem,
+                                          "MiB of memory")):
+            if most is not None and asked > most:
+                return LeaseOverQuota(ev.lease_id, limit, most, (
+                    f"tenant {ev.tenant!r} would hold {asked} {unit} at once (open sandboxes "
+                    f"and running iterations); its {limit} is {most}"))
+        return None
+
+    def _host_sandboxes(self, ev: HostSandboxes) -> list[Action]:
+        """Leases whose sandbox the host does not hold (its node agent restarted) end."""
+        if ev.known is None:
+            return []
+        actions: list[Action] = []
+        for lease_id, lease in list(self.state.leases.items()):
+            if lease.host == ev.host and lease_id not in ev.known:
+                del self.state.leases[lease_id]
+                self.state.reservations.unreserve(lease_id)
+                actions.append(CloseSandbox(lease_id, ev.host, f"it is no longer open on "
+                                            f"{ev.host} (its node agent restarted?)"))
+        return actions
 
     def _expire(self, now: float) -> list[Action]:
         s = self.state
@@ -625,9 +703,10 @@ def _copy(usage: Usage) -> Usage:
 
 __all__ = [
     "Abandon", "Action", "Budget", "CancelRequested", "CloseSandbox", "Core", "Event",
-    "Finish", "HostAttempts", "HostLost", "HostsSeen", "Launch", "LeaseClosed",
-    "LeaseExtended", "LeaseGranted", "LeaseOpened", "LeaseRefused", "MarkCancelled",
-    "OutcomesCollected", "RecordPlacements", "Recovered", "Requeue", "Retry",
+    "Finish", "HostAttempts", "HostLost", "HostSandboxes", "HostsSeen", "Launch", "Lease",
+    "LeaseClosed", "LeaseExtended", "LeaseGranted", "LeaseOpened", "LeaseOverQuota",
+    "LeaseRefused", "MarkCancelled", "OutcomesCollected", "Quota", "RecordPlacements",
+    "Recovered", "Requeue", "Retry",
     "SchedulerState", "Scope", "StartOnHost", "StopEverywhere", "StopOnHost", "Submitted",
     "Tick", "demand_of", "retry_policy",
 ]

@@ -151,6 +151,17 @@ class Dispatcher:
         await asyncio.gather(*(h.endpoint.call("cancel_all") for h in self.hosts.alive()),
                              return_exceptions=True)
 
+    async def sandboxes(self, host: str) -> set[str] | None:
+        """The sandboxes host holds open; None when it cannot say."""
+        ep = self.hosts.endpoint(host)
+        if ep is None:
+            return None
+        try:
+            return set(unpack_list(str, await ep.call("sandbox_list")))
+        except Exception as err:  # an agent without sandboxes (simulated), or gone
+            log.warning("cannot ask %s which sandboxes it holds: %s", host, err)
+            return None
+
     async def close_sandbox(self, host: str, sid: str) -> None:
         ep = self.hosts.endpoint(host)
         if ep is not None:

@@ -30,6 +30,7 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .placement import Demand
 from .records import Iteration, qualified
+from .sandboxes import SandboxBook, SandboxRecord
 
 log = logging.getLogger("tryfleet.scheduler")
 HOST_REFRESH_S = 1.0
@@ -55,6 +56,10 @@ class Engine:
         self._metrics_base = Metrics()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self.sandboxes = SandboxBook(Path(ledger_path))
+        self.opening: set[str] = set()  # sandboxes granted whose host is opening their VM
+        self._opening_seen: set[str] | None = None  # while hosts are asked what they hold
+        self._changed: asyncio.Event | None = None
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -78,8 +83,8 @@ class Engine:
             except Exception:
                 log.exception("scheduling pass failed; trying again")
             assert self._wake is not None
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes
-            # as the event is set, and this loop then outlives its task's cancellation.
+            # asyncio.timeout, not wait_for: in Python 3.11 a cancel that lands as wait_for
+            # times out comes back as TimeoutError, and the loop would never stop.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HOST_REFRESH_S):
                     await self._wake.wait()
@@ -98,7 +103,7 @@ class Engine:
         self.core = c.Core(old.state.policy, timer=time.perf_counter)
         self.core.metrics = old.metrics
         rows, budgets = self.ledger.recover()
-        leases = tuple(old.state.leases.items())  # held in memory only: carried over
+        leases = tuple((r.id, lease_of(r)) for r in self.sandboxes.open_records())
         self.feed(c.HostsSeen(tuple(self.hosts.views())))
         self.feed(c.Recovered(tuple(rows), tuple(budgets), leases))
         on_hosts = {w.host for w in self.core.state.work.values() if w.host is not None}
@@ -106,7 +111,21 @@ class Engine:
         for host, here in zip(on_hosts, known, strict=True):
             self.feed(c.HostAttempts(host, None if here is None else frozenset(here)))
             self.dispatch.ensure_collector(host)
+        await self._check_sandboxes()
         self.poke()
+
+    async def _check_sandboxes(self) -> None:
+        """Leases whose host no longer holds their sandbox end (a restarted node agent lost
+        its VMs); one being opened meanwhile is not judged by an answer older than it."""
+        hosts = sorted({lease.host for lease in self.core.state.leases.values()})
+        self._opening_seen = set(self.opening)
+        try:
+            held = await asyncio.gather(*(self.dispatch.sandboxes(h) for h in hosts))
+            spared = frozenset(self._opening_seen)
+        finally:
+            self._opening_seen = None
+        for host, here in zip(hosts, held, strict=True):
+            self.feed(c.HostSandboxes(host, None if here is None else frozenset(here) | spared))
 
     # ---- performing the core's actions ------------------------------------------------------
     def feed(self, event: c.Event) -> list[c.Action]:
@@ -120,6 +139,9 @@ class Engine:
                       err)
             self._spawn(self._rebuild())
             raise
+        finally:
+            if not isinstance(event, c.LeaseOpened):
+                self._room_may_have_changed()
         return actions
 
     def _perform(self, actions: Sequence[c.Action]) -> None:
@@ -143,6 +165,7 @@ class Engine:
                 self._spawn(self.dispatch.cancel_all())
             elif isinstance(a, c.CloseSandbox):
                 log.info("closing sandbox %s on %s: %s", a.lease_id, a.host, a.why)
+                self.sandboxes.close_record(a.lease_id, a.why)
                 self._spawn(self.dispatch.close_sandbox(a.host, a.lease_id))
         self._commit(writes)
 
@@ -200,12 +223,35 @@ class Engine:
                 "running_stopped": sum(len(a.attempts) for a in actions
                                        if isinstance(a, c.StopOnHost))}
 
-    def lease(self, lease_id: str, demand: Demand, timeout_s: float,
-              tenant: str = "") -> c.LeaseGranted | c.LeaseRefused:
+    def lease(self, lease_id: str, demand: Demand, timeout_s: float, tenant: str = "",
+              quota: c.Quota | None = None
+              ) -> c.LeaseGranted | c.LeaseRefused | c.LeaseOverQuota:
         """Hold capacity for an interactive sandbox: placed like an iteration, not queued."""
-        (reply,) = self.feed(c.LeaseOpened(lease_id, demand, time.time() + timeout_s, tenant))
-        assert isinstance(reply, (c.LeaseGranted, c.LeaseRefused))
+        (reply,) = self.feed(c.LeaseOpened(lease_id, demand, time.time() + timeout_s, tenant,
+                                           quota or c.Quota()))
+        assert isinstance(reply, (c.LeaseGranted, c.LeaseRefused, c.LeaseOverQuota))
         return reply
+
+    def extend(self, lease_id: str, expires_at: float) -> None:
+        self.feed(c.LeaseExtended(lease_id, expires_at))
+
+    def mark_opening(self, sid: str) -> None:
+        self.opening.add(sid)
+        if self._opening_seen is not None:
+            self._opening_seen.add(sid)
+
+    def _room_may_have_changed(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def room_changed(self, timeout_s: float) -> None:
+        """Until something happened that may free capacity (or timeout_s passed)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
 
     def release(self, lease_id: str) -> None:
         self.feed(c.LeaseClosed(lease_id))
@@ -227,3 +273,8 @@ class Engine:
     @property
     def policy(self) -> Policy:
         return self.core.state.policy
+
+
+def lease_of(r: SandboxRecord) -> c.Lease:
+    return c.Lease(r.host, Demand(r.cpus, r.mem_mib, r.disk_mib or c.DEFAULT_DISK_MIB, r.image),
+                   r.expires_at, r.tenant)

@@ -24,7 +24,7 @@ import ray
 from tryfleet.errors import BadRequest, NotFound
 from tryfleet.wire import AttemptKey, Output, pack, unpack
 
-from .core import DEFAULT_DISK_MIB, LeaseGranted, Scope
+from .core import DEFAULT_DISK_MIB, Scope
 from .engine import Engine
 from .ledger_reads import AmbiguousId
 from .placement import Demand
@@ -38,6 +38,8 @@ from .records import (
     check_name,
     qualified,
 )
+from .sandbox_ops import SandboxOps
+from .sandboxes import StateFilter
 
 log = logging.getLogger("tryfleet.scheduler")
 
@@ -53,6 +55,7 @@ class Scheduler:
         self.engine = Engine(ledger_path, limits, pressure, cpu_overcommit, suite_cap,
                              tenant_cap)
         self.ledger = self.engine.ledger
+        self.sandboxes = SandboxOps(self.engine)
         self._starting: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self._kick()
@@ -141,16 +144,51 @@ class Scheduler:
     async def lease(self, lease_id: str, image: str, cpus: int, mem_mib: int,
                     disk_mib: int | None, timeout_s: float) -> dict[str, Any]:
         """Hold capacity for an interactive sandbox for timeout_s: placed, waiting, or never
-        possible. A lease nobody releases ends with its timeout (its sandbox is closed)."""
+        possible. A lease nobody releases ends with its timeout (its sandbox is closed).
+        (The SDK over Ray; over HTTP, open_sandbox does it all.)"""
         await self._ensure_started()
-        got = self.engine.lease(lease_id, Demand(cpus, mem_mib, disk_mib or DEFAULT_DISK_MIB,
-                                                 image), timeout_s)
-        if isinstance(got, LeaseGranted):
-            return {"verdict": "placed", "host": got.host, "why": ""}
-        return {"verdict": "never" if got.never else "wait", "host": None, "why": got.why}
+        return self.sandboxes.lease(lease_id, Demand(cpus, mem_mib,
+                                                     disk_mib or DEFAULT_DISK_MIB, image),
+                                    timeout_s)
 
     async def release(self, lease_id: str) -> None:
-        self.engine.release(lease_id)
+        await self._ensure_started()
+        self.sandboxes.release(lease_id)
+
+    # ---- interactive sandboxes (tenant-scoped; tenant None: an admin, who sees all) ---------
+    async def open_sandbox(self, tenant: str, image: str = "base", cpus: int = 1,
+                           mem_mib: int = 512, disk_mib: int | None = None,
+                           timeout_s: float = 600.0, metadata: dict[str, str] | None = None,
+                           key_id: str = "", request_id: str = "",
+                           limits: dict[str, int] | None = None,
+                           wait_s: float = 0.0) -> dict[str, Any]:
+        """A sandbox opened on a host and recorded; `limits` are the tenant's quotas
+        (max_sandboxes, max_vcpus_in_use, max_mem_mib_in_use), checked with what it holds.
+        QuotaExceeded, CannotPlace, NoRoom (after waiting wait_s), InfrastructureError."""
+        await self._ensure_started()
+        rec = await self.sandboxes.open(tenant, image, cpus, mem_mib, disk_mib, timeout_s,
+                                        metadata=metadata, key_id=key_id,
+                                        request_id=request_id, limits=limits, wait_s=wait_s)
+        return rec.to_json()
+
+    async def get_sandbox(self, sid: str, tenant: str | None = None) -> dict[str, Any]:
+        return self.sandboxes.get(sid, tenant).to_json()
+
+    async def list_sandboxes(self, tenant: str | None = None, state: StateFilter = "open",
+                             limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """{"items": [sandbox, ...], "next_cursor": str | None}, in the order opened."""
+        items, nxt = self.sandboxes.list(tenant, state, limit, cursor)
+        return {"items": [r.to_json() for r in items], "next_cursor": nxt}
+
+    async def extend_sandbox(self, sid: str, timeout_s: float,
+                             tenant: str | None = None) -> dict[str, Any]:
+        await self._ensure_started()
+        return (await self.sandboxes.extend(sid, tenant, timeout_s)).to_json()
+
+    async def close_sandbox(self, sid: str, tenant: str | None = None,
+                            reason: str = "closed by request") -> dict[str, Any]:
+        await self._ensure_started()
+        return (await self.sandboxes.close(sid, tenant, reason)).to_json()
 
     # ---- queries -----------------------------------------------------------------------------
     # tenant: whose iterations and suites; None for every tenant's (an admin's view).

@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..auth import Admin
 from ..ledger import view
+from ..problems import documented
 from .iteration_models import NAME, FleetOut, LimitIn, LimitSet, fleet
 
 router = APIRouter(prefix="/v1/fleet", tags=["fleet"])
@@ -65,7 +66,8 @@ def _cache(request: Request) -> ShortCache:
     return got
 
 
-@router.get("", response_model=FleetOut, summary="The fleet's status (admin)")
+@router.get("", response_model=FleetOut, summary="The fleet's status (admin)",
+            responses=documented(401, 403, 503))
 async def status(who: Admin, request: Request) -> Response:
     async def fetch() -> bytes:
         st = await request.app.state.fleet.sched("status", False, False)
@@ -75,7 +77,8 @@ async def status(who: Admin, request: Request) -> Response:
     return Response(await _cache(request).get(fetch), media_type="application/json")
 
 
-@router.put("/limits/{name}", summary="Size a shared-resource limit for everyone (admin)")
+@router.put("/limits/{name}", summary="Size a shared-resource limit for everyone (admin)",
+            responses=documented(400, 401, 403, 422, 503))
 async def set_limit(name: Annotated[str, Path(pattern=NAME, max_length=128)], body: LimitIn,
                     who: Admin, request: Request) -> LimitSet:
     """How many iterations naming `name` in their `limits` may run at once, fleet-wide; kept

@@ -25,7 +25,7 @@ from ..auth import needs, tenant_of
 from ..encoding import Encoding, encode
 from ..keys import Principal, Scope
 from ..ledger import read_tenant, view, watch
-from ..problems import Problem, not_found
+from ..problems import Problem, documented, not_found
 from .iteration_models import (
     BatchIn,
     BatchOut,
@@ -90,7 +90,12 @@ async def _submit(request: Request, who: Principal, asked: str | None, suite: st
     return tenant, list(ids)
 
 
-@router.post("/v1/batches", status_code=201, summary="Submit iterations to a suite")
+SUBMIT = documented(400, 401, 403, 413, 422, 503)
+ONE = documented(400, 401, 403, 404, 422, 503)
+
+
+@router.post("/v1/batches", status_code=201, summary="Submit iterations to a suite",
+             responses=SUBMIT)
 async def submit_batch(body: BatchIn, who: Submitter, request: Request) -> BatchOut:
     """Recorded on disk, all or none, when this answers. An id already submitted with the same
     spec is not submitted again (its id comes back). Each iteration names the limits it holds,
@@ -100,7 +105,8 @@ async def submit_batch(body: BatchIn, who: Submitter, request: Request) -> Batch
     return BatchOut(suite=body.suite, ids=ids, request_id=request.state.request_id)
 
 
-@router.post("/v1/iterations", status_code=201, summary="Submit one iteration")
+@router.post("/v1/iterations", status_code=201, summary="Submit one iteration",
+             responses=SUBMIT)
 async def submit_one(body: OneIn, who: Submitter, request: Request) -> Iteration:
     it = IterationIn(**body.model_dump(exclude={"suite", "tenant"}))
     tenant, (iid,) = await _submit(request, who, body.tenant, body.suite, [it])
@@ -111,7 +117,8 @@ async def submit_one(body: OneIn, who: Submitter, request: Request) -> Iteration
 
 
 # ---- read ------------------------------------------------------------------------------------
-@router.get("/v1/iterations", summary="List iterations, oldest first (no output)")
+@router.get("/v1/iterations", summary="List iterations, oldest first (no output)",
+            responses=documented(400, 401, 403, 422, 503))
 async def list_iterations(
         who: Reader, request: Request,
         suite: Annotated[str | None, Query(max_length=128)] = None,
@@ -126,7 +133,8 @@ async def list_iterations(
                          next_cursor=str(got[-1].seq) if more else None)
 
 
-@router.get("/v1/iterations/{iid}", summary="One iteration with its output and attempts")
+@router.get("/v1/iterations/{iid}", summary="One iteration with its output and attempts",
+            responses=ONE)
 async def get_iteration(iid: IterationId, who: Reader, request: Request,
                         encoding: Encoding = "text", tenant: TenantQ = None) -> IterationFull:
     row = _row(request, who, iid, tenant)
@@ -165,7 +173,7 @@ _FOLLOWED: dict[int | str, dict[str, Any]] = {200: {
 
 
 @router.get("/v1/iterations/{iid}/output", summary="Output past offsets; ?follow=true streams it",
-            response_model=OutputOut, responses=_FOLLOWED)
+            response_model=OutputOut, responses={**ONE, **_FOLLOWED})
 async def get_output(iid: IterationId, who: Reader, request: Request,
                      out_offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
                      err_offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
@@ -221,7 +229,7 @@ async def _follow(request: Request, row: Row, offsets: list[int], encoding: Enco
 
 
 # ---- cancel ----------------------------------------------------------------------------------
-@router.post("/v1/iterations/{iid}/cancel", summary="Cancel one iteration")
+@router.post("/v1/iterations/{iid}/cancel", summary="Cancel one iteration", responses=ONE)
 async def cancel_iteration(iid: IterationId, who: Submitter, request: Request,
                            tenant: TenantQ = None) -> CancelOut:
     """Queued: it ends now; running: it is stopped and its VM destroyed; ended: nothing."""
@@ -259,7 +267,7 @@ def _stream_start(
 
 
 @router.get("/v1/events/iterations", response_class=EventSourceResponse,
-            summary="Server-sent events: one `ended` per iteration as it ends")
+            summary="Server-sent events: one `ended` per iteration as it ends", responses=ONE)
 async def ended_events(who: Reader, request: Request,
                        start: Annotated[StreamStart, Depends(_stream_start)]
                        ) -> AsyncIterator[ServerSentEvent]:

@@ -13,7 +13,7 @@ from tryfleet.scheduler.ledger_reads import AmbiguousId
 from ..auth import needs
 from ..keys import Principal, Scope
 from ..ledger import read_tenant, view
-from ..problems import not_found
+from ..problems import documented, not_found
 from .iteration_models import CancelOut, SuiteOut
 
 router = APIRouter(prefix="/v1/suites", tags=["suites"])
@@ -21,6 +21,7 @@ Reader = Annotated[Principal, Depends(needs(Scope.READ, Scope.BATCH))]
 Submitter = Annotated[Principal, Depends(needs(Scope.BATCH))]
 SuiteName = Annotated[str, Path(max_length=128, description="the tenant's own suite name")]
 TenantQ = Annotated[str | None, Query(max_length=64, description="admins only: whose")]
+ONE = documented(400, 401, 403, 404, 422, 503)
 
 
 def _suite(request: Request, who: Principal, name: str, tenant: str | None) -> dict[str, Any]:
@@ -36,7 +37,8 @@ def _suite(request: Request, who: Principal, name: str, tenant: str | None) -> d
     return found
 
 
-@router.get("/{suite}", summary="A suite and how many of its iterations are in each state")
+@router.get("/{suite}", summary="A suite and how many of its iterations are in each state",
+            responses=ONE)
 async def get_suite(suite: SuiteName, who: Reader, request: Request,
                     tenant: TenantQ = None) -> SuiteOut:
     found = _suite(request, who, suite, tenant)
@@ -46,7 +48,8 @@ async def get_suite(suite: SuiteName, who: Reader, request: Request,
                     counts=counts, total=sum(counts.values()))
 
 
-@router.post("/{suite}/cancel", summary="Cancel a suite: its queued and running iterations")
+@router.post("/{suite}/cancel", summary="Cancel a suite: its queued and running iterations",
+             responses=ONE)
 async def cancel_suite(suite: SuiteName, who: Submitter, request: Request,
                        tenant: TenantQ = None) -> CancelOut:
     found = _suite(request, who, suite, tenant)
