@@ -111,10 +111,8 @@ class OpenSandboxes:
             return False
         if box.timer is not None:
             box.timer.cancel()
-        try:
-            box.sandbox.destroy()
-        finally:
-            box.procs.close()
+        box.procs.close()  # its processes end, their followers told why
+        box.sandbox.destroy()
         return True
 
     def close_all(self) -> None:

@@ -11,6 +11,7 @@ from tests.unit.builders import make_image
 from tests.waiting import until
 from tryfleet.errors import BadRequest
 from tryfleet.nodeagent import procs
+from tryfleet.nodeagent.actor import NodeActor
 from tryfleet.nodeagent.fake_hv import FakeHypervisor
 from tryfleet.nodeagent.node import NodeConfig
 from tryfleet.nodeagent.service import NodeService
@@ -24,6 +25,7 @@ from tryfleet.wire import (
     SandboxOpen,
     pack,
     unpack,
+    unpack_list,
 )
 
 START, OUTPUT, KEEPALIVE, END = (ProcEventKind.START, ProcEventKind.OUTPUT,
@@ -235,3 +237,25 @@ def test_process_records_cross_the_wire():
     assert unpack(ProcEvent, pack(event)) == event
     req = ProcStart(("a",), (("K", "V"),), "/w", "user", True, 3.0, "tag")
     assert unpack(ProcStart, pack(req)) == req
+
+
+def test_the_node_actor_speaks_processes_in_wire_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
+    actor = NodeActor(str(tmp_path), "h1", fake=True)
+    try:
+        actor.sandbox_open("h1", pack(SandboxOpen("s1", "base")))
+        started = unpack(ProcInfo, actor.sandbox_proc_start(
+            "h1", "s1", pack(ProcStart(("cat",), stdin=True, tag="echo")))).pid
+        assert [i.tag for i in unpack_list(ProcInfo, actor.sandbox_proc_list("h1", "s1"))] == [
+            "echo"]
+        actor.sandbox_proc_input("h1", "s1", started, b"hi", False)
+        actor.sandbox_proc_close_stdin("h1", "s1", started)
+        events = [unpack(ProcEvent, b) for b in actor.sandbox_proc_follow("h1", "s1", started)]
+        assert output_of(events) == b"hi" and events[-1].kind is END
+        run = [unpack(ProcEvent, b) for b in actor.sandbox_proc_run(
+            "h1", "s1", pack(ProcStart(("sh", "-c", "kill -TERM $$"))))]
+        assert run[-1].info.signal == signal.SIGTERM
+        with pytest.raises(ProcessGone):
+            actor.sandbox_proc_signal("h1", "s1", started, 9)
+    finally:
+        actor.shutdown()
