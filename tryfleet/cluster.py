@@ -103,7 +103,15 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
 
 def start_front_door(data_dir: Path, listen: str, detached: bool = True) -> tuple[str, str]:
     """The gateway on this node (started if missing) and the local admin key: (url, key).
-    The URL is recorded in up.json for the CLI and the SDK on this host."""
+    The URL is recorded in up.json for the CLI and the SDK on this host. Not detached, the
+    gateway goes as soon as its handle does: use open_front_door, which gives the handle."""
+    _, url, key = open_front_door(data_dir, listen, detached)
+    return url, key
+
+
+def open_front_door(data_dir: Path, listen: str, detached: bool = True
+                    ) -> tuple[Any, str, str]:
+    """As start_front_door, with the gateway's actor handle first: (gateway, url, key)."""
     from tryfleet.gateway.actor import start_gateway
     from tryfleet.gateway.keys import KeyStore, ensure_local_admin
 
@@ -112,11 +120,11 @@ def start_front_door(data_dir: Path, listen: str, detached: bool = True) -> tupl
         key = ensure_local_admin(store, data_dir)
     finally:
         store.close()
-    _, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
+    gateway, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
     st = state(data_dir)
     if detached and st is not None:
         (data_dir / STATE_FILE).write_text(json.dumps({**st, "api_url": url}))
-    return url, key
+    return gateway, url, key
 
 
 def api_url(data_dir: Path) -> str | None:
@@ -132,17 +140,19 @@ def start_embedded_api(data_dir: Path) -> tuple[str, str, Callable[[], None]]:
     started_ray = not ray.is_initialized()
     handles = start_embedded(data_dir)
     try:
-        url, key = start_front_door(data_dir, f"127.0.0.1:{local.free_port()}",
-                                    detached=False)
+        gateway, url, key = open_front_door(data_dir, f"127.0.0.1:{local.free_port()}",
+                                            detached=False)
     except BaseException:
         _stop_embedded(handles, started_ray)
         raise
-    return url, key, lambda: _stop_embedded(handles, started_ray)
+    held = (*handles, gateway)
+    return url, key, lambda: _stop_embedded(held, started_ray)
 
 
 def _stop_embedded(handles: tuple[Any, ...], started_ray: bool) -> None:
     """Stop the embedded fleet's actors (their VMs first); let go of a Ray this started. The
-    handles are held until now: an actor lives as long as its handles."""
+    handles are held until now: an actor that is not detached lives as long as its handles,
+    named or not."""
     if ray.is_initialized():
         kill_actors()
         if started_ray:

@@ -1,5 +1,6 @@
 """A real multi-node Ray cluster on one machine: one head and three hosts, each with its own
-node agent (simulated hosts: the fake hypervisor), and the real scheduler."""
+node agent (simulated hosts: the fake hypervisor), the real scheduler, and the gateway that the
+test reaches over HTTP like any client."""
 
 import time
 
@@ -7,30 +8,35 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+import tryfleet
 from tryfleet import cluster as fleet_cluster
-from tryfleet.fleet import Fleet
+from tryfleet.local import free_port
 from tryfleet.nodeagent.actor import start_node_actor
 from tryfleet.scheduler.records import Iteration
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
+    """The fleet through its API, as any client has it: the gateway on the head, an admin key."""
     data = tmp_path_factory.mktemp("fleet")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes = {f"host{i}": c.add_node(num_cpus=1) for i in range(3)}
     ray.init(address=c.address, namespace="tryfleet", log_to_driver=False)
     images = {"host0": (), "host1": ("base",), "host2": ("base", "special")}
-    handles = [start_node_actor(str(data / name), name, node_id=node.node_id, fake=True,
-                                detached=False, fake_images=images[name])
-               for name, node in nodes.items()]
-    handles.append(fleet_cluster.ensure_scheduler(data, detached=False))
-    f = Fleet(data, embedded=False, keep=tuple(handles))
-    f.cluster, f.nodes = c, nodes
+    for name, node in nodes.items():
+        start_node_actor(str(data / name), name, node_id=node.node_id, fake=True,
+                         detached=False, fake_images=images[name])
+    fleet_cluster.ensure_scheduler(data, detached=False)
+    gateway, url, key = fleet_cluster.open_front_door(data, f"127.0.0.1:{free_port()}",
+                                                      detached=False)
+    f = tryfleet.connect(url, api_key=key)
+    f.cluster, f.nodes, f.gateway = c, nodes, gateway  # the gateway lives as long as its handle
     deadline = time.monotonic() + 60
     while len([h for h in f.status()["hosts"] if h["cpus"]]) < 3:
         assert time.monotonic() < deadline, "the scheduler did not see three hosts"
         time.sleep(0.5)
     yield f
+    f.close()
     ray.shutdown()
     c.shutdown()
 

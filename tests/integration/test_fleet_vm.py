@@ -6,53 +6,42 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tryfleet.errors import CannotPlace
+from tryfleet.local import free_port
 from tryfleet.scheduler.records import Iteration
 
-from .conftest import TRYFLEET, cli, tryfleet_domains
+from .conftest import TRYFLEET, cli, own_data_dir, tryfleet_domains
 
 PORT = "6391"  # not the default 6390: a fleet other people use may be up there
-UP = ("up", "--port", PORT)
+UP = ("up", "--port", PORT, "--api-listen", f"127.0.0.1:{free_port()}")  # nor 8470
 
 
 @pytest.fixture(scope="module")
 def fleet(data_dir):
-    """A fleet of this module's own: its port, and a data dir of its own (its up.json, ledger
-    and logs) that shares the built images, saved guests and accelerator probe, and run/ (the
-    reaper must see every owner on this host, or it takes their VMs for leftovers). Next to the
-    real one: QEMU runs as its own user, and must reach the disks through it."""
-    own = Path(tempfile.mkdtemp(prefix=f"{data_dir.name}-test-", dir=data_dir.parent))
-    own.chmod(0o755)
-    for shared in ("images", "snapshots", "run"):
-        (own / shared).symlink_to(data_dir / shared)
-    (own / "host").mkdir()
-    if (data_dir / "host" / "accel.json").exists():
-        shutil.copy(data_dir / "host" / "accel.json", own / "host" / "accel.json")
-    saved = {k: os.environ.get(k) for k in ("TRYFLEET_DATA", "TRYFLEET_LEDGER")}
-    os.environ.update(TRYFLEET_DATA=str(own), TRYFLEET_LEDGER=str(own / "ledger.db"))
-    r = cli(*UP)
-    assert r.returncode == 0, r.stderr
-    import tryfleet
+    """A fleet of this module's own: its Ray port and API port, and a data dir of its own
+    (conftest.own_data_dir). The SDK and the CLI find it by its up.json and admin key there."""
+    with own_data_dir(data_dir) as own:
+        saved = {k: os.environ.get(k) for k in ("TRYFLEET_DATA", "TRYFLEET_LEDGER")}
+        os.environ.update(TRYFLEET_DATA=str(own), TRYFLEET_LEDGER=str(own / "ledger.db"))
+        r = cli(*UP)
+        assert r.returncode == 0, r.stderr
+        import tryfleet
 
-    f = tryfleet.connect()
-    yield f
-    f.close()
-    cli("down")
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    shutil.rmtree(own)  # the shared folders are symlinks: removed, not followed
+        f = tryfleet.connect()
+        yield f
+        f.close()
+        cli("down")
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def write_specs(path, specs):
