@@ -4,6 +4,7 @@ calls are retried on outages and not on answers, every request carries an id of 
 
 import base64
 import json
+import pathlib
 import re
 
 import httpx
@@ -365,3 +366,15 @@ def test_api_closes_its_connections():
     api.close()
     with pytest.raises(RuntimeError):
         api.request("GET", "/v1/me")
+
+
+def test_the_readme_sdk_example_runs_against_the_api(fake, capsys):
+    readme = pathlib.Path(tryfleet.__file__).parents[1] / "README.md"
+    (code,) = re.findall(r"\*\*Python SDK\*\*.*?```python\n(.*?)```", readme.read_text(), re.S)
+    code = re.sub(r"tryfleet\.connect\([^)]*\)",
+                  "tryfleet.connect(URL, api_key=KEY, transport=TRANSPORT)", code, count=1)
+    exec(compile(code, "README.md", "exec"),
+         {"URL": "http://fleet.test", "KEY": ACME, "TRANSPORT": fake.transport})
+    out = capsys.readouterr().out
+    assert "b'python3 /root/a.py'" in out and out.count("SUCCEEDED") >= 10
+    assert fake.files == {"/root/a.py": b"print('hi')"}
