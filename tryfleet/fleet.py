@@ -180,27 +180,25 @@ class Fleet:
         if suite is None and 0 < len(pending) <= LOOKUP_MAX:
             suites = set()
             for iid in dict.fromkeys(ids):
-                r = self.get(iid, tenant=tenant).result
-                if r.state in TERMINAL:
+                now = self.get(iid, tenant=tenant).result
+                if now.state in TERMINAL:
                     pending.discard(iid)
-                    yield r
+                    yield now
                 else:
-                    suites.add(r.suite)
+                    suites.add(now.suite)
             suite = suites.pop() if len(suites) == 1 else None
         if not pending:
             return
         for item in self._ended(suite, None, tenant, deadline):
-            if item is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(f"{len(pending)} iteration(s) not finished after "
-                                      f"{timeout_s:g}s: {', '.join(sorted(pending)[:10])}")
-                continue
-            r = item[1]
-            if r.id in pending:
-                pending.discard(r.id)
-                yield self.get(r.id, tenant=tenant).result if output else r
+            ended = item[1] if item is not None else None
+            if ended is not None and ended.id in pending:
+                pending.discard(ended.id)
+                yield self.get(ended.id, tenant=tenant).result if output else ended
                 if not pending:
                     return
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"{len(pending)} iteration(s) not finished after "
+                                  f"{timeout_s:g}s: {', '.join(sorted(pending)[:10])}")
 
     def wait(self, ids: Sequence[str], timeout_s: float | None = None,
              suite: str | None = None, tenant: str | None = None,
