@@ -1,4 +1,6 @@
-"""python -m benchmarks NAME [--json] [--save DIR] [--quick]"""
+"""python -m benchmarks NAME [--json] [--save DIR] [--quick] [--real]
+
+Exits 0, or 1 when the scenario defines `failed(result)` and it says so (soak's checks)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ SCENARIOS = {
     "exec": "round trip of a command in a ready VM",
     "suites50": "50 suites at once on this host: throttled vs everything admitted at once",
     "campaign": "a small pytest suite N times: pooled+restore vs a fresh boot each",
+    "soak": "the scheduler under chaos (processes killed, hosts removed): nothing lost",
 }
 
 
@@ -27,12 +30,15 @@ def main() -> int:
     p.add_argument("--save", type=Path, default=None,
                    help="also write NAME.json (and the chart, NAME.png) into DIR")
     p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    p.add_argument("--real", action="store_true",
+                   help="soak: real VMs on this host instead of simulated hosts")
     args = p.parse_args()
     module = importlib.import_module(f"benchmarks.{args.name}")
     result = module.run(args)
     chart = getattr(module, "CHART", None)
     finish(args.name, result, args.json, args.save, chart, f"{args.name}: {SCENARIOS[args.name]}")
-    return 0
+    failed = getattr(module, "failed", None)
+    return 1 if failed is not None and failed(result) else 0
 
 
 if __name__ == "__main__":

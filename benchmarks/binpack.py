@@ -96,7 +96,7 @@ def pack_with_tryfleet(items: Sequence[Demand], hosts: Sequence[HostView]) -> li
 def fill(where: Sequence[str | None], items: Sequence[Demand], host: HostView) -> dict[str, Any]:
     """Hosts used, items left unplaced, and the mean cpu and memory use of the used hosts."""
     on: dict[str, list[Demand]] = {}
-    for name, demand in zip(where, items):
+    for name, demand in zip(where, items, strict=True):
         if name is not None:
             on.setdefault(name, []).append(demand)
     out: dict[str, Any] = {"hosts_used": len(on), "unplaced": sum(w is None for w in where),

@@ -79,7 +79,7 @@ def save_chart(path: Path, title: str, result: Mapping[str, Any], spec: Spec) ->
                  layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(units), squeeze=False, width_ratios=slots)[0]
-    for ax, unit in zip(axes, units):
+    for ax, unit in zip(axes, units, strict=True):
         names, here = metrics[unit], present[unit]
         width = 0.8 / len(here)
         for k, s in enumerate(here):
@@ -99,7 +99,7 @@ def save_chart(path: Path, title: str, result: Mapping[str, Any], spec: Spec) ->
     fig.suptitle(f"{title}\n{subtitle(result)}", fontsize=10)
     handles: dict[str, Any] = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside lower center",

@@ -91,8 +91,8 @@ def _ours(n: int, hosts: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
                                  "'dispatch' GROUP BY state").fetchall())
         (last,) = db.execute("SELECT MAX(ended_at) FROM iterations WHERE suite = "
                              "'dispatch'").fetchone()
-        (attempts,) = db.execute("SELECT COUNT(*) FROM attempts WHERE iteration_id LIKE "
-                                 "'it-%'").fetchone()
+        (attempts,) = db.execute("SELECT COUNT(*) FROM attempts WHERE iteration_key LIKE "
+                                 "'bench/it-%'").fetchone()  # keyed tenant/id
     return {"elapsed_s": last - t0, "submit_s": submitted - t0, "states": states,
             "attempts": attempts, "stats": stats}
 

@@ -38,16 +38,24 @@ def local_ray(prefix: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def start_scheduler(ledger: Path, hosts: int, **settings: Any) -> Any:
+def start_scheduler(ledger: Path, hosts: int, restartable: bool = False,
+                    **settings: Any) -> Any:
     """The real scheduler as a Ray actor with its ledger at `ledger`, once it sees `hosts`
-    hosts with capacity."""
+    hosts with capacity. Restartable: as `tryfleet up` starts it (tryfleet/cluster.py), named,
+    pinned to this node where its ledger is, and restarted by Ray whenever its process dies."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from tryfleet.scheduler.service import Scheduler
+    from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
     from tryfleet.wire import NAMESPACE
 
-    sched = ray.remote(Scheduler).options(namespace=NAMESPACE, num_cpus=0,
-                                          max_concurrency=1000).remote(str(ledger), **settings)
+    options: dict[str, Any] = {"namespace": NAMESPACE, "num_cpus": 0, "max_concurrency": 1000}
+    if restartable:
+        here = ray.get_runtime_context().get_node_id()
+        options.update(name=SCHEDULER_NAME, max_restarts=-1,
+                       scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here,
+                                                                          soft=False))
+    sched = ray.remote(Scheduler).options(**options).remote(str(ledger), **settings)
     deadline = time.monotonic() + 60
     while sum(1 for h in ray.get(sched.status.remote())["hosts"] if h["cpus"]) < hosts:
         if time.monotonic() > deadline:

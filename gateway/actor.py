@@ -52,9 +52,14 @@ class Gateway:
                 raise FleetUnavailable(f"the gateway could not listen on "
                                        f"{self.host}:{self.port} (in use?)")
             await asyncio.sleep(0.01)
-        if not self.url:  # a second caller may wake before the one that started serving
-            self._note_url()
+        self._listening()  # a caller that raced the first start sees the URL too
         return self.url
+
+    def _listening(self) -> None:
+        if not self.url:
+            sock = self._server.servers[0].sockets[0].getsockname()
+            self.url = f"http://{_url_host(sock[0])}:{sock[1]}"
+            log.info("gateway listening on %s", self.url)
 
     async def _serve(self) -> None:
         import uvicorn
@@ -72,13 +77,8 @@ class Gateway:
         self._serving = asyncio.create_task(server.serve())
         while not server.started and not self._serving.done():
             await asyncio.sleep(0.01)
-        if server.started and not self.url:
-            self._note_url()
-
-    def _note_url(self) -> None:
-        sock = self._server.servers[0].sockets[0].getsockname()
-        self.url = f"http://{_url_host(sock[0])}:{sock[1]}"
-        log.info("gateway listening on %s", self.url)
+        if server.started:
+            self._listening()
 
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "url": await self.start()}

@@ -16,12 +16,16 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tryfleet import __version__
+from tryfleet.scheduler.sandboxes import SandboxBook
 
 from . import problems
 from .keys import KeyStore
 from .policy import Policies
+from .routes import fleet as fleet_routes
+from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
-from .routes import meta
+from .routes import meta, sandbox_files, sandboxes
+from .routes import suites as suite_routes
 
 MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -94,9 +98,15 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
                               "application/problem+json (RFC 9457).")
     app.state.fleet, app.state.keys, app.state.policies = fleet, keys, policies
     app.state.ledger_path = ledger_path
+    app.state.sandboxes = SandboxBook(ledger_path)  # reads: who owns a sandbox, where it runs
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(keys_routes.router)
+    app.include_router(sandboxes.router)
+    app.include_router(sandbox_files.router)
+    app.include_router(iteration_routes.router)
+    app.include_router(suite_routes.router)
+    app.include_router(fleet_routes.router)
     app.add_middleware(RequestIds)
     return app
 

@@ -6,7 +6,7 @@ A tenant's key acts only for its tenant; what belongs to another tenant does not
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,7 +23,9 @@ def _token(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
+    """The caller (async, like every dependency on the hot path: FastAPI runs a plain `def`
+    dependency in a worker thread, a hop that costs more than the key check itself)."""
     token = _token(request)
     if not token:
         raise unauthorized("this API needs a key: send `Authorization: Bearer <key>` (make "
@@ -36,11 +38,11 @@ def principal(request: Request) -> Principal:
     return who
 
 
-def needs(*scopes: Scope) -> Callable[[Principal], Principal]:
+def needs(*scopes: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency: the caller, who must hold one of `scopes` (admin holds all)."""
     names = " or ".join(f"`{s.value}`" for s in scopes)
 
-    def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not any(who.may(s) for s in scopes):
             raise forbidden(f"this key lacks the scope this needs: {names}", scopes=[
                 s.value for s in scopes])

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tryfleet.errors import (
@@ -79,14 +80,39 @@ def of_error(err: TryfleetError) -> Problem:
                    "says where in its logs")
 
 
+def body(request: Request, p: Problem) -> dict[str, Any]:
+    """The problem+json document (also the data of an SSE `error` event)."""
+    return {"type": f"urn:tryfleet:problem:{p.slug}", "title": p.title, "status": p.status,
+            "detail": p.detail, "instance": request.url.path,
+            "request_id": getattr(request.state, "request_id", None), **p.extra}
+
+
 def response(request: Request, p: Problem) -> JSONResponse:
     rid = getattr(request.state, "request_id", None)
-    body = {"type": f"urn:tryfleet:problem:{p.slug}", "title": p.title, "status": p.status,
-            "detail": p.detail, "instance": request.url.path, "request_id": rid, **p.extra}
     headers = dict(p.headers)
     if rid:
         headers["X-Request-Id"] = rid
-    return JSONResponse(body, status_code=p.status, media_type=MEDIA_TYPE, headers=headers)
+    return JSONResponse(body(request, p), status_code=p.status, media_type=MEDIA_TYPE,
+                        headers=headers)
+
+
+class ProblemBody(BaseModel):
+    """RFC 9457 problem details, as every error answers (more members by problem type)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each a problem+json document."""
+    schema = ProblemBody.model_json_schema()
+    return {s: {"content": {MEDIA_TYPE: {"schema": schema}},
+                "description": "a problem (RFC 9457)"} for s in statuses}
 
 
 def _validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
@@ -130,5 +156,5 @@ def install(app: FastAPI) -> None:
                                          "request; the request id says where in its logs"))
 
 
-__all__ = ["MEDIA_TYPE", "Problem", "forbidden", "install", "not_found", "of_error", "response",
-           "unauthorized"]
+__all__ = ["MEDIA_TYPE", "Problem", "ProblemBody", "body", "documented", "forbidden", "install",
+           "not_found", "of_error", "response", "unauthorized"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -62,10 +63,8 @@ def run(step: str, argv: Sequence[str], *, cwd: Path | None = None,
 def stop_group(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
     """SIGTERM the command's process group (debootstrap unmounts on it), then SIGKILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.communicate(timeout=grace_s)
             return

@@ -3,8 +3,9 @@
 
 It implements wire.NodeProtocol for exactly one host: every call takes and returns wire
 records packed as msgpack bytes, so nothing pickled crosses between scheduler and host; a call
-naming another host is refused (wire.WrongHost). The interactive-sandbox calls the SDK makes
-follow the same rule.
+naming another host is refused (wire.WrongHost). The interactive-sandbox calls (the gateway's,
+and the scheduler's open, extend, list and close) follow the same rule, and refuse a sandbox
+that is not open here with wire.SandboxGone.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class NodeActor:
 
     def __init__(self, data_dir: str, host: str | None = None, fake: bool = False,
                  uri: str = "qemu:///system", fake_images: tuple[str, ...] = ("base",),
-                 pool: tuple[str, ...] | None = None) -> None:
+                 pool: tuple[str, ...] | None = None, pool_max_per_key: int = 4) -> None:
         hypervisor = build = None
         if fake:  # a host without VMs: the guest agent in threads (see fake_hv.py)
             from .fake_hv import FakeHypervisor, make_fake_image
@@ -52,7 +53,8 @@ class NodeActor:
         # a fake one only when given targets.
         targets = tuple(PoolTarget.parse(t) for t in pool or ())
         config = NodeConfig(data_dir=Path(data_dir), uri=uri, accel="tcg" if fake else None,
-                            warm_pool=bool(targets) or not fake, pool_targets=targets)
+                            warm_pool=bool(targets) or not fake, pool_targets=targets,
+                            pool_max_per_key=pool_max_per_key)
         self.svc = NodeService(config, host, hypervisor, build_image=build)
 
     # ---- wire.NodeProtocol -----------------------------------------------------------------
@@ -91,20 +93,54 @@ class NodeActor:
     def sandbox_open(self, host: str, request: bytes) -> str:
         return self.svc.sandbox_open(host, unpack(SandboxOpen, request))
 
+    def sandbox_list(self, host: str) -> bytes:
+        """Packed [str]: the ids of the sandboxes open on this host."""
+        return pack(self.svc.sandbox_list(host))
+
+    def sandbox_extend(self, host: str, sid: str, timeout_s: float) -> None:
+        self.svc.sandbox_extend(host, sid, timeout_s)
+
     def sandbox_exec(self, host: str, sid: str, request: bytes) -> bytes:
         return pack(self.svc.sandbox_exec(host, sid, unpack(ExecRequest, request)))
 
-    def sandbox_exec_stream(self, host: str, sid: str, request: bytes) -> Iterator[bytes]:
-        """Packed ExecChunk items; the last one carries the reply."""
-        for chunk in self.svc.sandbox_exec_stream(host, sid, unpack(ExecRequest, request)):
+    def sandbox_exec_stream(self, host: str, sid: str, request: bytes,
+                            exec_id: str = "") -> Iterator[bytes]:
+        """Packed ExecChunk items; the last one carries the reply. With an exec_id,
+        sandbox_exec_cancel kills the command (when its reader went away)."""
+        for chunk in self.svc.sandbox_exec_stream(host, sid, unpack(ExecRequest, request),
+                                                  exec_id):
             yield pack(chunk)
 
-    def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
-                      mode: int = 0o644) -> None:
-        self.svc.sandbox_write(host, sid, path, data, mode)
+    def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
+        return self.svc.sandbox_exec_cancel(host, sid, exec_id)
 
-    def sandbox_read(self, host: str, sid: str, path: str) -> bytes:
-        return self.svc.sandbox_read(host, sid, path)
+    def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
+                      mode: int = 0o644, append: bool = False) -> None:
+        self.svc.sandbox_write(host, sid, path, data, mode, append)
+
+    def sandbox_read(self, host: str, sid: str, path: str, offset: int = 0,
+                     length: int | None = None) -> bytes:
+        """The whole file (length None), or up to `length` bytes from offset (fewer only at
+        its end)."""
+        return self.svc.sandbox_read(host, sid, path, offset, length)
+
+    def sandbox_stat(self, host: str, sid: str, path: str) -> bytes:
+        """Packed FileInfo."""
+        return pack(self.svc.sandbox_stat(host, sid, path))
+
+    def sandbox_list_dir(self, host: str, sid: str, path: str, depth: int = 1) -> bytes:
+        """Packed Listing."""
+        return pack(self.svc.sandbox_list_dir(host, sid, path, depth))
+
+    def sandbox_mkdir(self, host: str, sid: str, path: str, parents: bool = True) -> bool:
+        return self.svc.sandbox_mkdir(host, sid, path, parents)
+
+    def sandbox_remove(self, host: str, sid: str, path: str, recursive: bool = False) -> None:
+        self.svc.sandbox_remove(host, sid, path, recursive)
+
+    def sandbox_move(self, host: str, sid: str, src: str, dst: str) -> bytes:
+        """Packed FileInfo of dst."""
+        return pack(self.svc.sandbox_move(host, sid, src, dst))
 
     def sandbox_close(self, host: str, sid: str) -> bool:
         return self.svc.sandbox_close(host, sid)
@@ -112,8 +148,9 @@ class NodeActor:
 
 def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake: bool = False,
                      detached: bool = True, fake_images: tuple[str, ...] = ("base",),
-                     pool: tuple[str, ...] | None = None) -> Any:
-    """Create (or find) the node agent actor of `host`, pinned to Ray node `node_id`."""
+                     pool: tuple[str, ...] | None = None, pool_max_per_key: int = 4) -> Any:
+    """Create (or find) the node agent actor of `host`, pinned to Ray node `node_id`;
+    pool_max_per_key bounds the warm VMs kept ready of one image and size."""
     node_id = node_id or ray.get_runtime_context().get_node_id()
     options: dict[str, Any] = {
         "name": NODE_ACTOR_PREFIX + host, "namespace": NAMESPACE, "get_if_exists": True,
@@ -123,6 +160,7 @@ def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake:
     if detached:
         options["lifetime"] = "detached"
     actor: Any = ray.remote(NodeActor).options(**options).remote(
-        data_dir, host, fake, fake_images=fake_images, pool=pool)
+        data_dir, host, fake, fake_images=fake_images, pool=pool,
+        pool_max_per_key=pool_max_per_key)
     ray.get(actor.ping.remote())
     return actor

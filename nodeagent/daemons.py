@@ -3,9 +3,12 @@
 libvirtd runs in the foreground under a small supervisor that is a child subreaper
 (PR_SET_CHILD_SUBREAPER): QEMU processes, which libvirt daemonizes, are re-parented to it and
 reaped the moment they exit. Without that, on hosts whose PID 1 reaps orphans slowly (containers,
-sandboxes), a destroyed QEMU lingers as a zombie and libvirt waits seconds for it to go.
+sandboxes), a destroyed QEMU lingers as a zombie and libvirt waits seconds for it to go. Where
+no systemd is there to do it, the supervisor also starts libvirtd again when it dies (it has
+crashed under a node agent killed mid-save), at most RESTARTS_PER_MINUTE times a minute; the
+node agents open their connection again on their next call.
 
-    python -m nodeagent.daemons start     # idempotent
+    python -m tryfleet.nodeagent.daemons start     # idempotent
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 
 PR_SET_CHILD_SUBREAPER = 36
 LOG = "/var/log/tryfleet-libvirtd.log"
+RESTARTS_PER_MINUTE = 5
 
 
 def _running(name: str) -> bool:
@@ -30,9 +34,16 @@ def supervise() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
-    with open(LOG, "ab") as log:
-        daemon = subprocess.Popen(["libvirtd"], stdout=log, stderr=log)
-    signal.signal(signal.SIGTERM, lambda *_: daemon.terminate())
+    stopping = False
+    daemon = _libvirtd()
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        daemon.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    starts: list[float] = [time.monotonic()]
     while True:
         try:
             pid, status = os.wait()
@@ -40,15 +51,33 @@ def supervise() -> None:
             return
         except InterruptedError:
             continue
-        if pid == daemon.pid:
-            sys.exit(os.waitstatus_to_exitcode(status))
+        if pid != daemon.pid:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        starts = [t for t in starts if t > time.monotonic() - 60]
+        if stopping or code == 0 or len(starts) >= RESTARTS_PER_MINUTE:
+            sys.exit(code)
+        _note(f"libvirtd exited with {code}; starting it again")
+        time.sleep(1.0)
+        daemon = _libvirtd()
+        starts.append(time.monotonic())
+
+
+def _libvirtd() -> subprocess.Popen[bytes]:
+    with open(LOG, "ab") as log:
+        return subprocess.Popen(["libvirtd"], stdout=log, stderr=log)
+
+
+def _note(line: str) -> None:
+    with open(LOG, "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tryfleet supervisor: {line}\n")
 
 
 def start(timeout_s: float = 30.0) -> None:
     if not _running("virtlogd"):
         subprocess.run(["virtlogd", "-d"], check=True)
     if not _running("libvirtd"):
-        subprocess.Popen([sys.executable, "-m", "nodeagent.daemons", "supervise"],
+        subprocess.Popen([sys.executable, "-m", "tryfleet.nodeagent.daemons", "supervise"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
@@ -68,4 +97,4 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["start"]:
         start()
     else:
-        raise SystemExit("usage: python -m nodeagent.daemons start")
+        raise SystemExit("usage: python -m tryfleet.nodeagent.daemons start")

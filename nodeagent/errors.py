@@ -47,6 +47,15 @@ class GuestRequestError(GuestError, OSError):
     """The guest agent refused a request (a file that does not exist, a bad path, ...)."""
 
 
+class GuestPathMissing(GuestRequestError, errors.NotFound):
+    """The guest has no such path (ENOENT, ENOTDIR): the caller's mistake, not the fleet's."""
+
+
+class GuestPathRefused(GuestRequestError, errors.BadRequest):
+    """The guest refused a file operation for the path as it stands (it exists, is a
+    directory, is not empty, is not allowed, the disk is full)."""
+
+
 class GuestUnresponsive(GuestError, TimeoutError):
     """The guest agent did not answer a request in time."""
 

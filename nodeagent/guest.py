@@ -14,12 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from tryfleet.images.guestagent import wire
+from tryfleet.wire import FileInfo
 
 from .errors import Cancelled, GuestGone, GuestProtocolError, GuestRequestError, GuestUnresponsive
+from .guest_files import MAX_LIST_ENTRIES, file_info, refusal
 from .records import ExecResult
 
 OutputSink = Callable[[int, bytes], None]
 REQUEST_TIMEOUT_S = 30.0
+REMOVE_TIMEOUT_S = 300.0  # removing a tree, or moving one across filesystems, takes a while
 # After the host's deadline, how long the guest gets to report the killed command.
 KILL_GRACE_S = 1.0
 
@@ -59,8 +62,8 @@ class GuestChannel:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self._sock.settimeout(None if remaining == float("inf") else remaining)
             try:
+                self._sock.settimeout(None if remaining == float("inf") else remaining)
                 data = self._sock.recv(256 * 1024)
             except TimeoutError:
                 return None
@@ -75,15 +78,18 @@ class GuestChannel:
         return self._pending.pop(0)
 
     def _answer(self, req: int, op: str, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
+        return self._next(req, op, time.monotonic() + timeout_s)
+
+    def _next(self, req: int, op: str, deadline: float) -> dict[str, Any]:
+        """The next message about request `req` (an error event raised as the error it is)."""
         while True:
             msg = self._recv(deadline)
             if msg is None:
-                raise GuestUnresponsive(f"guest agent did not answer {op} within {timeout_s:.1f}s")
+                raise GuestUnresponsive(f"guest agent did not answer {op} in time")
             if msg.get("id") != req:
                 continue  # a late answer to an earlier request
             if msg.get("ev") == "error":
-                raise GuestRequestError(f"guest refused {op}: {_text(msg.get('message'))}")
+                raise refusal(op, msg)
             return msg
 
     # ---- operations ------------------------------------------------------------------------
@@ -145,30 +151,89 @@ class GuestChannel:
         except OSError as err:
             raise GuestGone(f"guest channel closed while sending: {err}") from err
 
-    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+    def write_file(self, path: str, data: bytes, mode: int = 0o644,
+                   append: bool = False) -> None:
+        """The file made (or, with append, added to) with data, in chunks."""
         view = memoryview(data)
         first = True
         while first or view:
             chunk, view = view[: wire.CHUNK_BYTES], view[wire.CHUNK_BYTES:]
             req = self._request("write_file", path=path, data=bytes(chunk), mode=mode,
-                                append=not first)
+                                append=append or not first)
             self._answer(req, f"write_file {path}", REQUEST_TIMEOUT_S)
             first = False
 
     def read_file(self, path: str, max_bytes: int) -> bytes:
         out = bytearray()
         while True:
-            length = min(wire.CHUNK_BYTES, max_bytes - len(out) + 1)
-            req = self._request("read_file", path=path, offset=len(out), length=length)
-            msg = self._answer(req, f"read_file {path}", REQUEST_TIMEOUT_S)
-            data = msg.get("data")
-            if not isinstance(data, bytes) or len(data) > length:
-                raise GuestProtocolError(f"bad read_file answer for {path}: {_brief(msg)}")
+            data, eof = self.read_range(path, len(out), min(wire.CHUNK_BYTES,
+                                                            max_bytes - len(out) + 1))
             out += data
             if len(out) > max_bytes:
                 raise GuestRequestError(f"{path} is larger than the {max_bytes}-byte limit")
-            if msg.get("eof") is True or not data:
+            if eof:
                 return bytes(out)
+
+    def read_range(self, path: str, offset: int, length: int) -> tuple[bytes, bool]:
+        """Up to `length` bytes (at most one wire chunk) from offset, and whether that was
+        the end of the file."""
+        length = max(1, min(length, wire.CHUNK_BYTES))
+        req = self._request("read_file", path=path, offset=offset, length=length)
+        msg = self._answer(req, f"read_file {path}", REQUEST_TIMEOUT_S)
+        data = msg.get("data")
+        if not isinstance(data, bytes) or len(data) > length:
+            raise GuestProtocolError(f"bad read_file answer for {path}: {_brief(msg)}")
+        return data, msg.get("eof") is True or not data
+
+    def stat(self, path: str) -> FileInfo:
+        """What the path is (a symlink not followed)."""
+        msg = self._answer(self._request("stat", path=path), f"stat {path}", REQUEST_TIMEOUT_S)
+        if msg.get("ev") != "entry":
+            raise GuestProtocolError(f"bad stat answer for {path}: {_brief(msg)}")
+        return file_info(msg.get("entry"), path=path)
+
+    def list_dir(self, path: str, depth: int = 1, max_entries: int = MAX_LIST_ENTRIES,
+                 timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[list[FileInfo], bool]:
+        """The entries below a directory to `depth` levels, at most max_entries of them, and
+        whether there were more."""
+        max_entries = max(1, min(max_entries, MAX_LIST_ENTRIES))
+        req = self._request("list_dir", path=path, depth=depth, max_entries=max_entries)
+        deadline = time.monotonic() + timeout_s
+        entries: list[FileInfo] = []
+        while True:
+            msg = self._next(req, f"list_dir {path}", deadline)
+            ev, raw = msg.get("ev"), msg.get("entries")
+            if ev == "entries" and isinstance(raw, list) and \
+                    len(entries) + len(raw) <= max_entries:
+                entries += [file_info(r, under=path) for r in raw]
+            elif ev == "done" and isinstance(msg.get("truncated"), bool):
+                return entries, bool(msg["truncated"])
+            else:
+                raise GuestProtocolError(f"bad list_dir answer for {path} (after "
+                                         f"{len(entries)} entries): {_brief(msg)}")
+
+    def mkdir(self, path: str, parents: bool = True) -> bool:
+        """Whether the directory was made (False: it was there)."""
+        msg = self._answer(self._request("mkdir", path=path, parents=parents),
+                           f"mkdir {path}", REQUEST_TIMEOUT_S)
+        created = msg.get("created")
+        if msg.get("ev") != "ok" or not isinstance(created, bool):
+            raise GuestProtocolError(f"bad mkdir answer for {path}: {_brief(msg)}")
+        return created
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        msg = self._answer(self._request("remove", path=path, recursive=recursive),
+                           f"remove {path}", REMOVE_TIMEOUT_S)
+        if msg.get("ev") != "ok":
+            raise GuestProtocolError(f"bad remove answer for {path}: {_brief(msg)}")
+
+    def move(self, src: str, dst: str) -> FileInfo:
+        """src renamed to dst; what dst is now."""
+        msg = self._answer(self._request("move", src=src, dst=dst), f"move {src} to {dst}",
+                           REMOVE_TIMEOUT_S)
+        if msg.get("ev") != "entry":
+            raise GuestProtocolError(f"bad move answer for {src}: {_brief(msg)}")
+        return file_info(msg.get("entry"), path=dst)
 
     def exec(
         self,
@@ -185,7 +250,8 @@ class GuestChannel:
         """Run argv in the guest, streaming output to on_output(stream, data) as it arrives."""
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else float("inf")
-        first, rest = (stdin[:wire.CHUNK_BYTES], stdin[wire.CHUNK_BYTES:]) if stdin else (stdin, b"")
+        size = wire.CHUNK_BYTES
+        first, rest = (stdin[:size], stdin[size:]) if stdin else (stdin, b"")
         req = self._request("exec", argv=list(argv), env=env or {}, cwd=cwd, stdin=first,
                             stdin_open=bool(rest), timeout_s=timeout_s, max_output=max_output)
         for offset in range(0, len(rest), wire.CHUNK_BYTES):

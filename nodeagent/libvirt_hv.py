@@ -6,10 +6,13 @@ SIGKILL, libvirtd destroys its VMs when the connection drops; the reaper removes
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
-from pathlib import Path
 import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -98,7 +101,8 @@ def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
             continue
         for old in disk.findall("source") + disk.findall("backingStore"):
             disk.remove(old)
-        anchor = list(disk).index(disk.find("driver")) + 1 if disk.find("driver") is not None else 0
+        driver = disk.find("driver")
+        anchor = list(disk).index(driver) + 1 if driver is not None else 0
         disk.insert(anchor, ET.Element("source", file=str(spec.disk)))
         parent = disk
         pos = anchor + 1
@@ -132,12 +136,28 @@ def restore_xml(saved: str, spec: RestoreSpec) -> tuple[str, str]:
 class LibvirtHypervisor:
     def __init__(self, uri: str = DEFAULT_URI) -> None:
         self.uri = uri
+        self._lock = threading.Lock()
+        self._handle = self._open()
+
+    def _open(self) -> Any:
         try:
-            self._conn = libvirt.open(uri)
+            return libvirt.open(self.uri)
         except libvirt.libvirtError as err:
             raise HypervisorUnavailable(
-                f"cannot connect to libvirt at {uri}: {err.get_error_message()}; {START_HINT}"
-            ) from err
+                f"cannot connect to libvirt at {self.uri}: {err.get_error_message()}; "
+                f"{START_HINT}") from err
+
+    @property
+    def _conn(self) -> Any:
+        """The connection, opened again when libvirtd restarted under it."""
+        with self._lock:
+            try:
+                alive = self._handle.isAlive() == 1
+            except libvirt.libvirtError:
+                alive = False
+            if not alive:
+                self._handle = self._open()
+            return self._handle
 
     def start(self, spec: DomainSpec) -> None:
         try:
@@ -187,7 +207,8 @@ class LibvirtHypervisor:
             if dom.isPersistent():
                 dom.undefine()
         except libvirt.libvirtError as err:
-            if err.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            gone = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
+            if err.get_error_code() in gone:
                 return
             raise HypervisorError(f"failed to destroy {name}: {err.get_error_message()}") from err
 
@@ -225,7 +246,5 @@ class LibvirtHypervisor:
             return None
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except libvirt.libvirtError:
-            pass
+        with contextlib.suppress(libvirt.libvirtError):
+            self._handle.close()

@@ -60,7 +60,8 @@ class Sandbox:
     def read_file(self, path: str, max_bytes: int = 64 * 1024 * 1024) -> bytes:
         return self.channel.read_file(path, max_bytes)
 
-    def destroy(self, keep_logs: bool = False, details: dict[str, Any] | None = None) -> Path | None:
+    def destroy(self, keep_logs: bool = False,
+                details: dict[str, Any] | None = None) -> Path | None:
         """Stop the VM and delete its files; returns where the logs were kept, if asked."""
         if self.destroyed:
             return None

@@ -24,9 +24,11 @@ from tryfleet.wire import (
     ExecReply,
     ExecRequest,
     Failure,
+    FileInfo,
     HostStatus,
     Ids,
     IterationSpec,
+    Listing,
     Outcome,
     Output,
     SandboxOpen,
@@ -36,9 +38,9 @@ from tryfleet.wire import (
 )
 
 from .hypervisor import Hypervisor
+from .interactive import OpenSandboxes
 from .node import NodeAgent, NodeConfig
-from .records import ExecResult, IterationOutcome, SandboxSpec
-from .sandbox import Sandbox
+from .records import IterationOutcome, SandboxSpec
 
 log = logging.getLogger("tryfleet.nodeagent")
 KEEP_FINISHED_S = 3600.0
@@ -74,10 +76,6 @@ def _outcome(key: AttemptKey, host: str, o: IterationOutcome, stopped: bool) -> 
         kept_logs=str(o.kept_logs) if o.kept_logs else None)
 
 
-def _reply(r: ExecResult) -> ExecReply:
-    return ExecReply(**asdict(r))
-
-
 class NodeService:
     def __init__(self, config: NodeConfig, host: str | None = None,
                  hypervisor: Hypervisor | None = None,
@@ -85,7 +83,7 @@ class NodeService:
         self.node = NodeAgent(config, hypervisor, build_image=build_image)
         self.host = host or self.node.hostname
         self._attempts: dict[AttemptKey, _Attempt] = {}
-        self._sandboxes: dict[str, tuple[Sandbox, float]] = {}
+        self.boxes = OpenSandboxes(self.host)
         self._lock = threading.Lock()
         self._finished = threading.Condition()  # notified whenever an attempt ends
 
@@ -204,8 +202,7 @@ class NodeService:
                 att.stop.set()
                 n += 1
         self.node.destroy_all()
-        for sid in list(self._sandboxes):
-            self.sandbox_close(host, sid)
+        self.boxes.close_all()
         return n
 
     # ---- host ------------------------------------------------------------------------------
@@ -225,88 +222,78 @@ class NodeService:
     def ping(self) -> str:
         return self.host
 
-    # ---- interactive sandboxes -------------------------------------------------------------
+    # ---- interactive sandboxes (each call refused with wire.SandboxGone once it is not open)
     def sandbox_open(self, host: str, req: SandboxOpen) -> str:
-        """A VM held as sandbox `req.sid` for up to req.timeout_s; its VM's name."""
+        """A VM held as sandbox `req.sid` for up to req.timeout_s; its VM's name. Asked again
+        for a sandbox it holds, the same VM."""
         self._check(host)
+        vm = self.boxes.vm_of(req.sid)
+        if vm is not None:
+            return vm
         box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib, req.disk_mib))
-        self._sandboxes[req.sid] = (box, time.monotonic() + req.timeout_s)
-        threading.Timer(req.timeout_s, self.sandbox_close, args=(host, req.sid)).start()
+        self.boxes.add(req.sid, box, req.timeout_s)
+        log.info("sandbox %s open in %s (%s)", req.sid, box.name, box.origin,
+                 extra=asdict(req.ids))
         return box.name
 
-    def _box(self, host: str, sid: str) -> tuple[Sandbox, float]:
-        """The sandbox and its deadline (host monotonic)."""
+    def sandbox_list(self, host: str) -> list[str]:
+        """The ids of the sandboxes open here."""
         self._check(host)
-        entry = self._sandboxes.get(sid)
-        if entry is None:
-            raise errors.NotFound(f"sandbox {sid} is not open on {self.host} "
-                                  "(closed or timed out)")
-        return entry
+        return self.boxes.ids()
+
+    def sandbox_extend(self, host: str, sid: str, timeout_s: float) -> None:
+        self._check(host)
+        self.boxes.extend(sid, timeout_s)
 
     def sandbox_exec(self, host: str, sid: str, req: ExecRequest) -> ExecReply:
-        box, deadline = self._box(host, sid)
-        limit = max(0.1, deadline - time.monotonic())
-        return _reply(box.exec(list(req.argv), env=dict(req.env) or None, cwd=req.cwd,
-                               stdin=req.stdin, timeout_s=min(req.timeout_s or limit, limit)))
+        self._check(host)
+        return self.boxes.exec(sid, req)
 
-    def sandbox_exec_stream(self, host: str, sid: str, req: ExecRequest) -> Iterator[ExecChunk]:
-        """ExecChunk items with output as it comes, then one carrying the reply."""
-        box, deadline = self._box(host, sid)  # refused here, before anything runs
-        return _stream(box, req, max(0.1, deadline - time.monotonic()))
+    def sandbox_exec_stream(self, host: str, sid: str, req: ExecRequest,
+                            exec_id: str = "") -> Iterator[ExecChunk]:
+        """ExecChunk items with output as it comes, then one carrying the reply; with an
+        exec_id, sandbox_exec_cancel kills it."""
+        self._check(host)
+        return self.boxes.exec_stream(sid, req, exec_id)
+
+    def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
+        self._check(host)
+        return self.boxes.cancel_exec(sid, exec_id)
 
     def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
-                      mode: int = 0o644) -> None:
-        self._box(host, sid)[0].write_file(path, data, mode)
+                      mode: int = 0o644, append: bool = False) -> None:
+        self._check(host)
+        self.boxes.write(sid, path, data, mode, append)
 
-    def sandbox_read(self, host: str, sid: str, path: str) -> bytes:
-        return bytes(self._box(host, sid)[0].read_file(path))
+    def sandbox_read(self, host: str, sid: str, path: str, offset: int = 0,
+                     length: int | None = None) -> bytes:
+        self._check(host)
+        return self.boxes.read(sid, path, offset, length)
+
+    def sandbox_stat(self, host: str, sid: str, path: str) -> FileInfo:
+        self._check(host)
+        return self.boxes.stat(sid, path)
+
+    def sandbox_list_dir(self, host: str, sid: str, path: str, depth: int = 1) -> Listing:
+        self._check(host)
+        return self.boxes.list_dir(sid, path, depth)
+
+    def sandbox_mkdir(self, host: str, sid: str, path: str, parents: bool = True) -> bool:
+        self._check(host)
+        return self.boxes.mkdir(sid, path, parents)
+
+    def sandbox_remove(self, host: str, sid: str, path: str, recursive: bool = False) -> None:
+        self._check(host)
+        self.boxes.remove(sid, path, recursive)
+
+    def sandbox_move(self, host: str, sid: str, src: str, dst: str) -> FileInfo:
+        self._check(host)
+        return self.boxes.move(sid, src, dst)
 
     def sandbox_close(self, host: str, sid: str) -> bool:
         self._check(host)
-        entry = self._sandboxes.pop(sid, None)
-        if entry is None:
-            return False
-        entry[0].destroy()
-        return True
+        return self.boxes.close(sid)
 
     def close(self) -> None:
         self.cancel_all(self.host)
         self.node.close()
-
-
-def _stream(box: Sandbox, req: ExecRequest, limit_s: float) -> Iterator[ExecChunk]:
-    """Run the command in a thread and yield its output as it comes, then its reply."""
-    chunks: list[ExecChunk] = []
-    cond = threading.Condition()
-    result: list[ExecReply | Exception] = []
-
-    def sink(stream: int, data: bytes) -> None:
-        with cond:
-            chunks.append(ExecChunk(stream, data))
-            cond.notify()
-
-    def work() -> None:
-        r: ExecReply | Exception
-        try:
-            r = _reply(box.exec(list(req.argv), env=dict(req.env) or None, cwd=req.cwd,
-                                stdin=req.stdin, on_output=sink,
-                                timeout_s=min(req.timeout_s or limit_s, limit_s)))
-        except Exception as err:
-            r = err
-        with cond:
-            result.append(r)
-            cond.notify()
-
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        with cond:
-            while not chunks and not result:
-                cond.wait()
-            pending, chunks[:] = list(chunks), []
-            finished = list(result)
-        yield from pending
-        if finished:
-            if isinstance(finished[0], Exception):
-                raise finished[0]
-            yield ExecChunk(reply=finished[0])
-            return

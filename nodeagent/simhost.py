@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tryfleet.wire import (
@@ -94,10 +95,15 @@ class SimHosts:
     """Many simulated hosts in one process (an async Ray actor, or a plain object in tests)."""
 
     def __init__(self, hosts: Sequence[SimHostSpec | dict[str, Any]],
-                 delays: Delays | dict[str, Any] | None = None) -> None:
+                 delays: Delays | dict[str, Any] | None = None,
+                 removed_file: str | None = None) -> None:
         specs = [h if isinstance(h, SimHostSpec) else SimHostSpec(**h) for h in hosts]
         self.delays = delays if isinstance(delays, Delays) else Delays(**(delays or {}))
-        self._hosts = {s.name: _Host(s) for s in specs}
+        # Hosts removed for good stay removed when Ray restarts this actor: they are written
+        # to removed_file, which a restart (same arguments) reads back.
+        self.removed_file = Path(removed_file) if removed_file else None
+        gone = set(_read_lines(self.removed_file))
+        self._hosts = {s.name: _Host(s) for s in specs if s.name not in gone}
         self.started = 0
 
     def _host(self, host: str) -> _Host:
@@ -105,6 +111,28 @@ class SimHosts:
             return self._hosts[host]
         except KeyError:
             raise WrongHost(f"no simulated host {host!r} in this group") from None
+
+    # ---- chaos: what a soak kills and removes ------------------------------------------------
+    async def pid(self) -> int:
+        """This actor's process id (what a chaos test kills)."""
+        return os.getpid()
+
+    async def remove(self, host: str) -> int:
+        """Take host away for good, as if its machine were gone: its attempts vanish without
+        an outcome, status_all stops listing it and every call naming it fails. Returns how
+        many unfinished attempts it took along."""
+        h = self._host(host)
+        del self._hosts[host]
+        if self.removed_file is not None:
+            with self.removed_file.open("a") as f:
+                f.write(host + "\n")
+        lost = [a for a in h.attempts.values() if a.outcome is None]
+        for att in lost:
+            if att.timer is not None:
+                att.timer.cancel()
+        h.finished.clear()  # outcomes not yet collected are gone with the machine
+        h.ready.set()  # a collect waiting on it returns (empty) now
+        return len(lost)
 
     # ---- wire.NodeProtocol: hosts ----------------------------------------------------------
     def _status(self, h: _Host) -> HostStatus:
@@ -213,7 +241,15 @@ class SimHosts:
     async def stats(self) -> dict[str, Any]:
         return {"hosts": len(self._hosts), "started": self.started,
                 "running": sum(h.running for h in self._hosts.values()),
+                "unacknowledged": sum(len(h.finished) for h in self._hosts.values()),
                 "delays": asdict(self.delays)}
+
+
+def _read_lines(path: Path | None) -> list[str]:
+    try:
+        return path.read_text().split() if path is not None else []
+    except FileNotFoundError:
+        return []
 
 
 def start_sim_hosts(group: str, hosts: Sequence[SimHostSpec], delays: Delays,

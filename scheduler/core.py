@@ -13,6 +13,10 @@ in exactly one place (queued in the backlog, or in flight on a host), with the r
 usage derived from it by one transition function rather than maps kept in step by hand.
 
 Retries are a pure function of an outcome and the iteration's budget (`retry_policy`).
+
+The core knows an iteration by its key (`Row.key`, unique across tenants: the ledger's
+tenant/id) and a suite by its suite key (`Row.suite_key`): every id in its events and actions is
+a key, so two tenants' "t1" or suite "fix-1" never meet here.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class Submitted:
     """Rows the ledger recorded (new ones QUEUED; known ids as they stand)."""
 
     rows: tuple[Row, ...]
-    suite: str = ""
+    suite: str = ""  # the suite key (Row.suite_key)
     created_at: float = 0.0  # the suite's creation time and wall budget, if it has one
     max_wall_s: float | None = None
 
@@ -53,7 +57,7 @@ class Submitted:
 @dataclass(frozen=True, slots=True)
 class Recovered:
     """After a (re)start: every row the ledger holds that has not ended, the suites with
-    wall budgets as (name, created_at, max_wall_s), and the sandboxes' leases by id."""
+    wall budgets as (suite key, created_at, max_wall_s), and the sandboxes' leases by id."""
 
     rows: tuple[Row, ...]
     suites: tuple[tuple[str, float, float], ...] = ()
@@ -97,18 +101,30 @@ class Scope(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class CancelRequested:
     scope: Scope
-    name: str = ""  # the iteration id, suite or tenant; empty for EVERYTHING
+    name: str = ""  # the iteration key, suite key or tenant; empty for EVERYTHING
     reason: str = "cancelled by request"
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """A tenant's aggregate limits on what it holds at once, its open sandboxes and running
+    iterations together (None: no limit)."""
+
+    max_sandboxes: int | None = None
+    max_vcpus_in_use: int | None = None
+    max_mem_mib_in_use: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseOpened:
-    """Capacity for an interactive sandbox, until expires_at (wall clock)."""
+    """Capacity for an interactive sandbox, until expires_at (wall clock), within the
+    tenant's quota."""
 
     lease_id: str
     demand: Demand
     expires_at: float
     tenant: str = ""
+    quota: Quota = Quota()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +139,15 @@ class LeaseClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class HostSandboxes:
+    """The sandboxes a host holds open (asked after a restart of either side); None: it
+    cannot say."""
+
+    host: str
+    known: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes (wall clock, seconds since the epoch): budgets and leases expire, and a
     scheduling pass admits and places what can start now."""
@@ -131,7 +156,7 @@ class Tick:
 
 
 Event = (Submitted | Recovered | HostsSeen | HostAttempts | OutcomesCollected | HostLost
-         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | Tick)
+         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | HostSandboxes | Tick)
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -221,6 +246,16 @@ class LeaseRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseOverQuota:
+    """Refused: the tenant would hold more than `limit` allows (its value)."""
+
+    lease_id: str
+    limit: str  # max_sandboxes, max_vcpus_in_use or max_mem_mib_in_use
+    value: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseSandbox:
     """A lease ended without its owner closing it (expired, or its host was lost)."""
 
@@ -230,7 +265,8 @@ class CloseSandbox:
 
 
 Action = (RecordPlacements | StartOnHost | StopOnHost | StopEverywhere | MarkCancelled
-          | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | CloseSandbox)
+          | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | LeaseOverQuota
+          | CloseSandbox)
 
 
 # ---- the retry policy ------------------------------------------------------------------------
@@ -300,7 +336,7 @@ class SchedulerState:
     usage: Usage = field(default_factory=Usage)  # in flight, by suite, tenant and limit
     hosts: dict[str, HostView] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
-    budgets: dict[str, tuple[float, float]] = field(default_factory=dict)  # suite -> wall
+    budgets: dict[str, tuple[float, float]] = field(default_factory=dict)  # suite key -> wall
     policy: Policy = field(default_factory=Policy)
 
     def flying(self, iid: str, attempt: int) -> bool:
@@ -312,7 +348,7 @@ class SchedulerState:
 
 
 def candidate(row: Row) -> Candidate:
-    return Candidate(row.id, row.suite, row.tenant, row.priority, row.seq, row.limits,
+    return Candidate(row.key, row.suite_key, row.tenant, row.priority, row.seq, row.limits,
                      demand_of(row.iteration))
 
 
@@ -326,27 +362,27 @@ class Core:
     # ---- transitions: the one place that moves work between queued, flying and ended ------
     def _queue(self, w: Work) -> None:
         w.host = None
-        self.state.work[w.row.id] = w
+        self.state.work[w.row.key] = w
         self.state.backlog.add(w.cand)
 
     def _fly(self, w: Work, host: str, attempt: int) -> None:
         s = self.state
-        s.backlog.discard(w.row.id)
+        s.backlog.discard(w.row.key)
         w.host, w.attempt = host, attempt
-        s.reservations.reserve(w.row.id, host, w.cand.demand)  # idempotent: placement's own
+        s.reservations.reserve(w.row.key, host, w.cand.demand)  # idempotent: placement's own
         s.usage.add(w.cand)
 
     def _land(self, w: Work) -> None:
         """w is no longer in flight (it ended, or goes back to the queue)."""
         if w.host is not None:
-            self.state.reservations.unreserve(w.row.id)
+            self.state.reservations.unreserve(w.row.key)
             self.state.usage.remove(w.cand)
             w.host = None
 
     def _end(self, w: Work) -> None:
         self._land(w)
-        self.state.backlog.discard(w.row.id)
-        del self.state.work[w.row.id]
+        self.state.backlog.discard(w.row.key)
+        del self.state.work[w.row.key]
 
     # ---- events ----------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Action]:
@@ -377,6 +413,8 @@ class Core:
                 if self.state.leases.pop(event.lease_id, None) is not None:
                     self.state.reservations.unreserve(event.lease_id)
                 return []
+            case HostSandboxes():
+                return self._host_sandboxes(event)
             case Tick():
                 return [*self._expire(event.now), *self._pass()]
         raise TypeError(f"not a scheduler event: {event!r}")
@@ -386,7 +424,7 @@ class Core:
             self.state.budgets[ev.suite] = (ev.created_at, ev.max_wall_s)
         for row in ev.rows:
             if row.state == "QUEUED" and not row.cancel_requested \
-                    and row.id not in self.state.work:
+                    and row.key not in self.state.work:
                 self._queue(self._work(row))
         return []
 
@@ -397,22 +435,25 @@ class Core:
     def _recovered(self, ev: Recovered) -> list[Action]:
         for name, created_at, max_wall_s in ev.suites:
             self.state.budgets[name] = (created_at, max_wall_s)
-        for lease_id, lease in ev.leases:
-            if self.state.reservations.reserve(lease_id, lease.host, lease.demand):
-                self.state.leases[lease_id] = lease
         actions: list[Action] = []
+        for lease_id, lease in ev.leases:
+            if lease.host not in self.state.hosts:
+                actions.append(CloseSandbox(lease_id, lease.host,
+                                            f"its host {lease.host} is gone"))
+            elif self.state.reservations.reserve(lease_id, lease.host, lease.demand):
+                self.state.leases[lease_id] = lease
         for row in ev.rows:
-            if row.id in self.state.work:
+            if row.key in self.state.work:
                 continue
             w = self._work(row)
             if row.state == "QUEUED":
                 if row.cancel_requested:
-                    actions.append(Finish(row.id, row.attempt, Ended.CANCELLED,
+                    actions.append(Finish(row.key, row.attempt, Ended.CANCELLED,
                                           "cancelled by request", queued=True))
                 else:
                     self._queue(w)
             else:  # in flight when the scheduler stopped: held until its host is asked
-                self.state.work[row.id] = w
+                self.state.work[row.key] = w
                 self._fly(w, row.host or "", row.attempt)
         return actions
 
@@ -421,7 +462,7 @@ class Core:
         if ev.known is None:
             return self._host_lost(HostLost(ev.host, f"host {ev.host} gone after a restart"))
         lost = [w for w in self.state.on_host(ev.host)
-                if (w.row.id, w.attempt) not in ev.known]
+                if (w.row.key, w.attempt) not in ev.known]
         return self._settle([(w, Ended.INFRA_ERROR, Failure.LOST,
                               f"attempt {w.attempt} of {w.row.id} is unknown on {ev.host} "
                               "(its node agent restarted?)", None) for w in lost])
@@ -449,7 +490,7 @@ class Core:
                                            Outcome | None]]) -> list[Action]:
         actions: list[Action] = []
         for w, state, failure, error, outcome in todo:
-            if not self.state.flying(w.row.id, w.attempt):
+            if not self.state.flying(w.row.key, w.attempt):
                 continue  # settled already by an earlier item of the same batch
             verdict = retry_policy(state, failure, w.budget)
             host = w.host or ""
@@ -458,13 +499,13 @@ class Core:
                 if state is not Ended.FAILED:
                     w.avoid.add(host)
                 w.runs_left, w.infra_tries = verdict.runs_left, verdict.infra_tries
-                actions.append(Requeue(w.row.id, w.attempt, error or state.value,
+                actions.append(Requeue(w.row.key, w.attempt, error or state.value,
                                        w.runs_left, w.infra_tries))
                 self._queue(w)
             else:
                 if verdict is Ended.CANCELLED and state is not Ended.CANCELLED:
                     error = "cancelled by request"
-                actions.append(Finish(w.row.id, w.attempt, verdict, error, outcome))
+                actions.append(Finish(w.row.key, w.attempt, verdict, error, outcome))
                 self._end(w)
         return actions
 
@@ -474,7 +515,7 @@ class Core:
         if ev.scope is Scope.ITERATION:
             return [work[ev.name]] if ev.name in work else []
         if ev.scope is Scope.SUITE:
-            return [w for w in work.values() if w.row.suite == ev.name]
+            return [w for w in work.values() if w.row.suite_key == ev.name]
         if ev.scope is Scope.TENANT:
             return [w for w in work.values() if w.row.tenant == ev.name]
         return list(work.values())
@@ -484,17 +525,17 @@ class Core:
         flying: list[Work] = []
         for w in self._matches(ev):
             if w.host is None:
-                actions.append(Finish(w.row.id, w.attempt, Ended.CANCELLED, ev.reason,
+                actions.append(Finish(w.row.key, w.attempt, Ended.CANCELLED, ev.reason,
                                       queued=True))
                 self._end(w)
             elif not w.cancel:
                 w.cancel = True
                 flying.append(w)
         if flying:
-            actions.append(MarkCancelled(tuple(w.row.id for w in flying), ev.reason))
+            actions.append(MarkCancelled(tuple(w.row.key for w in flying), ev.reason))
             by_host: dict[str, list[tuple[str, int]]] = defaultdict(list)
             for w in flying:
-                by_host[w.host or ""].append((w.row.id, w.attempt))
+                by_host[w.host or ""].append((w.row.key, w.attempt))
             actions += [StopOnHost(h, tuple(keys)) for h, keys in by_host.items()]
         if ev.scope is Scope.EVERYTHING:
             actions.append(StopEverywhere())
@@ -505,12 +546,53 @@ class Core:
         s = self.state
         if ev.lease_id in s.leases:
             return [LeaseGranted(ev.lease_id, s.leases[ev.lease_id].host)]
+        over = self._over_quota(ev)
+        if over is not None:
+            return [over]
+        if not s.hosts:  # none has reported yet (a start): not "never"
+            return [LeaseRefused(ev.lease_id, False, "no hosts in the fleet yet")]
         decision = place(ev.demand, [s.reservations.apply(v) for v in s.hosts.values()])
         if decision.verdict is Verdict.PLACED and decision.host is not None:
             s.reservations.reserve(ev.lease_id, decision.host, ev.demand)
             s.leases[ev.lease_id] = Lease(decision.host, ev.demand, ev.expires_at, ev.tenant)
             return [LeaseGranted(ev.lease_id, decision.host)]
         return [LeaseRefused(ev.lease_id, decision.verdict is Verdict.NEVER, decision.explain())]
+
+    def _over_quota(self, ev: LeaseOpened) -> LeaseOverQuota | None:
+        """The first of the tenant's limits this lease would pass, counting what it holds
+        now: its open sandboxes and its iterations in flight."""
+        q = ev.quota
+        if q == Quota():
+            return None
+        s = self.state
+        held = [lease.demand for lease in s.leases.values() if lease.tenant == ev.tenant]
+        boxes = len(held) + 1
+        held += [w.cand.demand for w in s.work.values()
+                 if w.host is not None and w.row.tenant == ev.tenant]
+        cpus = ev.demand.cpus + sum(d.cpus for d in held)
+        mem = ev.demand.mem_mib + sum(d.mem_mib for d in held)
+        for limit, most, asked, unit in (("max_sandboxes", q.max_sandboxes, boxes, "sandboxes"),
+                                         ("max_vcpus_in_use", q.max_vcpus_in_use, cpus, "vCPUs"),
+                                         ("max_mem_mib_in_use", q.max_mem_mib_in_use, mem,
+                                          "MiB of memory")):
+            if most is not None and asked > most:
+                return LeaseOverQuota(ev.lease_id, limit, most, (
+                    f"tenant {ev.tenant!r} would hold {asked} {unit} at once (open sandboxes "
+                    f"and running iterations); its {limit} is {most}"))
+        return None
+
+    def _host_sandboxes(self, ev: HostSandboxes) -> list[Action]:
+        """Leases whose sandbox the host does not hold (its node agent restarted) end."""
+        if ev.known is None:
+            return []
+        actions: list[Action] = []
+        for lease_id, lease in list(self.state.leases.items()):
+            if lease.host == ev.host and lease_id not in ev.known:
+                del self.state.leases[lease_id]
+                self.state.reservations.unreserve(lease_id)
+                actions.append(CloseSandbox(lease_id, ev.host, f"it is no longer open on "
+                                            f"{ev.host} (its node agent restarted?)"))
+        return actions
 
     def _expire(self, now: float) -> list[Action]:
         s = self.state
@@ -520,7 +602,7 @@ class Core:
                 del s.leases[lease_id]
                 s.reservations.unreserve(lease_id)
                 actions.append(CloseSandbox(lease_id, lease.host, "its timeout passed"))
-        live_suites = {w.row.suite for w in s.work.values()}
+        live_suites = {w.row.suite_key for w in s.work.values()}
         for suite, (created_at, max_wall_s) in list(s.budgets.items()):
             if suite not in live_suites:
                 del s.budgets[suite]
@@ -621,9 +703,10 @@ def _copy(usage: Usage) -> Usage:
 
 __all__ = [
     "Abandon", "Action", "Budget", "CancelRequested", "CloseSandbox", "Core", "Event",
-    "Finish", "HostAttempts", "HostLost", "HostsSeen", "Launch", "LeaseClosed",
-    "LeaseExtended", "LeaseGranted", "LeaseOpened", "LeaseRefused", "MarkCancelled",
-    "OutcomesCollected", "RecordPlacements", "Recovered", "Requeue", "Retry",
+    "Finish", "HostAttempts", "HostLost", "HostSandboxes", "HostsSeen", "Launch", "Lease",
+    "LeaseClosed", "LeaseExtended", "LeaseGranted", "LeaseOpened", "LeaseOverQuota",
+    "LeaseRefused", "MarkCancelled", "OutcomesCollected", "Quota", "RecordPlacements",
+    "Recovered", "Requeue", "Retry",
     "SchedulerState", "Scope", "StartOnHost", "StopEverywhere", "StopOnHost", "Submitted",
     "Tick", "demand_of", "retry_policy",
 ]

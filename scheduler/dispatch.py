@@ -29,10 +29,12 @@ CANCEL_RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # pauses before asking a host again 
 
 
 def start_request(lc: Launch) -> StartRequest:
+    """The attempt is known on its host by the iteration's key (unique across tenants); its
+    Ids carry the tenant's own names and the request that submitted it, for the host's logs."""
     row = lc.row
-    return StartRequest(row.id, lc.attempt, row.iteration.to_spec(), Ids(
+    return StartRequest(row.key, lc.attempt, row.iteration.to_spec(), Ids(
         tenant=row.tenant, suite=row.suite, iteration=row.id, attempt=lc.attempt,
-        trace_id=row.trace_id, host=lc.host))
+        trace_id=row.trace_id, host=lc.host, request_id=row.request_id))
 
 
 class Dispatcher:
@@ -148,6 +150,17 @@ class Dispatcher:
     async def cancel_all(self) -> None:
         await asyncio.gather(*(h.endpoint.call("cancel_all") for h in self.hosts.alive()),
                              return_exceptions=True)
+
+    async def sandboxes(self, host: str) -> set[str] | None:
+        """The sandboxes host holds open; None when it cannot say."""
+        ep = self.hosts.endpoint(host)
+        if ep is None:
+            return None
+        try:
+            return set(unpack_list(str, await ep.call("sandbox_list")))
+        except Exception as err:  # an agent without sandboxes (simulated), or gone
+            log.warning("cannot ask %s which sandboxes it holds: %s", host, err)
+            return None
 
     async def close_sandbox(self, host: str, sid: str) -> None:
         ep = self.hosts.endpoint(host)

@@ -29,7 +29,8 @@ from .hosts import Hosts
 from .ledger import Ledger
 from .metrics import Metrics
 from .placement import Demand
-from .records import Iteration
+from .records import Iteration, qualified
+from .sandboxes import SandboxBook, SandboxRecord
 
 log = logging.getLogger("tryfleet.scheduler")
 HOST_REFRESH_S = 1.0
@@ -47,12 +48,18 @@ class Engine:
         self.ledger = Ledger(Path(ledger_path))
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
         self.dispatch = Dispatcher(self.hosts, self._on_outcomes, self._on_lost)
-        self.core = c.Core(Policy(limits=dict(limits or {}), default_suite_cap=suite_cap,
+        # `limits` are defaults: a size an admin set (set_limit, kept in the ledger) wins.
+        sizes = {**(limits or {}), **self.ledger.limits()}
+        self.core = c.Core(Policy(limits=sizes, default_suite_cap=suite_cap,
                                   default_tenant_cap=tenant_cap), timer=time.perf_counter)
         self.tasks: set[asyncio.Task[None]] = set()
         self._metrics_base = Metrics()
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self.sandboxes = SandboxBook(Path(ledger_path))
+        self.opening: set[str] = set()  # sandboxes granted whose host is opening their VM
+        self._opening_seen: set[str] | None = None  # while hosts are asked what they hold
+        self._changed: asyncio.Event | None = None
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -76,8 +83,11 @@ class Engine:
             except Exception:
                 log.exception("scheduling pass failed; trying again")
             assert self._wake is not None
+            # asyncio.timeout, not wait_for: in Python 3.11 a cancel that lands as wait_for
+            # times out comes back as TimeoutError, and the loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), HOST_REFRESH_S)
+                async with asyncio.timeout(HOST_REFRESH_S):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _refresh_hosts(self) -> None:
@@ -93,7 +103,7 @@ class Engine:
         self.core = c.Core(old.state.policy, timer=time.perf_counter)
         self.core.metrics = old.metrics
         rows, budgets = self.ledger.recover()
-        leases = tuple(old.state.leases.items())  # held in memory only: carried over
+        leases = tuple((r.id, lease_of(r)) for r in self.sandboxes.open_records())
         self.feed(c.HostsSeen(tuple(self.hosts.views())))
         self.feed(c.Recovered(tuple(rows), tuple(budgets), leases))
         on_hosts = {w.host for w in self.core.state.work.values() if w.host is not None}
@@ -101,7 +111,21 @@ class Engine:
         for host, here in zip(on_hosts, known, strict=True):
             self.feed(c.HostAttempts(host, None if here is None else frozenset(here)))
             self.dispatch.ensure_collector(host)
+        await self._check_sandboxes()
         self.poke()
+
+    async def _check_sandboxes(self) -> None:
+        """Leases whose host no longer holds their sandbox end (a restarted node agent lost
+        its VMs); one being opened meanwhile is not judged by an answer older than it."""
+        hosts = sorted({lease.host for lease in self.core.state.leases.values()})
+        self._opening_seen = set(self.opening)
+        try:
+            held = await asyncio.gather(*(self.dispatch.sandboxes(h) for h in hosts))
+            spared = frozenset(self._opening_seen)
+        finally:
+            self._opening_seen = None
+        for host, here in zip(hosts, held, strict=True):
+            self.feed(c.HostSandboxes(host, None if here is None else frozenset(here) | spared))
 
     # ---- performing the core's actions ------------------------------------------------------
     def feed(self, event: c.Event) -> list[c.Action]:
@@ -115,6 +139,9 @@ class Engine:
                       err)
             self._spawn(self._rebuild())
             raise
+        finally:
+            if not isinstance(event, c.LeaseOpened):
+                self._room_may_have_changed()
         return actions
 
     def _perform(self, actions: Sequence[c.Action]) -> None:
@@ -138,6 +165,7 @@ class Engine:
                 self._spawn(self.dispatch.cancel_all())
             elif isinstance(a, c.CloseSandbox):
                 log.info("closing sandbox %s on %s: %s", a.lease_id, a.host, a.why)
+                self.sandboxes.close_record(a.lease_id, a.why)
                 self._spawn(self.dispatch.close_sandbox(a.host, a.lease_id))
         self._commit(writes)
 
@@ -163,31 +191,67 @@ class Engine:
 
     # ---- what the API asks -----------------------------------------------------------------
     def submit(self, its: list[Iteration], suite: str, tenant: str,
-               limits: dict[str, int] | None, max_iterations: int | None,
-               max_wall_s: float | None) -> list[str]:
+               max_iterations: int | None = None, max_wall_s: float | None = None,
+               request_id: str = "", key_id: str = "") -> list[str]:
+        """Record the tenant's iterations and queue them; their ids (the tenant's own). The
+        limits they name are held while they run; their sizes are set_limit's business."""
         self.core.check_fits(its)
-        if limits:
-            policy = self.core.state.policy
-            self.core.state.policy = replace(policy, limits={**policy.limits, **limits})
-        self.ledger.ensure_suite(suite, tenant, max_iterations, max_wall_s)
-        rows = self.ledger.submit_rows(its, suite, tenant)
-        created_at, wall = self.ledger.suite_budget(suite)
-        self.feed(c.Submitted(tuple(rows), suite, created_at, wall))
+        rows = self.ledger.submit_rows(its, suite, tenant, request_id=request_id,
+                                       key_id=key_id, max_iterations=max_iterations,
+                                       max_wall_s=max_wall_s)
+        created_at, wall = self.ledger.suite_budget(suite, tenant)
+        self.feed(c.Submitted(tuple(rows), qualified(tenant, suite), created_at, wall))
         self.poke()
         return [r.id for r in rows]
 
+    def set_limit(self, name: str, value: int | None, by: str = "") -> dict[str, int]:
+        """Size a fleet-wide shared-resource limit (None: unlimited), on disk first; the
+        limits in force after it."""
+        self.ledger.set_limit(name, value, by)
+        policy = self.core.state.policy
+        sizes = {k: v for k, v in policy.limits.items() if k != name}
+        if value is not None:
+            sizes[name] = value
+        self.core.state.policy = replace(policy, limits=sizes)
+        self.poke()
+        return dict(sizes)
+
     def cancel(self, scope: c.Scope, name: str = "") -> dict[str, int]:
+        """Cancel by scope; name is an iteration key, a suite key or a tenant."""
         actions = self.feed(c.CancelRequested(scope, name))
         return {"queued_cancelled": sum(1 for a in actions if isinstance(a, c.Finish)),
                 "running_stopped": sum(len(a.attempts) for a in actions
                                        if isinstance(a, c.StopOnHost))}
 
-    def lease(self, lease_id: str, demand: Demand, timeout_s: float,
-              tenant: str = "") -> c.LeaseGranted | c.LeaseRefused:
+    def lease(self, lease_id: str, demand: Demand, timeout_s: float, tenant: str = "",
+              quota: c.Quota | None = None
+              ) -> c.LeaseGranted | c.LeaseRefused | c.LeaseOverQuota:
         """Hold capacity for an interactive sandbox: placed like an iteration, not queued."""
-        (reply,) = self.feed(c.LeaseOpened(lease_id, demand, time.time() + timeout_s, tenant))
-        assert isinstance(reply, (c.LeaseGranted, c.LeaseRefused))
+        (reply,) = self.feed(c.LeaseOpened(lease_id, demand, time.time() + timeout_s, tenant,
+                                           quota or c.Quota()))
+        assert isinstance(reply, (c.LeaseGranted, c.LeaseRefused, c.LeaseOverQuota))
         return reply
+
+    def extend(self, lease_id: str, expires_at: float) -> None:
+        self.feed(c.LeaseExtended(lease_id, expires_at))
+
+    def mark_opening(self, sid: str) -> None:
+        self.opening.add(sid)
+        if self._opening_seen is not None:
+            self._opening_seen.add(sid)
+
+    def _room_may_have_changed(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def room_changed(self, timeout_s: float) -> None:
+        """Until something happened that may free capacity (or timeout_s passed)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait()
 
     def release(self, lease_id: str) -> None:
         self.feed(c.LeaseClosed(lease_id))
@@ -209,3 +273,8 @@ class Engine:
     @property
     def policy(self) -> Policy:
         return self.core.state.policy
+
+
+def lease_of(r: SandboxRecord) -> c.Lease:
+    return c.Lease(r.host, Demand(r.cpus, r.mem_mib, r.disk_mib or c.DEFAULT_DISK_MIB, r.image),
+                   r.expires_at, r.tenant)

@@ -13,6 +13,10 @@ from tryfleet.wire import IterationSpec
 from tryfleet.wire import State as Terminal
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Iteration ids and suite names are a tenant's own: two tenants may both use "t1". Inside the
+# scheduler an iteration (and a suite) is known by its key, "tenant/name": names never hold a
+# "/", so a key names one tenant's thing and nothing else.
+KEY_SEP = "/"
 
 
 class Phase(enum.StrEnum):
@@ -43,6 +47,17 @@ def check_name(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise InvalidIteration(f"{kind} {value!r} must be 1-128 letters, digits, '.', '_' or '-'")
     return value
+
+
+def qualified(tenant: str, name: str) -> str:
+    """The scheduler's key of a tenant's iteration id or suite name."""
+    return f"{tenant}{KEY_SEP}{name}"
+
+
+def unqualified(key: str) -> tuple[str, str]:
+    """(tenant, name) of a key made by qualified()."""
+    tenant, _, name = key.partition(KEY_SEP)
+    return tenant, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +135,8 @@ class Iteration:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """An iteration as the ledger holds it: what was submitted and where it stands."""
+    """An iteration as the ledger holds it: what was submitted and where it stands. `id` is the
+    tenant's own id; `key` the scheduler's (unique across tenants)."""
 
     id: str
     seq: int
@@ -137,6 +153,18 @@ class Row:
     host: str | None
     cancel_requested: bool
     infra_tries: int = 0  # attempts that ended in an infrastructure error
+    request_id: str = ""  # the API request that submitted it
+    key_id: str = ""  # the API key that submitted it
+    key: str = ""  # the scheduler's key of it: qualified(tenant, id) unless given
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", qualified(self.tenant, self.id))
+
+    @property
+    def suite_key(self) -> str:
+        """The scheduler's key of its suite (suites, like ids, are per tenant)."""
+        return qualified(self.tenant, self.suite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +185,11 @@ class Result:
     suite: str
     tenant: str
     error: str | None = None
+    request_id: str = ""
+    key_id: str = ""
+    submitted_at: float | None = None
+    end_seq: int | None = None  # the cursor of its ending (ended_since), once it has ended
+    seq: int | None = None  # its place in submission order (a listing's cursor)
 
     def to_json(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}

@@ -212,12 +212,14 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
     if detached:
         options["lifetime"] = "detached"
-    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)),
-                                                                  limits)
+    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)))
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:
             ray.get(sched.ping.remote(), timeout=120)
+            # Sized as an admin does (kept in the ledger), also on a scheduler already running.
+            for name, value in (limits or {}).items():
+                ray.get(sched.set_limit.remote(name, value, "tryfleet up"), timeout=120)
             return sched
         except ray.exceptions.RayActorError as err:  # includes ActorUnavailableError
             if time.monotonic() > deadline:

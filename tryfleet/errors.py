@@ -58,7 +58,9 @@ class QuotaExceeded(TryfleetError):
     """A tenant's quota would be passed (sandboxes, vCPUs or memory at once); the message
     names the limit and its value. Trying again once something ended may work."""
 
-    def __init__(self, message: str, limit: str, value: int | float) -> None:
+    def __init__(self, message: str, limit: str = "", value: int | float = 0) -> None:
+        # Defaults, so that it unpickles whole (pickle calls it with the message alone, then
+        # restores the attributes): it crosses Ray from the scheduler to the gateway.
         super().__init__(message)
         self.limit, self.value = limit, value
 
@@ -66,7 +68,7 @@ class QuotaExceeded(TryfleetError):
 class PolicyDenied(TryfleetError, PermissionError):
     """What the tenant's policy does not allow; the message names the rule."""
 
-    def __init__(self, message: str, rule: str) -> None:
+    def __init__(self, message: str, rule: str = "") -> None:
         super().__init__(message)
         self.rule = rule
 

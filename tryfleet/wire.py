@@ -30,6 +30,11 @@ class WrongHost(NotFound):
     """A call named a host that the node-agent actor it reached does not serve."""
 
 
+class SandboxGone(NotFound):
+    """The sandbox a call named is not open on that host: closed, timed out, its VM died, or
+    its node agent restarted. Its record should be closed."""
+
+
 class State(enum.StrEnum):
     """How an attempt ended, as its host saw it."""
 
@@ -238,6 +243,36 @@ class ExecReply:
     duration_s: float
 
 
+class FileType(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One path in a sandbox, as its guest reported it (every field checked by the host);
+    a symlink is not followed."""
+
+    name: str
+    path: str
+    type: FileType
+    size: int
+    mode: int  # permission bits, 0 to 0o7777
+    mtime: float  # seconds since the epoch, by the guest's clock
+    owner: str = ""
+    group: str = ""
+    target: str | None = None  # where a symlink points
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    path: str
+    entries: tuple[FileInfo, ...]
+    truncated: bool  # there were more than the listing may hold
+
+
 @dataclass(frozen=True, slots=True)
 class ExecChunk:
     """One item of a streamed exec: output as it comes (stream 1 stdout, 2 stderr), then the
@@ -246,6 +281,23 @@ class ExecChunk:
     stream: int = 0
     data: bytes = b""
     reply: ExecReply | None = None
+
+
+MAX_GUEST_PATH_BYTES = 4096
+
+
+def guest_path_problem(path: object) -> str | None:
+    """Why a path in a sandbox is refused before it reaches the guest (None: it is fine): it
+    must be absolute and normalised, with no '.', '..' or empty parts, no NUL, and at most
+    MAX_GUEST_PATH_BYTES bytes. The gateway and the node agent apply the same rule."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "it must be absolute (start with '/')"
+    if "\x00" in path or len(path.encode("utf-8", "surrogatepass")) > MAX_GUEST_PATH_BYTES:
+        return f"it must hold no NUL and be at most {MAX_GUEST_PATH_BYTES} bytes"
+    parts = path.split("/")[1:]
+    if path != "/" and any(p in ("", ".", "..") for p in parts):
+        return "it must be normalised: no '..', '.' or empty parts (no '//', no trailing '/')"
+    return None
 
 
 # ---- the node protocol -----------------------------------------------------------------------
@@ -275,8 +327,9 @@ class NodeProtocol(Protocol):
 
 
 __all__ = [
-    "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey", "Capacity", "ExecChunk",
-    "ExecReply", "ExecRequest", "Failure", "HostStatus", "Ids", "IterationSpec", "NodeProtocol",
-    "Outcome", "Output", "PoolRow", "Pressure", "SandboxOpen", "StartRequest", "State",
-    "WireError", "WrongHost", "pack", "unpack", "unpack_list", "unpack_map",
+    "MAX_GUEST_PATH_BYTES", "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey",
+    "Capacity", "ExecChunk", "ExecReply", "ExecRequest", "Failure", "FileInfo", "FileType",
+    "HostStatus", "Ids", "IterationSpec", "Listing", "NodeProtocol", "Outcome", "Output",
+    "PoolRow", "Pressure", "SandboxGone", "SandboxOpen", "StartRequest", "State", "WireError",
+    "WrongHost", "guest_path_problem", "pack", "unpack", "unpack_list", "unpack_map",
 ]

@@ -1,7 +1,10 @@
 """tryfleet guest agent: runs inside every sandbox VM, as PID 1, behind the virtio-serial port.
 
 It answers msgpack frames from the host (see wire.py): exec with argv/env/cwd/stdin/deadline and
-output streamed as it is produced, signals, file writes and reads, ping. One thread, one selector:
+output streamed as it is produced, signals, ping, and files (fsops.py): write, read, stat, list,
+mkdir, remove, move. A request that fails is answered with an error event (with the errno name
+when the system refused it); nothing a request holds can stop the agent, which is PID 1.
+One thread, one selector:
 process pipes, the channel, and a wake-up pipe for SIGCHLD/SIGIO. Output beyond the per-stream
 cap is read and dropped (the command never blocks on a full pipe) and reported as truncated;
 when the host reads slower than commands write, the agent stops reading pipes rather than
@@ -10,6 +13,7 @@ buffering without bound.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
@@ -22,9 +26,16 @@ import time
 from typing import Any
 
 try:
-    from . import wire
+    from . import fsops, wire
 except ImportError:  # run as a script inside the guest
-    import wire  # type: ignore[no-redef]
+    # agent.py, wire.py and fsops.py are copied into the guest side by side and agent.py runs
+    # as a script: these top-level modules are the ones imported just above under their package
+    # name, which mypy, checking the package, cannot see.
+    import fsops  # type: ignore[import-not-found,no-redef]
+    import wire  # type: ignore[import-not-found,no-redef]
+
+RequestError = fsops.RequestError
+_field = fsops.field
 
 DEFAULT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -42,14 +53,10 @@ PIPE_GRACE_S = 0.2
 DISCONNECTED_POLL_S = 0.05
 
 
-class RequestError(Exception):
-    """A request the agent cannot honour; reported to the host as an error event."""
-
-
 class Proc:
     __slots__ = (
-        "req", "popen", "pid", "streams", "stdin_fd", "stdin_buf", "stdin_eof", "cap",
-        "sent", "truncated", "deadline", "timed_out", "status", "exited_at", "files",
+        "cap", "deadline", "exited_at", "files", "pid", "popen", "req", "sent", "status",
+        "stdin_buf", "stdin_eof", "stdin_fd", "streams", "timed_out", "truncated",
     )
 
     def __init__(self, req: int, popen: subprocess.Popen[bytes], cap: int, deadline: float | None):
@@ -71,16 +78,7 @@ class Proc:
         self.exited_at = 0.0
 
 
-def _field(msg: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    value = msg.get(key, default)
-    if value is ...:
-        raise RequestError(f"missing field {key!r}")
-    if value is not None and not isinstance(value, kind):
-        raise RequestError(f"field {key!r} has type {type(value).__name__}")
-    return value
-
-
-class Agent:
+class Agent(fsops.FileOps):
     def __init__(self, chan_fd: int, *, pid1: bool, use_signals: bool, exit_on_eof: bool,
                  fs_root: str = "/") -> None:
         self.chan = chan_fd
@@ -118,10 +116,8 @@ class Agent:
                 self._kill(proc, signal.SIGKILL)
             for proc in list(self.procs.values()):
                 if proc.status is None:
-                    try:
+                    with contextlib.suppress(ChildProcessError):
                         os.waitpid(proc.pid, 0)
-                    except ChildProcessError:
-                        pass
 
     def _loop(self) -> None:
         while self.running:
@@ -258,6 +254,11 @@ class Agent:
             "signal": self._op_signal,
             "write_file": self._op_write_file,
             "read_file": self._op_read_file,
+            "stat": self._op_stat,
+            "list_dir": self._op_list_dir,
+            "mkdir": self._op_mkdir,
+            "remove": self._op_remove,
+            "move": self._op_move,
             "refresh": self._op_refresh,
         }
         handler = handlers.get(msg.get("op"))  # type: ignore[arg-type]
@@ -265,8 +266,10 @@ class Agent:
             if handler is None:
                 raise RequestError(f"unknown op {msg.get('op')!r}")
             handler(req, msg)
-        except (RequestError, OSError) as err:
-            self._send({"ev": "error", "id": req, "message": str(err)})
+        except Exception as err:  # whatever a request does, PID 1 answers and keeps serving
+            code = fsops.error_code(err) if isinstance(err, OSError) else None
+            self._send({"ev": "error", "id": req, "message": fsops.text(str(err))[:2000],
+                        "code": code})
 
     def _op_ping(self, req: int, msg: dict[str, Any]) -> None:
         uptime = time.monotonic() - self.started
@@ -360,34 +363,6 @@ class Agent:
         self._kill(proc, signum)
         self._send({"ev": "ok", "id": req})
 
-    def _op_write_file(self, req: int, msg: dict[str, Any]) -> None:
-        path = self._path(_field(msg, "path", str))
-        data = _field(msg, "data", bytes, b"") or b""
-        mode = _field(msg, "mode", int, 0o644)
-        append = bool(_field(msg, "append", bool, False))
-        os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-        fd = os.open(path, flags, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if not append:
-                os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        self._send({"ev": "ok", "id": req})
-
-    def _op_read_file(self, req: int, msg: dict[str, Any]) -> None:
-        path = self._path(_field(msg, "path", str))
-        offset = _field(msg, "offset", int, 0)
-        length = min(_field(msg, "length", int, wire.CHUNK_BYTES), wire.CHUNK_BYTES)
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            fh.seek(offset)
-            data = fh.read(length)
-        self._send({"ev": "data", "id": req, "data": data, "eof": len(data) < length, "size": size})
-
     def _path(self, path: str) -> str:
         if not path.startswith("/"):
             raise RequestError(f"path must be absolute, got {path!r}")
@@ -440,10 +415,8 @@ class Agent:
     def _kill(self, proc: Proc, signum: int) -> None:
         if proc.status is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def _reap(self) -> None:
         if self.pid1:

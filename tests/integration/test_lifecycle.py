@@ -6,9 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tryfleet.nodeagent import IterationSpec, NodeAgent, NodeConfig, State
 
 from .conftest import tryfleet_domains
+
+pytestmark = pytest.mark.vm
 
 
 def it(*argv, **kw):

@@ -8,8 +8,9 @@ import pytest
 from tryfleet.nodeagent import IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
 from tryfleet.nodeagent.node import PoolTarget
 
-from .conftest import tryfleet_domains
+from .conftest import domains_of
 
+pytestmark = pytest.mark.vm
 SPEC = SandboxSpec("base", 1, 512, None)
 
 
@@ -19,7 +20,7 @@ def pooled(data_dir):
                                 pool_targets=(PoolTarget("base", ready=2),)))
     yield node
     node.close()
-    assert not [d for d in tryfleet_domains() if node.owner.id in d]
+    assert domains_of({node.owner.id}) == []
     assert node.live() == []
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from tryfleet.nodeagent import GuestRequestError, SandboxSpec
 
+pytestmark = pytest.mark.vm
+
 
 @pytest.fixture(scope="module")
 def box(node):

@@ -46,8 +46,8 @@ def end(ledger, ids, state=State.SUCCEEDED, stdout=lambda iid: b"", **outcome):
     way, in the order given), as the scheduler would. stdout(id) gives each one's output;
     outcome: other Outcome fields."""
     rows = [ledger.get_row(i) for i in ids]
-    launches = [Launch(r.id, r.attempt + 1, "h1", r) for r in rows]
+    launches = [Launch(r.key, r.attempt + 1, "h1", r) for r in rows]
     assert all(ledger.launch(launches))
     out = {"exit_code": 0 if state is State.SUCCEEDED else 1, **outcome}
     assert all(ledger.commit([Finish(lc.id, lc.attempt, state, outcome=Outcome(
-        lc.id, lc.attempt, state, "h1", stdout=stdout(lc.id), **out)) for lc in launches]))
+        lc.id, lc.attempt, state, "h1", stdout=stdout(lc.row.id), **out)) for lc in launches]))

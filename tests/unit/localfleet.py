@@ -7,29 +7,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.scheduler.service import Scheduler
-from tryfleet.wire import AttemptKey, Output, StartRequest, pack, unpack
+from tryfleet.wire import AttemptKey, Output, StartRequest, State, pack, unpack
 
 FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
 
 
 class Local:
-    """handle.method.remote(*args) -> a future of obj.method(*args) on the running loop."""
+    """A stand-in for a Ray actor handle: handle.method.remote(*args) -> a future of
+    obj.method(*args) on the running loop (a blocking method runs in a thread). How often each
+    method was called is kept in `calls`."""
 
     def __init__(self, obj: Any) -> None:
         self._obj = obj
+        self.calls: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self._obj, name)
-        return types.SimpleNamespace(remote=lambda *args: asyncio.ensure_future(fn(*args)))
+
+        def remote(*args: Any) -> Any:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if inspect.iscoroutinefunction(fn):
+                return asyncio.ensure_future(fn(*args))
+            return asyncio.ensure_future(asyncio.to_thread(fn, *args))
+
+        return types.SimpleNamespace(remote=remote)
+
+
+def end_now(sim: SimHosts, host: str) -> int:
+    """End every attempt still running on `host` of `sim` at once, SUCCEEDED, as its timer
+    would have (call it on the loop the attempts run on); how many ended."""
+    h = sim._host(host)
+    running = [att for att in h.attempts.values() if att.outcome is None]
+    for att in running:
+        if att.timer is not None:
+            att.timer.cancel()
+        sim._finish(h, att, State.SUCCEEDED, time.time(), 0.0)
+    return len(running)
 
 
 class Printing(SimHosts):
@@ -61,6 +84,30 @@ class Printing(SimHosts):
         return pack(Output(printed[out_offset:], b"", att.outcome is not None))
 
 
+async def cancel_until_ended(tasks: Iterable[asyncio.Task[Any]] | None = None) -> None:
+    """Cancel tasks (default: every other task on this loop, such as a scheduler's loop and
+    long-polls) until each has ended. Once is not enough on Python 3.11: asyncio.wait_for
+    loses a cancel that arrives just as what it waits for completes (the engine's loop, woken
+    by a poke, then waits again), so what is still running is cancelled again."""
+    pending = set(tasks) if tasks is not None else \
+        {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
+def run_until_quiet(main: Any) -> Any:
+    """asyncio.run(main()), then every task it left cancelled until it has ended."""
+    async def main_then_quiet() -> Any:
+        try:
+            return await main()
+        finally:
+            await cancel_until_ended()
+
+    return asyncio.run(main_then_quiet())
+
+
 class LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -71,13 +118,7 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def stop(self) -> None:
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(cancel_all())
+        self.run(cancel_until_ended())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
@@ -112,12 +153,5 @@ def local_scheduler(tmp_path: Path, sim: SimHosts | None = None
         sched.ledger.close()
 
 
-def until(done: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    """Poll done() until it is true; fail after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"not true after {timeout_s}s"
-        time.sleep(0.01)
-
-
-__all__ = ["FAST", "Local", "LocalCalls", "LoopThread", "Printing", "local_scheduler", "until"]
+__all__ = ["FAST", "Local", "LocalCalls", "LoopThread", "Printing", "cancel_until_ended",
+           "end_now", "local_scheduler", "run_until_quiet"]

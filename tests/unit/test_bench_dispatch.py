@@ -1,7 +1,10 @@
 """The dispatch benchmark's report and chart, from made-up measurements (no Ray)."""
 
+from dataclasses import asdict
+
 from benchmarks import dispatch
 from benchmarks.chart import bars
+from tryfleet.nodeagent.simhost import SimHosts, SimHostSpec
 
 
 def test_report_speedups_ceiling_and_chart(capsys):
@@ -26,5 +29,11 @@ def test_report_speedups_ceiling_and_chart(capsys):
 def test_both_sides_draw_the_same_delays():
     ids = dispatch._ids("it", 3)
     assert ids == ["it-000000", "it-000001", "it-000002"]
-    assert [dispatch._delays().draw(i) for i in ids] == [dispatch._delays().draw(i) for i in ids]
-    assert all(w["cpus"] == 1 and w["id"] == i for w, i in zip(dispatch._wire(ids), ids))
+    # The simulated hosts get the delays as a dict (start_sim_hosts), the Ray baseline as the
+    # object itself: both draw the same delay for each id, and not one delay for all.
+    baseline = dispatch._delays()
+    hosts = SimHosts([SimHostSpec("h")], asdict(dispatch._delays()))
+    assert [hosts.delays.draw(i) for i in ids] == [baseline.draw(i) for i in ids]
+    assert len({baseline.draw(i) for i in ids}) == 3
+    assert [(w["id"], w["cpus"], w["mem_mib"]) for w in dispatch._wire(ids)] == \
+        [(i, 1, 512) for i in ids]

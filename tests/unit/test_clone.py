@@ -50,5 +50,5 @@ def test_clone_never_overwrites(golden, tmp_path):
 
 
 def test_missing_golden_names_it(tmp_path):
-    with pytest.raises(CloneError, match="nope.qcow2"):
+    with pytest.raises(CloneError, match=r"nope\.qcow2"):
         Cloner().clone(tmp_path / "nope.qcow2", tmp_path / "o.qcow2")

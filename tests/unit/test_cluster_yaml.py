@@ -3,6 +3,7 @@
 import copy
 import pathlib
 
+import click
 import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -15,8 +16,12 @@ def config():
     return yaml.safe_load(CLUSTER_YAML.read_text())
 
 
-def test_ray_validates_cluster_yaml(config):
-    validate_config(prepare_config(copy.deepcopy(config)))
+def test_ray_validates_cluster_yaml_and_reads_it_as_a_fleet_of_its_worker_ips(config):
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)  # raises when Ray refuses the config (see the test below)
+    workers = len(config["provider"]["worker_ips"])
+    (node_type,) = prepared["available_node_types"].values()
+    assert (node_type["min_workers"], node_type["max_workers"]) == (workers, workers) == (2, 2)
 
 
 def test_it_is_an_on_prem_fleet_that_installs_and_starts_tryfleet(config):
@@ -33,5 +38,5 @@ def test_it_is_an_on_prem_fleet_that_installs_and_starts_tryfleet(config):
 def test_validation_can_fail(config):
     config["provider"] = {"type": "local"}  # no head_ip: Ray must refuse it
     config.pop("auth")
-    with pytest.raises(Exception):
+    with pytest.raises(click.ClickException, match="head_ip"):
         validate_config(prepare_config(config))

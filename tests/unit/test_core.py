@@ -21,7 +21,8 @@ def make_row(iid: str, suite: str = "s", tenant: str = "t", cpus: int = 1, mem_m
              host: str | None = None) -> Row:
     it = Iteration(image, ("true",), cpus=cpus, mem_mib=mem_mib, retries=retries,
                    priority=priority, id=iid)
-    return Row(id=iid, seq=seq or int(iid.rsplit("-", 1)[-1]), tenant=tenant, suite=suite,
+    # key=iid: the core needs its keys unique, nothing more (the ledger makes them tenant/id).
+    return Row(key=iid, id=iid, seq=seq or int(iid.rsplit("-", 1)[-1]), tenant=tenant, suite=suite,
                trace_id="trace-" + iid, priority=priority, iteration=it, limits=(),
                state=state, attempt=attempt, max_attempts=max_attempts, runs_left=retries + 1,
                host=host, cancel_requested=False)
@@ -149,7 +150,7 @@ def test_cancelling_a_queued_iteration_ends_it_at_once_and_it_never_starts():
 def test_cancelling_a_running_suite_stops_it_on_its_host_and_it_ends_cancelled():
     core = c.Core()
     started(core, make_row("i-1", suite="a"), make_row("i-2", suite="b"))
-    acts = core.handle(c.CancelRequested(c.Scope.SUITE, "a"))
+    acts = core.handle(c.CancelRequested(c.Scope.SUITE, "t/a"))
     assert acts == [c.MarkCancelled(("i-1",), "cancelled by request"),
                     c.StopOnHost("h1", (("i-1", 1),))]
     end = core.handle(c.OutcomesCollected("h1", (outcome("i-1", 1, State.FAILED),)))
@@ -215,7 +216,7 @@ def test_a_lease_is_refused_as_never_or_as_not_now():
 def test_a_suite_past_its_wall_budget_is_cancelled_at_the_next_tick():
     core = c.Core()
     core.handle(c.HostsSeen((make_host(cpus=1),)))
-    core.handle(c.Submitted((make_row("i-1"), make_row("i-2")), suite="s", created_at=T0,
+    core.handle(c.Submitted((make_row("i-1"), make_row("i-2")), suite="t/s", created_at=T0,
                             max_wall_s=30))
     core.handle(c.Tick(T0 + 1))
     acts = core.handle(c.Tick(T0 + 31))

@@ -1,5 +1,7 @@
 """The real guest agent against the real host channel, over a socketpair (no VM)."""
 
+import itertools
+import os
 import signal
 import socket
 import threading
@@ -22,11 +24,27 @@ def test_exit_code_and_both_streams(agent_pair):
 
 
 def test_output_is_streamed_in_order_while_the_command_runs(agent_pair):
+    # The command prints a line, then waits on a FIFO for the host to have received it before
+    # it prints the next; the host, holding the FIFO open all along, answers each line that
+    # arrives. Output held back until the end would leave the command waiting: a timeout.
+    gate = agent_pair.root / "gate"
+    os.mkfifo(gate)
+    answer = os.open(gate, os.O_RDWR)  # never blocks; a write lands even before the read
     seen = []
-    script = "for i in 1 2 3; do echo line$i; sleep 0.2; done"
-    r = agent_pair.channel.exec(["sh", "-c", script], on_output=lambda s, d: seen.append(d))
-    assert b"".join(seen) == r.stdout == b"line1\nline2\nline3\n"
-    assert len(seen) == 3  # three separate arrivals, not one buffer at the end
+
+    def arrived(stream, data):
+        seen.append(data)
+        for _ in range(data.count(b"\n")):
+            os.write(answer, b"go\n")
+
+    script = f"exec 3< {gate}; for i in 1 2 3; do echo line$i; read go <&3; done"
+    try:
+        r = agent_pair.channel.exec(["sh", "-c", script], on_output=arrived, timeout_s=30)
+    finally:
+        os.close(answer)
+    assert (r.stdout, r.timed_out) == (b"line1\nline2\nline3\n", False)
+    # each line arrived before the next was printed: the arrivals end where the lines do
+    assert {6, 12, 18} <= set(itertools.accumulate(len(d) for d in seen))
 
 
 def test_stdin_env_and_cwd(agent_pair):

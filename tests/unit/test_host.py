@@ -1,7 +1,6 @@
-
 import pytest
 
-from tryfleet.nodeagent import host
+from tryfleet.nodeagent import NodeAgentError, host
 from tryfleet.nodeagent.fake_hv import FakeHypervisor
 
 
@@ -78,7 +77,7 @@ def test_env_override_and_its_validation(monkeypatch, tmp_path):
     monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
     assert host.probe_accel(MarkerHypervisor(), None, None, tmp_path, "n").accel == "tcg"
     monkeypatch.setenv("TRYFLEET_ACCEL", "fast")
-    with pytest.raises(Exception, match="TRYFLEET_ACCEL"):
+    with pytest.raises(NodeAgentError, match="TRYFLEET_ACCEL='fast' is not one of"):
         host.probe_accel(MarkerHypervisor(), None, None, tmp_path, "n")
 
 

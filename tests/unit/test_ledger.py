@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from tryfleet.scheduler.core import Abandon, Finish, Launch, MarkCancelled, Requeue
-from tryfleet.scheduler.ledger import SCHEMA, Ledger, LedgerError
+from tryfleet.scheduler.ledger import Ledger, LedgerError
 from tryfleet.scheduler.records import InvalidIteration, Iteration
 from tryfleet.wire import Outcome, State
 
@@ -51,7 +51,7 @@ def test_a_bad_batch_loses_nothing_and_adds_nothing(ledger):
 def _launch(ledger, iid, host="h1"):
     """Start the next attempt of iid on host, as the scheduler's core would."""
     row = ledger.get_row(iid)
-    (ok,) = ledger.launch([Launch(iid, row.attempt + 1, host, row)])
+    (ok,) = ledger.launch([Launch(row.key, row.attempt + 1, host, row)])
     assert ok
     return row.attempt + 1
 
@@ -64,12 +64,12 @@ def _out(iid, attempt, state, **kw):
 def test_a_result_is_committed_once_and_a_stale_attempt_changes_nothing(ledger):
     ledger.submit([it(id="a")], "s", "t")
     first = _launch(ledger, "a")
-    assert ledger.commit([Requeue("a", first, "host lost", runs_left=1, infra_tries=1)])
+    assert ledger.commit([Requeue("t/a", first, "host lost", runs_left=1, infra_tries=1)])
     second = _launch(ledger, "a", "h2")
     assert second == first + 1
-    win = Finish("a", second, State.SUCCEEDED, outcome=_out("a", second, State.SUCCEEDED,
+    win = Finish("t/a", second, State.SUCCEEDED, outcome=_out("a", second, State.SUCCEEDED,
                                                               stdout=b"ok"))
-    late = Finish("a", first, State.FAILED, outcome=_out("a", first, State.FAILED))
+    late = Finish("t/a", first, State.FAILED, outcome=_out("a", first, State.FAILED))
     assert ledger.commit([win, late, win]) == [True, False, False]
     r = ledger.result("a")
     assert (r.state, r.exit_code, r.stdout, r.attempts, r.host) == ("SUCCEEDED", 0, "ok", 2, "h2")
@@ -80,7 +80,7 @@ def test_a_result_is_committed_once_and_a_stale_attempt_changes_nothing(ledger):
 def test_a_requeue_keeps_the_budget_the_core_decided(ledger):
     ledger.submit([it(id="a", retries=2)], "s", "t")
     first = _launch(ledger, "a")
-    ledger.commit([Requeue("a", first, "boot failed", runs_left=3, infra_tries=1)])
+    ledger.commit([Requeue("t/a", first, "boot failed", runs_left=3, infra_tries=1)])
     row = ledger.get_row("a")
     assert (row.state, row.attempt, row.runs_left, row.infra_tries) == ("QUEUED", 1, 3, 1)
 
@@ -88,26 +88,26 @@ def test_a_requeue_keeps_the_budget_the_core_decided(ledger):
 def test_a_launch_is_fenced_by_the_attempt_before_it(ledger):
     ledger.submit([it(id="a")], "s", "t")
     row = ledger.get_row("a")
-    assert ledger.launch([Launch("a", 2, "h1", row)]) == [False]  # attempt 1 never happened
-    assert ledger.launch([Launch("a", 1, "h1", row)]) == [True]
-    assert ledger.launch([Launch("a", 1, "h1", row)]) == [False]  # already running
+    assert ledger.launch([Launch("t/a", 2, "h1", row)]) == [False]  # attempt 1 never happened
+    assert ledger.launch([Launch("t/a", 1, "h1", row)]) == [True]
+    assert ledger.launch([Launch("t/a", 1, "h1", row)]) == [False]  # already running
 
 
 def test_a_queued_iteration_is_cancelled_and_a_running_one_only_flagged(ledger):
     ledger.submit([it(id="q"), it(id="r")], "s", "t")
     att = _launch(ledger, "r")
-    assert ledger.commit([Finish("q", 0, State.CANCELLED, "cancelled", queued=True),
-                          MarkCancelled(("r",), "cancelled")]) == [True, True]
+    assert ledger.commit([Finish("t/q", 0, State.CANCELLED, "cancelled", queued=True),
+                          MarkCancelled(("t/r",), "cancelled")]) == [True, True]
     assert ledger.result("q").state == "CANCELLED" and ledger.attempts("q") == []
     row = ledger.get_row("r")
     assert (row.state, row.cancel_requested) == ("RUNNING", True)
-    assert ledger.commit([Finish("r", att, State.CANCELLED, "cancelled")]) == [True]
+    assert ledger.commit([Finish("t/r", att, State.CANCELLED, "cancelled")]) == [True]
     assert ledger.result("r").state == "CANCELLED"
 
 
 def test_abandon_ends_a_queued_iteration_without_an_attempt(ledger):
     ledger.submit([it(id="a")], "s", "t")
-    assert ledger.commit([Abandon("a", "cannot be placed: no host has 64 cpus")]) == [True]
+    assert ledger.commit([Abandon("t/a", "cannot be placed: no host has 64 cpus")]) == [True]
     r = ledger.result("a")
     assert (r.state, r.error, r.attempts) == ("INFRA_ERROR",
                                               "cannot be placed: no host has 64 cpus", 0)
@@ -117,18 +117,20 @@ def test_recover_gives_every_unended_row_and_the_wall_budgets(ledger):
     ledger.ensure_suite("s", "t", max_wall_s=60)
     ledger.submit([it(id="a"), it(id="b"), it(id="c")], "s", "t")
     _launch(ledger, "b")
-    ledger.commit([Abandon("c", "no")])
+    ledger.commit([Abandon("t/c", "no")])
     rows, budgets = ledger.recover()
     assert [(r.id, r.state) for r in rows] == [("a", "QUEUED"), ("b", "RUNNING")]
-    assert [(name, wall) for name, _, wall in budgets] == [("s", 60)]
+    assert [(name, wall) for name, _, wall in budgets] == [("t/s", 60)]  # suite keys
 
 
 def test_an_older_ledger_gains_the_infra_tries_column(tmp_path):
     import sqlite3
 
+    from .test_ledger_reads import OLD_SCHEMA
+
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA.replace(",\n    infra_tries INTEGER NOT NULL DEFAULT 0", ""))
+    db.executescript(OLD_SCHEMA)
     db.close()
     led = Ledger(path)
     led.submit([it(id="a")], "s", "t")

@@ -40,18 +40,18 @@ def test_end_seq_counts_up_in_the_order_iterations_end_whatever_ends_them(ledger
     ledger.submit([it(i) for i in "abcdef"], "s", "t")
     finish(ledger, ["c"])
     # queued a, b, d, e, f end now, in submission order
-    ledger.commit([Finish(i, 0, State.CANCELLED, "x", queued=True) for i in "abdef"])
+    ledger.commit([Finish(f"t/{i}", 0, State.CANCELLED, "x", queued=True) for i in "abdef"])
     assert end_seqs(ledger) == {"c": 1, "a": 2, "b": 3, "d": 4, "e": 5, "f": 6}
     ledger.submit([it("g")], "s2", "t")
-    ledger.commit([Abandon("g", "cannot be placed")])
+    ledger.commit([Abandon("t/g", "cannot be placed")])
     assert end_seqs(ledger)["g"] == 7
 
 
 def test_what_has_not_ended_has_no_end_seq_and_a_retry_does_not_end(ledger):
     ledger.submit([it("a")], "s", "t", infra_attempts=2)
     row = ledger.get_row("a")
-    ledger.launch([Launch("a", 1, "h1", row)])
-    assert ledger.commit([Requeue("a", 1, "boot", runs_left=1, infra_tries=1)]) == [True]
+    ledger.launch([Launch("t/a", 1, "h1", row)])
+    assert ledger.commit([Requeue("t/a", 1, "boot", runs_left=1, infra_tries=1)]) == [True]
     assert end_seqs(ledger) == {"a": None}
 
 
@@ -152,7 +152,7 @@ def test_a_database_made_before_end_seq_is_migrated_in_the_order_things_ended(tm
     assert end_seqs(led) == {"early": 1, "late": 2, "running": None}
     indexes = {r[0] for r in led._db.execute("SELECT name FROM sqlite_master WHERE "
                                              "type = 'index'")}
-    assert {"iterations_end_seq", "iterations_suite_end_seq"} <= indexes
+    assert {"iterations_end_seq", "iterations_tenant_suite_end_seq"} <= indexes
     led.close()
     assert end_seqs(Ledger(path)) == {"early": 1, "late": 2, "running": None}  # once only
 

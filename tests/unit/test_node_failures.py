@@ -2,11 +2,10 @@
 hypervisor), and what the scheduler's retry policy does with it: only a request that can never
 run as given is not tried again."""
 
-import time
-
 import pytest
 
 from tests.unit.builders import make_image
+from tests.waiting import until
 from tryfleet.images import BuildError, RecipeError, UnknownImage
 from tryfleet.nodeagent import BadRequest, GuestProtocolError, HypervisorError
 from tryfleet.nodeagent.fake_hv import FakeHypervisor
@@ -19,12 +18,8 @@ from tryfleet.wire import Failure, Ids, IterationSpec, StartRequest, State
 def run_one(svc, image):
     """Start one attempt of `image` on svc and wait for its outcome."""
     svc.start_many("h1", [StartRequest("it-1", 1, IterationSpec(image, ("true",)), Ids())])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = svc.collect("h1", [], timeout_s=5.0)
-        if got:
-            return got[0]
-    raise AssertionError("no outcome within 30 s")
+    (outcome,) = until(lambda: svc.collect("h1", [], timeout_s=1.0), timeout_s=30)
+    return outcome
 
 
 def settle(outcome):

@@ -6,8 +6,10 @@ import subprocess
 import pytest
 
 from tests.unit.builders import make_image
+from tryfleet.errors import InfrastructureError
 from tryfleet.nodeagent import (
     BadRequest,
+    GuestUnresponsive,
     IterationSpec,
     NodeAgent,
     NodeConfig,
@@ -115,11 +117,13 @@ def test_start_failure_is_an_infra_error_with_nothing_left(data_dir, monkeypatch
 def test_boot_that_never_answers_times_out_as_infra_error(data_dir, monkeypatch):
     monkeypatch.setenv("TRYFLEET_ACCEL", "tcg")
     node = make_node(data_dir, never_boot=True)
-    sandbox_spec = SandboxSpec("base", boot_timeout_s=0.3)
-    with pytest.raises(Exception, match="did not boot"):
-        node.acquire(sandbox_spec)
-    assert nothing_left(node)
-    node.close()
+    try:
+        with pytest.raises(GuestUnresponsive, match="did not boot") as err:
+            node.acquire(SandboxSpec("base", boot_timeout_s=0.3))
+        assert isinstance(err.value, InfrastructureError)
+        assert nothing_left(node)
+    finally:
+        node.close()
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -1,6 +1,7 @@
 """Warm pools and snapshot restore on the fake hypervisor: what is handed out, from where, and
 that every iteration still gets a machine nobody used before."""
 
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from tests.unit.builders import make_image
 from tryfleet.nodeagent import BadRequest, IterationSpec, NodeAgent, NodeConfig, SandboxSpec, State
+from tryfleet.nodeagent.errors import Cancelled
 from tryfleet.nodeagent.fake_hv import FakeHypervisor
 from tryfleet.nodeagent.hypervisor import RestoreSpec
 from tryfleet.nodeagent.libvirt_hv import restore_xml
@@ -26,6 +28,19 @@ def make_node(data_dir, **config):
 
 
 SPEC = SandboxSpec("base", 1, 512, None)
+
+
+def hold_refills(pool):
+    """From now on the pool's refill worker prepares nothing: its next fill waits until the
+    pool is closed (then it is cancelled as a fill is). What the pool holds stays; what a
+    test acquires next comes from there, a saved guest or a boot, and nothing races it."""
+
+    def held(key, should_stop):
+        while not should_stop():  # the pool's abort signal is a flag, not an event: poll it
+            time.sleep(0.01)
+        raise Cancelled("the pool closed while its refills were held")
+
+    pool._fill = held
 
 
 def test_pool_hands_out_ready_vms_and_refills(data_dir):
@@ -58,12 +73,11 @@ def test_every_iteration_gets_a_fresh_machine(data_dir):
     try:
         key = node._key(SPEC)
         for n in range(3):
-            node.pool.wait_ready(key, 1, timeout_s=30)
+            assert node.pool.wait_ready(key, 1, timeout_s=30)
             out = node.run_iteration(IterationSpec(
                 image="base", argv=("sh", "-c", f"ls; echo {n} > left-behind")))
             assert out.state is State.SUCCEEDED
             assert b"left-behind" not in out.stdout  # nothing of the previous iteration
-        assert len(node.hv.started) >= 3  # a newly started (or restored) guest each time
     finally:
         node.close()
 
@@ -73,15 +87,17 @@ def test_misses_restore_from_a_saved_guest_instead_of_booting(data_dir):
     try:
         key = node._key(SPEC)
         assert node.pool.wait_ready(key, 1, timeout_s=30)
-        assert len(node.hv.saved) == 1  # one guest booted and saved: the slot
+        # the pool's one VM: a guest booted once and saved (slot 0), then restored from it
+        assert (len(node.hv.saved), len(node.hv.restored)) == (1, 1)
+        hold_refills(node.pool)
         first = node.acquire(SPEC)
-        second = node.acquire(SPEC)  # pool empty now: restored from a second slot? no: booted
         assert first.origin == "pool"
-        assert second.origin in ("restore", "boot")
+        second = node.acquire(SPEC)  # a miss, and slot 0 is first's until it is destroyed
+        assert second.origin == "boot"
         first.destroy()
-        third = node.acquire(SPEC)
-        assert third.origin in ("pool", "restore")
-        assert node.hv.restored  # the pooled VMs came from the saved guest
+        third = node.acquire(SPEC)  # a miss again, and slot 0 is free
+        assert third.origin == "restore" and third.name == first.name
+        assert (len(node.hv.saved), len(node.hv.restored)) == (1, 2)
         second.destroy()
         third.destroy()
     finally:

@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from tests.waiting import until
 from tryfleet.errors import (
     AccessDenied,
     BadRequest,
@@ -16,7 +17,7 @@ from tryfleet.errors import (
 )
 from tryfleet.scheduler.records import Iteration
 
-from .localfleet import FAST, Printing, SimHostSpec, local_scheduler, until
+from .localfleet import FAST, Delays, Printing, SimHostSpec, end_now, local_scheduler
 
 
 def test_one_iteration_its_detail_attempts_output_and_listings(tmp_path):
@@ -41,6 +42,29 @@ def test_one_iteration_its_detail_attempts_output_and_listings(tmp_path):
         assert len(ended["results"]) == 2 and ended["cursor"] > 0
         rest = s.call("ended_since", ended["cursor"], "s", None, 100)
         assert len(rest["results"]) == 1
+
+
+def test_output_is_live_while_it_runs_then_the_rest_once_it_ended(tmp_path):
+    script = b"line 1\nline 2\n\xff\x00 not text"
+    half = len(script) // 2  # what the simulated command has printed while it runs
+    sim = Printing([SimHostSpec("a", cpus=4)],
+                   Delays(seed=1, boot_median_ms=1, exec_median_ms=600_000, exec_sigma=0.01),
+                   script)
+    with local_scheduler(tmp_path, sim) as (s, _):
+        s.call("submit", [Iteration("base", ("x",), id="f1").to_wire()], "s", "t")
+        until(lambda: s.call("counts", "s", "t") == {"RUNNING": 1})
+        live = until(lambda: s.call("output", "f1", 0, 0, "t")["stdout"])
+        assert live == script[:half]
+        assert s.call("output", "f1", 0, 0, "t")["done"] is False
+
+        async def end():
+            return end_now(sim, "a")
+
+        assert s.loop.run(end()) == 1
+        until(lambda: s.call("counts", "s", "t") == {"SUCCEEDED": 1})
+        rest = s.call("output", "f1", half, 0, "t")
+        assert (rest["stdout"], rest["done"], rest["state"]) == (script[half:], True,
+                                                                 "SUCCEEDED")
 
 
 @pytest.mark.parametrize("method, args", [("get", ("nosuch",)), ("attempts", ("nosuch",)),

@@ -1,39 +1,46 @@
 """The real scheduler (placement, ledger, dispatch) over simulated hosts in this process:
 no Ray. A stand-in for Ray actor handles runs each `.remote()` call on this event loop (a
-blocking method in a thread)."""
+blocking method in a thread). Where a test needs work to be running while it looks, the
+simulated hosts hold it until the test lets it end."""
 
 import asyncio
-import inspect
-import time
-import types
 
 import pytest
 
+from tests.waiting import until_async
+from tryfleet.errors import CannotPlace
 from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.scheduler.records import TERMINAL
 from tryfleet.scheduler.service import Scheduler
 from tryfleet.wire import AttemptKey
 
-FAST = Delays(seed=3, boot_median_ms=1, boot_sigma=0.2, exec_median_ms=2, exec_sigma=0.2)
+from .localfleet import FAST, Local, cancel_until_ended, end_now, run_until_quiet
 
 
-class Local:
-    """obj.method.remote(*args) -> a future of obj.method(*args) on the running loop."""
+class Held(SimHosts):
+    """Simulated hosts whose attempts run until release(): then the running ones end at once
+    and later ones take their drawn delays."""
 
-    def __init__(self, obj):
-        self._obj = obj
-        self.calls = {}
+    def __init__(self, hosts, delays=FAST):
+        super().__init__(hosts, delays)
+        self.held = True
 
-    def __getattr__(self, name):
-        fn = getattr(self._obj, name)
+    def _start(self, h, req):
+        started = super()._start(h, req)
+        if started and self.held:
+            att = h.attempts[AttemptKey(req.id, req.attempt)]
+            att.timer.cancel()
+            att.timer = None
+        return started
 
-        def remote(*args):
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if inspect.iscoroutinefunction(fn):
-                return asyncio.ensure_future(fn(*args))
-            return asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    def release(self):
+        self.held = False
+        return sum(end_now(self, name) for name in self._hosts)
 
-        return types.SimpleNamespace(remote=remote)
+    def forget(self, host, key):
+        """The host no longer knows this attempt (as after a restart of its node agent)."""
+        self._host(host).attempts.pop(key)
+        self._host(host).running -= 1
 
 
 def make(tmp_path, sim, **more_agents):
@@ -47,8 +54,8 @@ def make(tmp_path, sim, **more_agents):
 
 
 def flights(engine):
-    """The attempts the scheduler has in flight: {iteration id: its Work}."""
-    return {iid: w for iid, w in engine.core.state.work.items() if w.host is not None}
+    """The attempts the scheduler has in flight: {iteration id: its Work} (one tenant)."""
+    return {w.row.id: w for w in engine.core.state.work.values() if w.host is not None}
 
 
 def wire(n, prefix="it", **kw):
@@ -57,13 +64,11 @@ def wire(n, prefix="it", **kw):
 
 
 async def until_done(sched, suite, n, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def ended():
         counts = await sched.counts(suite)
-        if sum(counts.get(s, 0) for s in TERMINAL) >= n:
-            return
-        assert time.monotonic() < deadline, counts
-        await asyncio.sleep(0.01)
+        return sum(counts.get(s, 0) for s in TERMINAL) >= n
+
+    await until_async(ended, timeout_s, explain=lambda: sched.ledger.counts(suite))
 
 
 def test_many_iterations_few_calls_and_one_attempt_each(tmp_path):
@@ -83,43 +88,51 @@ def test_many_iterations_few_calls_and_one_attempt_each(tmp_path):
         state = sched.engine.core.state
         assert not state.work and not state.backlog and len(state.reservations) == 0
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_bin_packing_and_capacity_hold(tmp_path):
-    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=300, exec_sigma=0.01)
-
     async def go():
-        sim = SimHosts([SimHostSpec("a", cpus=4), SimHostSpec("b", cpus=4)], slow)
+        sim = Held([SimHostSpec("a", cpus=4), SimHostSpec("b", cpus=4)])
         sched, _ = make(tmp_path, sim)
         await sched.submit(wire(10), "s", "t")
-        await asyncio.sleep(0.1)
+        await until_async(lambda: len(flights(sched.engine)) == 8)
         on = {}
         for f in flights(sched.engine).values():
             on[f.host] = on.get(f.host, 0) + 1
         # 8 cpus for 10 asked
         assert on == {"a": 4, "b": 4} and len(sched.engine.core.state.backlog) == 2
+        assert sim.release() == 8  # what was held ran; the two that waited run next
         await until_done(sched, "s", 10)
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_ignored(
         tmp_path):
-    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=200, exec_sigma=0.01)
-
     async def go():
-        sim = SimHosts([SimHostSpec("a", cpus=16), SimHostSpec("b", cpus=16)], slow)
-        sched, _ = make(tmp_path, sim)
+        # a and b as equals (ties go to the first name), each served by its own node agent
+        gone, other = Held([SimHostSpec("a", cpus=16)]), Held([SimHostSpec("b", cpus=16)])
+        sched, _ = make(tmp_path, gone, b=other)
+        engine = sched.engine
+
+        def on(host):
+            return sorted((iid, w.attempt) for iid, w in flights(engine).items()
+                          if w.host == host)
+
         ids = await sched.submit(wire(6), "s", "t")
-        await asyncio.sleep(0.05)
-        assert {f.host for f in flights(sched.engine).values()} == {"a"}  # bin-packed on one host
-        gone = sim._hosts.pop("a")  # the host vanishes; its attempts still finish there
-        sched.engine.hosts.mark_lost("a")
-        sched.engine._on_lost("a", "host a lost")
+        await until_async(lambda: on("a") == [(i, 1) for i in ids])  # bin-packed on one host
+        del engine.hosts.agents[SIM_GROUP_PREFIX + "test"]  # a's node agent vanishes
+        engine.hosts.mark_lost("a")
+        engine._on_lost("a", "host a lost")
+        await until_async(lambda: on("b") == [(i, 2) for i in ids])
+        # a's first attempts succeed now and report late, through the poll still open to a,
+        # while the second attempts run on b: they change nothing
+        assert gone.release() == 6
+        await until_async(lambda: engine.dispatch.collected == 6)
+        assert on("b") == [(i, 2) for i in ids]
+        assert other.release() == 6
         await until_done(sched, "s", 6)
-        while gone.running:  # the first attempts report late, to nobody
-            await asyncio.sleep(0.01)
         results = await sched.results(ids)
         assert [(r["state"], r["attempts"], r["host"]) for r in results] == \
             [("SUCCEEDED", 2, "b")] * 6
@@ -127,49 +140,49 @@ def test_host_lost_mid_run_its_iterations_finish_elsewhere_and_late_results_are_
         assert [(a["host"], a["outcome"]) for a in attempts] == \
             [("a", "RETRIED"), ("b", "SUCCEEDED")]
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_cancel_a_suite_queued_and_running(tmp_path):
-    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=5000, exec_sigma=0.01)
-
     async def go():
         # fair share on 3 cpus: s-0, keep-0, s-1 run; s-2..4 and keep-1 wait
-        sim = SimHosts([SimHostSpec("a", cpus=3)], slow)
-        sched, _ = make(tmp_path, sim)
+        sched, _ = make(tmp_path, Held([SimHostSpec("a", cpus=3)]))
+        engine = sched.engine
         ids = await sched.submit(wire(5), "s", "t")
         other = await sched.submit(wire(2, prefix="keep"), "k", "t")
-        await asyncio.sleep(0.05)
+        await until_async(lambda: len(flights(engine)) == 3)
+        assert sorted(flights(engine)) == [ids[0], ids[1], other[0]]
         assert await sched.cancel(suite="s") == {"queued_cancelled": 3, "running_stopped": 2}
         await until_done(sched, "s", 5, timeout_s=5)
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
         # what was not cancelled runs, in the cpus the cancelled ones gave back
-        engine = sched.engine
-        assert not engine.core.state.backlog and sorted(flights(engine)) == other
+        await until_async(lambda: sorted(flights(engine)) == other,
+                          explain=lambda: sorted(flights(engine)))
+        assert not engine.core.state.backlog
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_path):
-    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=150, exec_sigma=0.01)
-
     async def go():
-        sim = SimHosts([SimHostSpec("a", cpus=2)], slow)
+        sim = Held([SimHostSpec("a", cpus=2)])
         first, _ = make(tmp_path, sim)
         ids = await first.submit(wire(3), "s", "t")
-        await asyncio.sleep(0.03)
-        for task in [first.engine._loop_task, *first.engine.dispatch._tasks]:
-            task.cancel()  # the old scheduler dies
+        await until_async(lambda: len(flights(first.engine)) == 2)
+        assert sorted(flights(first.engine)) == ids[:2]  # 2 cpus: the third waits
+        await cancel_until_ended([first.engine._loop_task, *first.engine.dispatch._tasks])
+        # the old scheduler died
         forgotten = flights(first.engine)[ids[1]]
-        lost = sim._hosts["a"].attempts.pop(AttemptKey(ids[1], forgotten.attempt))
-        lost.timer.cancel()  # ... and its host forgot one attempt
+        # ... and its host forgot one (hosts know an attempt by its iteration's key)
+        sim.forget("a", AttemptKey(forgotten.row.key, forgotten.attempt))
         second, _ = make(tmp_path, sim)
         await second.ping()
+        sim.release()
         await until_done(second, "s", 3)
         got = {r["id"]: r["attempts"] for r in await second.results(ids)}
         assert got == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 @pytest.mark.parametrize("kw, match", [({"cpus": 64}, "can never run"),
@@ -177,33 +190,48 @@ def test_restart_reattaches_to_running_attempts_and_requeues_unknown_ones(tmp_pa
 def test_what_can_never_fit_is_refused_at_submit(tmp_path, kw, match):
     async def go():
         sched, _ = make(tmp_path, SimHosts([SimHostSpec("a", cpus=8)], FAST))
-        with pytest.raises(Exception, match=match):
+        with pytest.raises(CannotPlace, match=match):
             await sched.submit(wire(3, **kw), "s", "t")
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 class SlowStart(SimHosts):
-    """A host that takes its time to act on a start: a cancel can overtake it."""
+    """A host that acts on a start only once `go` is set: a cancel can overtake it. Cancels
+    that found nothing to stop are counted in `missed`."""
+
+    def __init__(self, hosts, delays):
+        super().__init__(hosts, delays)
+        self.go = asyncio.Event()
+        self.missed = 0
 
     async def start_many(self, host, payload):
-        await asyncio.sleep(0.2)
+        await self.go.wait()
         return await super().start_many(host, payload)
+
+    async def cancel(self, host, iid, attempt=None):
+        stopped = await super().cancel(host, iid, attempt)
+        self.missed += stopped == 0
+        return stopped
 
 
 def test_a_cancel_that_overtakes_the_start_is_sent_again(tmp_path):
-    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=10_000, exec_sigma=0.01)
+    slow = Delays(seed=1, boot_median_ms=1, exec_median_ms=600_000, exec_sigma=0.01)
 
     async def go():
-        sched, _ = make(tmp_path, SlowStart([SimHostSpec("a", cpus=2)], slow))
+        sim = SlowStart([SimHostSpec("a", cpus=2)], slow)
+        sched, handle = make(tmp_path, sim)
         ids = await sched.submit(wire(2), "s", "t")
-        await asyncio.sleep(0.05)
+        await until_async(lambda: handle.calls.get("start_many"))
         assert len(flights(sched.engine)) == 2  # placed, the start not yet acted on
         assert await sched.cancel(suite="s") == {"queued_cancelled": 0, "running_stopped": 2}
+        await until_async(lambda: sim.missed == 2)  # both cancels came before their start
+        assert sim.started == 0
+        sim.go.set()
         await until_done(sched, "s", 2, timeout_s=5)
         assert {r["state"] for r in await sched.results(ids)} == {"CANCELLED"}
 
-    asyncio.run(go())
+    run_until_quiet(go)
 
 
 def test_a_real_node_agent_and_simulated_hosts_are_reached_alike(tmp_path, monkeypatch):
@@ -228,10 +256,8 @@ def test_a_real_node_agent_and_simulated_hosts_are_reached_alike(tmp_path, monke
             [("SUCCEEDED", "h1"), ("SUCCEEDED", "s1")]
         hosts = {h["host"]: h for h in (await sched.status())["hosts"]}
         assert (hosts["h1"]["accel"], hosts["s1"]["accel"]) == ("tcg", "sim")
-        for task in [sched.engine._loop_task, *sched.engine.dispatch._tasks]:
-            task.cancel()
 
     try:
-        asyncio.run(go())
+        run_until_quiet(go)
     finally:
         real.shutdown()

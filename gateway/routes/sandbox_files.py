@@ -1,0 +1,159 @@
+"""/v1/sandboxes/{id}/files: upload and download raw bytes, list a directory. Paths must be
+absolute and normalised (no `..`): refused with 400 before anything reaches the guest.
+
+Both directions stream: an upload goes to the guest in chunks as the body arrives (a body
+larger than one chunk is written beside the target and moved into place once whole, so a
+failed upload leaves no half file), a download leaves in chunks as the guest reads them; the
+gateway never holds more than a chunk of either. Neither may pass the app's MAX_BODY_BYTES.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import posixpath
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from tryfleet.errors import TryfleetError
+from tryfleet.scheduler.sandboxes import SandboxRecord
+from tryfleet.wire import FileInfo, FileType, Listing, unpack
+
+from ..problems import Problem, documented
+from .sandboxes import OpenBox, ReadableBox, check_path, on_node, utf8
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["files"])
+CHUNK_BYTES = 4 * 1024 * 1024
+GuestPath = Annotated[str, Query(min_length=1, max_length=4096,
+                                 description="absolute and normalised, e.g. /root/out.txt")]
+Mode = Annotated[str, Query(pattern=r"^0?[0-7]{3,4}$", description="octal, e.g. 0644")]
+
+
+def max_body_bytes() -> int:
+    from ..app import MAX_BODY_BYTES
+
+    return MAX_BODY_BYTES
+
+
+class Written(BaseModel):
+    path: str
+    size: int = Field(description="bytes written")
+    sha256: str = Field(description="of the bytes written, hex")
+
+
+class Entry(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int = Field(description="permission bits (0o7777 at most)")
+    mtime: float = Field(description="seconds since the epoch, by the guest's clock")
+    owner: str
+    group: str
+    target: str | None = Field(description="where a symlink points")
+
+
+class DirListing(BaseModel):
+    path: str
+    entries: list[Entry]
+    truncated: bool = Field(description="there were more entries than a listing holds")
+
+
+def _entry(f: FileInfo) -> Entry:
+    return Entry(name=f.name, path=f.path, type=f.type.value, size=f.size, mode=f.mode,
+                 mtime=f.mtime, owner=f.owner, group=f.group, target=f.target)
+
+
+def _path(path: str) -> str:
+    utf8("path", path)
+    return check_path(path)
+
+
+@router.put("/{sid}/files", summary="Upload a file (the raw body is its content)",
+            responses=documented(400, 401, 403, 404, 413, 422, 503),
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}})
+async def upload(box: OpenBox, request: Request, path: GuestPath,
+                 mode: Mode = "0644") -> Written:
+    if _path(path) == "/":
+        raise Problem(400, "bad-path", "path '/' is a directory: name a file")
+    bits = int(mode, 8)
+    digest, size = hashlib.sha256(), 0
+    pending = bytearray()
+    spare: str | None = None  # where a body larger than a chunk is written first
+    try:
+        async for piece in request.stream():
+            digest.update(piece)
+            size += len(piece)
+            pending += piece
+            if len(pending) >= CHUNK_BYTES:
+                if spare is None:
+                    spare = posixpath.join(posixpath.dirname(path),
+                                           f".tfup-{secrets.token_hex(6)}")
+                await on_node(request, box, "sandbox_write", spare, bytes(pending), bits,
+                              size > len(pending))
+                pending.clear()
+        if spare is None:
+            await on_node(request, box, "sandbox_write", path, bytes(pending), bits, False)
+        else:
+            await on_node(request, box, "sandbox_write", spare, bytes(pending), bits, True)
+            await on_node(request, box, "sandbox_move", spare, path)
+    except BaseException:
+        if spare is not None:
+            await _discard(request, box, spare)
+        raise
+    return Written(path=path, size=size, sha256=digest.hexdigest())
+
+
+async def _discard(request: Request, box: SandboxRecord, path: str) -> None:
+    with contextlib.suppress(TryfleetError, Problem):  # missing, or the sandbox is gone
+        await on_node(request, box, "sandbox_remove", path, False)
+
+
+@router.get("/{sid}/files", summary="Download a file (its raw bytes)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}},
+                "description": "the file's bytes"},
+                **documented(400, 401, 403, 404, 413, 422, 503)})
+async def download(box: ReadableBox, request: Request, path: GuestPath) -> StreamingResponse:
+    info = unpack(FileInfo, await on_node(request, box, "sandbox_stat", _path(path)))
+    if info.type is FileType.DIR:
+        raise Problem(400, "bad-path", f"{path!r} is a directory: list it with files/list")
+    if info.type is FileType.OTHER:
+        raise Problem(400, "bad-path", f"{path!r} is not a regular file")
+    most = max_body_bytes()
+    if info.size > most:
+        raise Problem(413, "too-large", f"{path!r} is {info.size} bytes, over the "
+                      f"{most}-byte limit of one download")
+    first: bytes = await on_node(request, box, "sandbox_read", path, 0, CHUNK_BYTES)
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        got, data = len(first), first
+        while len(data) == CHUNK_BYTES and got < most:
+            data = await on_node(request, box, "sandbox_read", path, got,
+                                 min(CHUNK_BYTES, most - got))
+            got += len(data)
+            yield data
+
+    return StreamingResponse(rest(), media_type="application/octet-stream")
+
+
+@router.get("/{sid}/files/list", summary="List a directory",
+            responses=documented(400, 401, 403, 404, 422, 503))
+async def list_files(box: ReadableBox, request: Request, path: GuestPath,
+                     depth: Annotated[int, Query(ge=1, le=16, description="levels")] = 1
+                     ) -> DirListing:
+    got = unpack(Listing, await on_node(request, box, "sandbox_list_dir", _path(path), depth))
+    return DirListing(path=path, entries=[_entry(e) for e in got.entries],
+                      truncated=got.truncated)
+
+
+__all__ = ["DirListing", "Entry", "Written", "router"]
