@@ -320,9 +320,10 @@ class Fleet:
         offsets = {"stdout": 0, "stderr": 0}
         attempt = None
 
-        def where() -> dict[str, Any]:
-            return {"follow": "true", "encoding": "base64", "out_offset": offsets["stdout"],
-                    "err_offset": offsets["stderr"]}
+        def where() -> dict[str, Any]:  # on a reconnection: where it got to, in which attempt
+            at = {"follow": "true", "encoding": "base64", "out_offset": offsets["stdout"],
+                  "err_offset": offsets["stderr"]}
+            return at if attempt is None else {**at, "attempt": attempt}
 
         for ev in self.api.listen(f"/v1/iterations/{_q(iid)}/output", where,
                                   self.reconnect_s):

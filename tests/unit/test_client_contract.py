@@ -1,0 +1,80 @@
+"""The SDK and the CLI against the real gateway app over real HTTP on loopback (servedapi.py:
+the real scheduler and ledger, a node agent on the fake hypervisor; no Ray, no VM): what the
+client reads of each answer is what the server gives. fakeapi.py, the client's reading of the
+contract, is checked against the same answers in tests/unit/test_sdk_http.py."""
+
+import json
+import uuid
+
+import httpx
+import pytest
+
+import tryfleet
+from tests.waiting import until
+from tryfleet.scheduler.records import Iteration
+
+from .servedapi import served_api
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRYFLEET_ACCEL", "tcg")
+        with served_api(tmp_path_factory.mktemp("served"), limits={"ci-db": 2}) as s:
+            yield s
+
+
+@pytest.fixture(scope="module")
+def admin(served):
+    with tryfleet.connect(served.url, api_key=served.admin) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def acme(served):
+    with tryfleet.connect(served.url, api_key=served.key("acme")) as f:
+        yield f
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def held(tmp_path, iid, before="", after=""):
+    """An iteration that prints `before`, then waits for the test to create its go-file (the
+    fake hypervisor runs commands on this machine), then prints `after`; and that file."""
+    go = tmp_path / f"go-{iid}"
+    script = f"printf '{before}'; while [ ! -e {go} ]; do sleep 0.02; done; printf '{after}'"
+    return Iteration("base", ("sh", "-c", script), id=iid), go
+
+
+# ---- iterations ------------------------------------------------------------------------------
+
+def test_following_from_an_offset_mid_run_gives_each_byte_once(served, acme, tmp_path):
+    it, go = held(tmp_path, "fo1", before="abc", after="def")
+    acme.submit([it], suite=unique("follow"))
+    until(lambda: acme.output("fo1").stdout == b"abc", 30)
+    headers = {"Authorization": f"Bearer {served.key('acme')}"}
+    params = {"follow": "true", "out_offset": 1}
+    got = []
+    with httpx.stream("GET", f"{served.url}/v1/iterations/fo1/output", params=params,
+                      headers=headers, timeout=30) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+                if len(got) == 1:
+                    go.touch()
+    *chunks, ended = got
+    assert (chunks[0]["offset"], chunks[0]["data"]) == (1, "bc")
+    assert "".join(c["data"] for c in chunks) == "bcdef"
+    assert ended["state"] == "SUCCEEDED"
+
+
+def test_follow_yields_the_output_then_the_result(acme, tmp_path):
+    it, go = held(tmp_path, "fo2", before="one\n", after="two\n")
+    acme.submit([it], suite=unique("follow"))
+    following = acme.follow("fo2")
+    assert next(following) == ("stdout", b"one\n")
+    go.touch()
+    *rest, result = following
+    assert rest == [("stdout", b"two\n")] and result.state == "SUCCEEDED"
