@@ -48,30 +48,44 @@ def _q(name: str) -> str:
     return quote(name, safe="")
 
 
+_TEXT_FIELDS = ("stdout", "stderr", "trace_id", "suite", "tenant", "request_id", "key_id")
+
+
+def _count(value: Any) -> int:
+    return len(value) if isinstance(value, list) else int(value or 0)
+
+
 def result_of(data: Mapping[str, Any]) -> Result:
     """A Result from the API's iteration JSON: the fields it has (an iteration without its
-    output has stdout and stderr ""), `attempts` as a count or the list of them."""
+    output has stdout and stderr ""); how many attempts from `attempt` (the count, as listings
+    and events give it) or `attempts` (the list, in the view of one iteration); the end cursor
+    as end_seq. `host` is given to admins only (None otherwise)."""
     output = data.get("output") if isinstance(data.get("output"), Mapping) else {}
     values: dict[str, Any] = {}
     for name in Result.__dataclass_fields__:
         value = data.get(name, output.get(name) if output else None)
-        if name in ("stdout", "stderr", "trace_id", "suite", "tenant"):
+        if name in _TEXT_FIELDS:
             value = value if isinstance(value, str) else ""
         elif name in ("stdout_truncated", "stderr_truncated"):
             value = bool(value)
         elif name == "attempts":
-            value = len(value) if isinstance(value, list) else int(value or 0)
+            value = _count(data["attempt"]) if "attempt" in data else _count(value)
+        elif name == "end_seq" and value is None:
+            cursor = data.get("end_cursor")
+            value = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else None
         values[name] = value
     return Result(**values)
 
 
 def attempts_of(data: Mapping[str, Any], iid: str) -> tuple[Attempt, ...]:
+    """The attempts of the view of one iteration (their hosts: admins only, else "")."""
     got = data.get("attempts")
     if not isinstance(got, list):
         return ()
     fields = Attempt.__dataclass_fields__
-    return tuple(Attempt(**{"iteration_id": iid, "host": "", "placed_at": 0.0,
-                            **{k: v for k, v in a.items() if k in fields}}) for a in got)
+    return tuple(Attempt(**{"iteration_id": iid, "placed_at": 0.0,
+                            **{k: v for k, v in a.items() if k in fields},
+                            "host": a.get("host") or ""}) for a in got)
 
 
 def wire_of(it: Iteration) -> dict[str, Any]:

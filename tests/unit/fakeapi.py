@@ -58,17 +58,22 @@ class It:
     ended_at: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
+    end_cursor: str | None = None
+
     def json(self, output: bool = False) -> dict[str, Any]:
+        """As the gateway answers it (routes/iteration_models.py): `attempt` the count; the
+        view of one iteration also its output and `attempts`, the list."""
         d = {"id": self.id, "suite": self.suite, "tenant": self.tenant, "state": self.state,
              "exit_code": self.exit_code, "error": self.error, "host": self.host,
-             "started_at": self.started_at, "ended_at": self.ended_at,
+             "submitted_at": 0.0, "started_at": self.started_at, "ended_at": self.ended_at,
              "duration_s": None if self.ended_at is None else 0.5, "trace_id": "t-" + self.id,
-             "stdout_truncated": False, "stderr_truncated": False,
-             "request_id": self.request_id, "key_id": "k"}
+             "stdout_truncated": False, "stderr_truncated": False, "attempt": len(self.attempts),
+             "request_id": self.request_id, "key_id": "k", "end_cursor": self.end_cursor}
         if output:
             return {**d, "stdout": self.stdout.decode(errors="replace"),
-                    "stderr": self.stderr.decode(errors="replace"), "attempts": self.attempts}
-        return {**d, "attempts": len(self.attempts)}
+                    "stderr": self.stderr.decode(errors="replace"), "encoding": "text",
+                    "attempts": self.attempts}
+        return d
 
 
 def sse(event: str, data: Any, eid: str | None = None) -> bytes:
@@ -205,6 +210,7 @@ class FakeApi:
             it.stdout, it.stderr = it.stdout + stdout, stderr
             it.attempts[-1].update(ended_at=it.ended_at, outcome=state, error=error)
             self.ended.append((tenant, iid))
+            it.end_cursor = str(len(self.ended))
             self.cond.notify_all()
 
     def batches(self, request: httpx.Request, who: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,24 @@ def held(tmp_path, iid, before="", after=""):
 
 # ---- iterations ------------------------------------------------------------------------------
 
+def test_results_carry_attempts_request_and_key_ids_as_the_server_recorded_them(acme):
+    suite = unique("rid")
+    (iid,) = acme.submit([Iteration("base", ("sh", "-c", "echo hi"), id="r1")], suite=suite)
+    submitted_by = acme.last_request_id
+    (waited,) = acme.wait([iid], timeout_s=60, suite=suite)
+    (listed,) = acme.iterations(suite=suite)
+    detail = acme.get(iid)
+    assert waited.request_id == listed.request_id == detail.result.request_id == submitted_by
+    assert waited.key_id == acme.me()["key_id"]
+    assert (waited.attempts, listed.attempts, detail.result.attempts) == (1, 1, 1)
+    assert waited.stdout == "hi\n" and listed.stdout == ""
+    assert [(a.attempt, a.host, a.outcome) for a in detail.attempts] == [(1, "", "SUCCEEDED")]
+    events = acme.events(suite=suite)
+    _, ended = next(events)
+    events.close()
+    assert (ended.id, ended.attempts, ended.end_seq) == (iid, 1, waited.end_seq)
+
+
 def test_following_from_an_offset_mid_run_gives_each_byte_once(served, acme, tmp_path):
     it, go = held(tmp_path, "fo1", before="abc", after="def")
     acme.submit([it], suite=unique("follow"))

@@ -303,9 +303,17 @@ def test_files_of_bytes_cross_as_base64_and_ids_are_given_before_sending():
 
 def test_an_iteration_json_reads_attempts_as_a_count_or_a_list():
     base = {"id": "x", "state": "RUNNING", "suite": "s", "tenant": "t"}
-    assert result_of({**base, "attempts": 2}).attempts == 2
+    assert result_of({**base, "attempt": 2}).attempts == 2  # a listing's, an event's
+    assert result_of({**base, "attempt": 2, "attempts": [{}, {}]}).attempts == 2  # one's view
     assert result_of({**base, "attempts": [{}, {}, {}]}).attempts == 3
     assert result_of({**base, "output": {"stdout": "o"}}).stdout == "o"
+
+
+def test_an_iteration_json_gives_the_result_its_request_id_and_end_cursor():
+    got = result_of({"id": "x", "state": "SUCCEEDED", "request_id": "req_1234abcd",
+                     "key_id": "k1", "end_cursor": "17"})
+    assert (got.request_id, got.key_id, got.end_seq) == ("req_1234abcd", "k1", 17)
+    assert result_of({"id": "x", "state": "QUEUED"}).request_id == ""
 
 
 def test_listings_page_by_cursor(fake):
