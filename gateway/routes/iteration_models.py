@@ -196,6 +196,11 @@ class FleetOut(BaseModel):
     as_of: float = Field(description="when the scheduler gave this answer (cached briefly)")
 
 
+class FleetCancelIn(Strict):
+    tenant: Tenant | None = Field(None, description="one tenant's iterations; absent: "
+                                  "everything, every tenant's")
+
+
 class LimitIn(Strict):
     value: int = Field(ge=0, le=1_000_000, description="how many may hold it at once")
 
@@ -237,6 +242,6 @@ def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
 
 
 __all__ = ["MAX_BATCH", "NAME", "TENANT", "Attempt", "BatchIn", "BatchOut", "CancelOut",
-           "FleetOut", "HostOut", "Iteration", "IterationFull", "IterationIn", "IterationPage",
-           "LimitIn", "LimitOut", "LimitSet", "OneIn", "OutputOut", "State", "SuiteOut", "fleet",
-           "full", "iteration"]
+           "FleetCancelIn", "FleetOut", "HostOut", "Iteration", "IterationFull", "IterationIn",
+           "IterationPage", "LimitIn", "LimitOut", "LimitSet", "OneIn", "OutputOut", "State",
+           "SuiteOut", "fleet", "full", "iteration"]

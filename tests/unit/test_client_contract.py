@@ -11,6 +11,7 @@ import pytest
 
 import tryfleet
 from tests.waiting import until
+from tryfleet.errors import AccessDenied
 from tryfleet.scheduler.records import Iteration
 
 from .servedapi import served_api
@@ -96,3 +97,21 @@ def test_follow_yields_the_output_then_the_result(acme, tmp_path):
     go.touch()
     *rest, result = following
     assert rest == [("stdout", b"two\n")] and result.state == "SUCCEEDED"
+
+
+def test_the_kill_switch_for_one_tenant_then_for_everything(served, admin, acme, tmp_path):
+    suite = unique("kill")
+    with tryfleet.connect(served.url, api_key=served.key("bolt")) as bolt:
+        acme.submit([held(tmp_path, f"k{i}")[0] for i in range(2)], suite=suite)
+        bolt.submit([held(tmp_path, f"k{i}")[0] for i in range(2)], suite=suite)
+        with pytest.raises(AccessDenied, match="admin"):
+            acme.cancel(all=True)
+        got = admin.cancel(tenant="acme")
+        assert sum(got.values()) == 2
+        assert {r.state for r in acme.wait(["k0", "k1"], timeout_s=30, suite=suite)} == {
+            "CANCELLED"}
+        assert {r.state for r in bolt.iterations(suite=suite)} <= {"QUEUED", "PLACED",
+                                                                    "RUNNING"}
+        assert sum(admin.cancel(all=True).values()) == 2
+        assert {r.state for r in bolt.wait(["k0", "k1"], timeout_s=30, suite=suite)} == {
+            "CANCELLED"}
