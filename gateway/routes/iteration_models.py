@@ -188,6 +188,8 @@ class LimitOut(BaseModel):
 
 
 class FleetOut(BaseModel):
+    pid: int | None = Field(None, description="the scheduler's process id")
+    ledger: str | None = Field(None, description="the ledger's path on the head")
     hosts: list[HostOut]
     limits: dict[str, LimitOut]
     counts: dict[str, int]
@@ -235,6 +237,7 @@ def full(r: Result, out: tuple[bytes, bytes], attempts: list[dict[str, Any]],
 def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
     in_use = st.get("limits_in_use", {})
     return FleetOut(
+        pid=st.get("pid"), ledger=st.get("ledger"),
         hosts=[HostOut(**{k: h.get(k) for k in HostOut.model_fields}) for h in st["hosts"]],
         limits={k: LimitOut(size=v, in_use=in_use.get(k, 0)) for k, v in st["limits"].items()},
         counts=st["counts"], tenants=st.get("tenants", {}), in_flight=st["in_flight"],

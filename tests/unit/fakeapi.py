@@ -330,21 +330,23 @@ class FakeApi:
     def fleet(self, request: httpx.Request, who: dict[str, Any]) -> dict[str, Any]:
         self.need(who, "admin")
         counts: dict[str, int] = {}
-        suites: dict[str, dict[str, int]] = {}
+        tenants: dict[str, dict[str, int]] = {}
         for it in self.its.values():
             counts[it.state] = counts.get(it.state, 0) + 1
-            per = suites.setdefault(it.suite, {})
+            per = tenants.setdefault(it.tenant, {})
             per[it.state] = per.get(it.state, 0) + 1
-        return {"pid": 4242, "ledger": "/fake/ledger.db", "in_flight": 0, "limits": self.limits,
+        return {"pid": 4242, "ledger": "/fake/ledger.db", "in_flight": 0,
+                "limits": {k: {"size": v, "in_use": 0} for k, v in self.limits.items()},
                 "hosts": [{"host": "h1", "lost": False, "pressured": False, "accel": "tcg",
-                           "running": 0, "cpus": 2, "mem_mib": 4096, "images": ["base"]}],
-                "counts": counts, "suites": suites}
+                           "running": 0, "cpus": 2, "mem_mib": 4096, "images": ["base"],
+                           "pressure": None}],
+                "counts": counts, "tenants": tenants, "as_of": time.time()}
 
     def set_limit(self, request: httpx.Request, who: dict[str, Any], name: str
                   ) -> dict[str, Any]:
         self.need(who, "admin")
         self.limits[name] = json.loads(request.content)["value"]
-        return {"name": name, "value": self.limits[name]}
+        return {"name": name, "value": self.limits[name], "limits": dict(self.limits)}
 
     def cancel_fleet(self, request: httpx.Request, who: dict[str, Any]) -> dict[str, int]:
         self.need(who, "admin")

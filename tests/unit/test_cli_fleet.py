@@ -153,9 +153,12 @@ def test_logs_of_an_ended_iteration_and_of_an_unknown_one(fake, capfdbinary):
 
 
 def test_status_is_for_admins(fake, capsys):
+    fake.limits["ci-db"] = 8
+    submit(fake, "s0", suite="st")
     assert cli("status", key=ADMIN) == 0
     out = capsys.readouterr().out
     assert "scheduler pid 4242" in out and "h1" in out and "accel tcg" in out
+    assert "ci-db=8 (0 in use)" in out and "acme" in out and "SUCCEEDED 1" in out
     assert cli("status") == 2
     assert "scope" in capsys.readouterr().err
 

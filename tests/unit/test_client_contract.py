@@ -11,6 +11,7 @@ import pytest
 
 import tryfleet
 from tests.waiting import until
+from tryfleet.cli import main
 from tryfleet.errors import AccessDenied
 from tryfleet.scheduler.records import Iteration
 
@@ -47,6 +48,11 @@ def held(tmp_path, iid, before="", after=""):
     go = tmp_path / f"go-{iid}"
     script = f"printf '{before}'; while [ ! -e {go} ]; do sleep 0.02; done; printf '{after}'"
     return Iteration("base", ("sh", "-c", script), id=iid), go
+
+
+def cli(served, *argv, key=None):
+    n = 2 if argv[0] == "key" else 1
+    return main([*argv[:n], "--url", served.url, "--api-key", key or served.admin, *argv[n:]])
 
 
 # ---- iterations ------------------------------------------------------------------------------
@@ -115,3 +121,27 @@ def test_the_kill_switch_for_one_tenant_then_for_everything(served, admin, acme,
         assert sum(admin.cancel(all=True).values()) == 2
         assert {r.state for r in bolt.wait(["k0", "k1"], timeout_s=30, suite=suite)} == {
             "CANCELLED"}
+
+
+# ---- the CLI ---------------------------------------------------------------------------------
+
+def test_status_ps_logs_and_cancel(served, acme, tmp_path, capsys):
+    suite = unique("cmds")
+    it, _ = held(tmp_path, "live1", before="started\n")
+    acme.submit([it], suite=suite)
+    until(lambda: acme.output("live1").stdout, 30)
+    assert cli(served, "status") == 0
+    out = capsys.readouterr().out
+    assert "scheduler pid" in out and "h1" in out and "acme" in out and "RUNNING" in out
+    assert cli(served, "ps") == 0
+    (row,) = [line.split() for line in capsys.readouterr().out.splitlines()
+              if line.startswith("live1")]
+    assert row[1:6] == [suite, "acme", "RUNNING", "h1", "1"]
+    assert cli(served, "logs", "live1") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "started\n" and "attempt 1 on h1: running" in captured.err
+    assert cli(served, "cancel", "--suite", suite, key=served.key("acme")) == 0
+    assert "stopping 1 running" in capsys.readouterr().out
+    assert acme.wait(["live1"], timeout_s=30)[0].state == "CANCELLED"
+    assert cli(served, "cancel", "--tenant", "acme") == 0
+    assert cli(served, "cancel", "--all", key=served.key("acme")) == 2

@@ -91,17 +91,28 @@ def status(args: argparse.Namespace, data_dir: Path) -> int:
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
-    print(f"scheduler pid {st.get('pid', '?')}, ledger {st.get('ledger', '?')}, in flight "
+    print(f"scheduler pid {st.get('pid') or '?'}, ledger {st.get('ledger') or '?'}, in flight "
           f"{st.get('in_flight', '?')}")
     print("hosts:")
     for h in st.get("hosts", []):
         print("  " + _host_line(h))
     if st.get("limits"):
-        print("limits: " + ", ".join(f"{k}={v}" for k, v in st["limits"].items()))
-    print("suites:")
-    for suite, counts in sorted((st.get("suites") or {}).items()):
-        print(f"  {suite:<20} " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print("limits: " + ", ".join(f"{k}={_limit(v)}" for k, v in st["limits"].items()))
+    print("iterations: " + (_counts(st.get("counts") or {}) or "none"))
+    for tenant, counts in sorted((st.get("tenants") or {}).items()):
+        print(f"  {tenant:<20} {_counts(counts)}")
     return 0
+
+
+def _limit(value: Any) -> str:
+    """A limit as the API gives it ({"size", "in_use"}) or a bare size."""
+    if isinstance(value, dict):
+        return f"{value.get('size', '?')} ({value.get('in_use', 0)} in use)"
+    return str(value)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
 def _host_line(h: dict[str, Any]) -> str:
@@ -146,7 +157,7 @@ def logs(args: argparse.Namespace, data_dir: Path) -> int:
     print(f"# {r.id}: {r.state}{exit_part} on {r.host or '-'} after {r.attempts} attempt(s), "
           f"suite {r.suite}, trace {r.trace_id}", file=sys.stderr)
     for a in detail.attempts:
-        print(f"#   attempt {a.attempt} on {a.host}: {a.outcome or 'running'}"
+        print(f"#   attempt {a.attempt} on {a.host or '-'}: {a.outcome or 'running'}"
               f"{' - ' + a.error if a.error else ''}", file=sys.stderr)
     if r.error:
         print(f"# error: {r.error}", file=sys.stderr)
