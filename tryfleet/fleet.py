@@ -137,6 +137,7 @@ class Fleet:
                        transport=transport, sleep=sleep)
         self.keys = Keys(self.api)
         self._on_close = on_close
+        self._me: dict[str, Any] | None = None
 
     @property
     def last_request_id(self) -> str | None:
@@ -146,7 +147,14 @@ class Fleet:
     def me(self) -> dict[str, Any]:
         """The key's id, tenant and scopes."""
         got: dict[str, Any] = self.api.json("GET", "/v1/me")
+        self._me = got
         return got
+
+    @property
+    def admin(self) -> bool:
+        """Whether the key is an admin's (asked once)."""
+        me = self._me if self._me is not None else self.me()
+        return "admin" in (me.get("scopes") or ())
 
     # ---- batches ---------------------------------------------------------------------------
     def submit(self, iterations: Iterable[Iteration], suite: str = "default",
@@ -157,15 +165,19 @@ class Fleet:
         without an id get one here, so a retried request records nothing twice. BadRequest for
         an invalid one, CannotPlace (with .reason) for one no host of the fleet could ever run
         (then nothing of that request is recorded; more than SUBMIT_CHUNK go in several).
-        tenant: an admin's choice (default: the key's). limits: sizes of shared-resource
-        limits to set first, an admin's convenience (set_limit); iterations name the limits
-        they hold in Iteration.limits."""
+        tenant: an admin's choice (default: the key's). Iterations name the limits they hold
+        in Iteration.limits; `limits` gives the sizes expected of them: with an admin key they
+        are set first (set_limit, for the whole fleet), with any other the submit is refused
+        (BadRequest) unless they are the sizes in force."""
         its = [it if it.id else dataclasses.replace(it, id=uuid.uuid4().hex[:16])
                for it in iterations]
-        for name, value in (limits or {}).items():
-            self.set_limit(name, value)
+        if limits and self.admin:
+            for name, value in limits.items():
+                self.set_limit(name, value)
         extra = {k: v for k, v in (("tenant", tenant), ("max_iterations", max_iterations),
-                                   ("max_wall_s", max_wall_s)) if v is not None}
+                                   ("max_wall_s", max_wall_s),
+                                   ("expect_limits", dict(limits) if limits else None))
+                 if v is not None}
         ids: list[str] = []
         for i in range(0, len(its), SUBMIT_CHUNK):
             body = {"suite": suite, "iterations": [wire_of(it) for it in

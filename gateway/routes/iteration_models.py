@@ -92,6 +92,10 @@ class BatchIn(Strict):
                                      description="the suite's wall-time budget")
     max_iterations: int | None = Field(None, ge=1, le=100_000_000,
                                        description="the most iterations the suite may hold")
+    expect_limits: dict[Name, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
+        None, max_length=16, description="the sizes the batch expects of the limits its "
+        "iterations name: refused (400) unless each is the size in force. It sizes nothing: "
+        "only admins do (PUT /v1/fleet/limits/NAME)")
     tenant: Tenant | None = None
 
 

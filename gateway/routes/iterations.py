@@ -78,14 +78,15 @@ def _row(request: Request, who: Principal, iid: str, tenant: str | None) -> Row:
 # ---- submit ----------------------------------------------------------------------------------
 async def _submit(request: Request, who: Principal, asked: str | None, suite: str,
                   its: list[IterationIn], max_iterations: int | None = None,
-                  max_wall_s: float | None = None) -> tuple[str, list[str]]:
+                  max_wall_s: float | None = None, expect_limits: dict[str, int] | None = None
+                  ) -> tuple[str, list[str]]:
     tenant = tenant_of(who, asked)
     policy = request.app.state.policies.for_tenant(tenant)
     for n, it in enumerate(its, 1):
         policy.check(image=it.image, cpus=it.cpus, mem_mib=it.mem_mib, disk_mib=it.disk_mib,
                      timeout_s=it.timeout_s, what=f"iteration {n} ({it.id or 'no id'})")
     ids = await request.app.state.fleet.sched(
-        "submit", [it.to_wire() for it in its], suite, tenant, None, max_iterations,
+        "submit", [it.to_wire() for it in its], suite, tenant, expect_limits, max_iterations,
         max_wall_s, request.state.request_id, who.key_id)
     return tenant, list(ids)
 
@@ -101,7 +102,7 @@ async def submit_batch(body: BatchIn, who: Submitter, request: Request) -> Batch
     spec is not submitted again (its id comes back). Each iteration names the limits it holds,
     never their size (an admin's: PUT /v1/fleet/limits/NAME)."""
     _, ids = await _submit(request, who, body.tenant, body.suite, body.iterations,
-                           body.max_iterations, body.max_wall_s)
+                           body.max_iterations, body.max_wall_s, body.expect_limits)
     return BatchOut(suite=body.suite, ids=ids, request_id=request.state.request_id)
 
 

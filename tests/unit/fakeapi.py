@@ -217,6 +217,11 @@ class FakeApi:
         self.need(who, "batch")
         body = json.loads(request.content)
         tenant = self.tenant(who, body.get("tenant"))
+        differ = {k: v for k, v in (body.get("expect_limits") or {}).items()
+                  if self.limits.get(k) != v}
+        if differ:
+            raise Refused(400, "bad-request", f"limit sizes are set by admins, not by a batch: "
+                          f"{differ} differ from the sizes in force ({self.limits})")
         for spec in body["iterations"]:
             if spec.get("cpus", 1) > MAX_CPUS:
                 raise Refused(422, "cannot-place", f"iteration {spec['id']} can never run on "

@@ -125,6 +125,30 @@ def test_the_kill_switch_for_one_tenant_then_for_everything(served, admin, acme,
 
 # ---- the CLI ---------------------------------------------------------------------------------
 
+def specs(tmp_path, n, **extra):
+    path = tmp_path / "specs.jsonl"
+    path.write_text("".join(json.dumps({"image": "base", "command": ["echo", str(i)], **extra})
+                            + "\n" for i in range(n)))
+    return path
+
+
+def test_batch_limit_matches_the_size_in_force_unless_an_admin_sets_it(served, tmp_path,
+                                                                       capsys):
+    tenant_key, path = served.key("acme"), specs(tmp_path, 2, limits=["ci-db"])
+    assert cli(served, "batch", str(path), "--suite", unique("lim"), "--limit", "ci-db=2",
+               key=tenant_key) == 0
+    capsys.readouterr()
+    assert cli(served, "batch", str(path), "--suite", unique("lim"), "--limit", "ci-db=3",
+               key=tenant_key) == 2
+    err = capsys.readouterr().err
+    assert "--limit ci-db=3" in err and "ci-db=2" in err and "Only an admin key" in err
+    assert cli(served, "batch", str(path), "--suite", unique("lim"), "--limit", "ci-db=3") == 0
+    capsys.readouterr()
+    assert cli(served, "status") == 0
+    assert "ci-db=3 (0 in use)" in capsys.readouterr().out
+    assert cli(served, "batch", str(path), "--suite", unique("lim"), "--limit", "ci-db=2") == 0
+
+
 def test_status_ps_logs_and_cancel(served, acme, tmp_path, capsys):
     suite = unique("cmds")
     it, _ = held(tmp_path, "live1", before="started\n")

@@ -339,13 +339,17 @@ def test_cancel_takes_exactly_one_scope_and_the_kill_switch_needs_an_admin(fake)
     assert fleet_of(fake, ADMIN).cancel(all=True)["queued_cancelled"] == 0
 
 
-def test_limit_sizes_are_set_by_admins_only(fake):
-    with pytest.raises(AccessDenied):
+def test_limit_sizes_are_set_by_admins_and_only_checked_for_others(fake):
+    with pytest.raises(BadRequest, match="set by admins"):
         fleet_of(fake).submit([Iteration("base", ["true"])], limits={"ci-db": 2})
-    assert not fake.its and not fake.limits
+    assert not fake.its and not fake.limits and not fake.sent("PUT /v1/fleet/limits")
     fleet_of(fake, ADMIN).submit([Iteration("base", ["true"], limits=("ci-db",))],
                                  limits={"ci-db": 2})
     assert fake.limits == {"ci-db": 2}
+    fleet_of(fake).submit([Iteration("base", ["true"], limits=("ci-db",))], limits={"ci-db": 2})
+    assert json.loads(fake.sent("POST /v1/batches")[-1].content)["expect_limits"] == {
+        "ci-db": 2}
+    assert len(fake.sent("PUT /v1/fleet/limits")) == 1  # the admin's only
 
 
 def test_admins_manage_keys_and_a_revoked_key_is_refused_at_once(fake):

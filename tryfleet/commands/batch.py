@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tryfleet.errors import AccessDenied, TryfleetError
+from tryfleet.errors import BadRequest, TryfleetError
 
 from .common import EXIT_USAGE, connect, error, failed
 from .fleetcmds import parse_limits
@@ -125,27 +125,28 @@ def batch(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         limits = parse_limits(args.limit)
         fleet = connect(args, data_dir, reconnect_s=RECONNECT_S)
-        for name, value in limits.items():
-            _set_limit(fleet, name, value)
         started = time.monotonic()
         ids: list[str] = []
         for i in range(0, len(its), SUBMIT_CHUNK):
             ids += fleet.submit(its[i:i + SUBMIT_CHUNK], suite=args.suite, tenant=args.tenant,
-                                max_wall_s=args.max_wall_s)
+                                max_wall_s=args.max_wall_s, limits=limits if i == 0 else None)
+    except BadRequest as err:
+        return failed(_why_limits(err, limits) if limits else err)
     except TryfleetError as err:
         return failed(err)
     print(f"submitted {len(ids)} iteration(s) to suite {args.suite}", file=sys.stderr)
     return _follow(fleet, ids, args, started)
 
 
-def _set_limit(fleet: Fleet, name: str, value: int) -> None:
-    try:
-        fleet.set_limit(name, value)
-    except AccessDenied as err:
-        raise AccessDenied(f"--limit {name}={value} sizes a limit for the whole fleet, which "
-                           "only an admin key may do; name the limits an iteration holds in "
-                           f"the spec file (\"limits\": [\"{name}\"]) and ask an admin to "
-                           f"size them ({err})") from err
+def _why_limits(err: BadRequest, limits: dict[str, int]) -> BadRequest:
+    """A refusal of --limit sizes (a key that is not an admin's may only name the sizes in
+    force) said in the command's own terms."""
+    if "set by admins" not in str(err):
+        return err
+    given = ",".join(f"{k}={v}" for k, v in limits.items())
+    return BadRequest(f"--limit {given}: {err}. Only an admin key sizes a limit (`tryfleet up "
+                      "--limit`, or `batch --limit` with an admin key); with this key, drop "
+                      "--limit or give the size in force")
 
 
 def _follow(fleet: Fleet, ids: list[str], args: argparse.Namespace, started: float) -> int:
