@@ -105,6 +105,12 @@ class Sandbox:
         return f"/v1/sandboxes/{quote(self.id, safe='')}{tail}"
 
     @property
+    def host(self) -> str | None:
+        """The host it runs on (the API tells admins only)."""
+        host = self.info.get("host")
+        return str(host) if host else None
+
+    @property
     def request_id(self) -> str | None:
         """The id of the request that opened it."""
         rid = self.info.get("request_id")
