@@ -12,7 +12,7 @@ import pytest
 import tryfleet
 from tests.waiting import until
 from tryfleet.cli import main
-from tryfleet.errors import AccessDenied
+from tryfleet.errors import AccessDenied, BadRequest, NotFound
 from tryfleet.scheduler.records import Iteration
 
 from .servedapi import served_api
@@ -105,6 +105,21 @@ def test_follow_yields_the_output_then_the_result(acme, tmp_path):
     assert rest == [("stdout", b"two\n")] and result.state == "SUCCEEDED"
 
 
+def test_an_admin_reads_and_waits_for_a_tenants_iteration_by_tenant(served, admin, acme):
+    suite = unique("shared")
+    with tryfleet.connect(served.url, api_key=served.key("bolt")) as bolt:
+        for fleet in (acme, bolt):
+            fleet.submit([Iteration("base", ("sh", "-c", "echo $0", fleet.me()["tenant"]),
+                                    id="same")], suite=suite)
+        with pytest.raises(BadRequest, match="several tenants"):
+            admin.get("same")
+        (got,) = admin.wait(["same"], timeout_s=60, suite=suite, tenant="bolt")
+        assert (got.tenant, got.stdout, got.host) == ("bolt", "bolt\n", "h1")
+        assert admin.get("same", tenant="acme").result.stdout == "acme\n"
+        with pytest.raises(NotFound):
+            bolt.get("r1")  # acme's
+
+
 def test_the_kill_switch_for_one_tenant_then_for_everything(served, admin, acme, tmp_path):
     suite = unique("kill")
     with tryfleet.connect(served.url, api_key=served.key("bolt")) as bolt:
@@ -169,3 +184,12 @@ def test_status_ps_logs_and_cancel(served, acme, tmp_path, capsys):
     assert acme.wait(["live1"], timeout_s=30)[0].state == "CANCELLED"
     assert cli(served, "cancel", "--tenant", "acme") == 0
     assert cli(served, "cancel", "--all", key=served.key("acme")) == 2
+
+
+# ---- sandboxes -------------------------------------------------------------------------------
+
+def test_a_sandbox_tells_an_admin_its_host_and_a_tenant_not(admin, acme):
+    with admin.sandbox(timeout_s=60) as mine, acme.sandbox(timeout_s=60) as theirs:
+        assert (mine.host, theirs.host) == ("h1", None)
+        assert theirs.request_id and theirs.exec(["sh", "-c", "echo $((6*7))"]).stdout == \
+            b"42\n"
