@@ -184,11 +184,22 @@ class FakeApi:
             return asked
         return str(who["tenant"])
 
+    def whose(self, who: dict[str, Any], asked: str | None) -> str | None:
+        """Whose things a read is about: a tenant key's own; an admin's choice, or None for
+        every tenant's (as gateway/ledger.read_tenant)."""
+        if "admin" in who["scopes"]:
+            return asked or None
+        return self.tenant(who, asked)
+
     def it(self, request: httpx.Request, who: dict[str, Any], iid: str) -> It:
-        found = self.its.get((self.tenant(who, request.url.params.get("tenant")), iid))
-        if found is None:
+        tenant = self.whose(who, request.url.params.get("tenant"))
+        found = [it for (t, i), it in self.its.items() if i == iid and tenant in (None, t)]
+        if len(found) > 1:
+            raise Refused(400, "bad-request", f"iteration {iid!r} exists for several tenants: "
+                          "name one with ?tenant=")
+        if not found:
             raise Refused(404, "not-found", f"no iteration {iid!r}")
-        return found
+        return found[0]
 
     # ---- iterations ----------------------------------------------------------------------
     def start(self, tenant: str, iid: str, printed: bytes = b"") -> None:
@@ -240,9 +251,9 @@ class FakeApi:
 
     def listing(self, request: httpx.Request, who: dict[str, Any]) -> dict[str, Any]:
         params = request.url.params
-        tenant = self.tenant(who, params.get("tenant"))
+        tenant = self.whose(who, params.get("tenant"))
         states, suite = params.get_list("state"), params.get("suite")
-        rows = [it for (t, _), it in self.its.items() if t == tenant and
+        rows = [it for (t, _), it in self.its.items() if tenant in (None, t) and
                 (not states or it.state in states) and (not suite or it.suite == suite)]
         start, limit = int(params.get("cursor") or 0), int(params["limit"])
         page = rows[start:start + limit]
@@ -294,7 +305,8 @@ class FakeApi:
         for (t, _), it in self.its.items():
             if t == tenant and it.suite == name:
                 counts[it.state] = counts.get(it.state, 0) + 1
-        return {"suite": name, "counts": counts}
+        return {"suite": name, "tenant": tenant, "created_at": 0.0, "max_iterations": None,
+                "max_wall_s": None, "counts": counts, "total": sum(counts.values())}
 
     def cancel_suite(self, request: httpx.Request, who: dict[str, Any], name: str
                      ) -> dict[str, int]:
@@ -307,11 +319,11 @@ class FakeApi:
 
     def events(self, request: httpx.Request, who: dict[str, Any]) -> httpx.Response:
         params = request.url.params
-        tenant, suite = self.tenant(who, params.get("tenant")), params.get("suite")
+        tenant, suite = self.whose(who, params.get("tenant")), params.get("suite")
         cursor = int(params.get("cursor") or request.headers.get("last-event-id") or 0)
         return _stream(self._ended(tenant, suite, cursor))
 
-    def _ended(self, tenant: str, suite: str | None, cursor: int) -> Iterator[bytes]:
+    def _ended(self, tenant: str | None, suite: str | None, cursor: int) -> Iterator[bytes]:
         sent = 0
         while True:
             with self.cond:
@@ -323,7 +335,7 @@ class FakeApi:
             for seq, key in new:
                 cursor = seq
                 it = self.its[key]
-                if key[0] != tenant or (suite and it.suite != suite):
+                if tenant not in (None, key[0]) or (suite and it.suite != suite):
                     continue
                 if self.cut_streams_after is not None and sent >= self.cut_streams_after:
                     self.cut_streams_after = None

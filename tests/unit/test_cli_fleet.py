@@ -219,6 +219,19 @@ def test_batch_limit_sizes_are_for_admins_and_iterations_name_their_limits(tmp_p
     assert len(fake.sent("PUT /v1/fleet/limits")) == 1
 
 
+def test_batch_for_a_tenant_writes_and_logs_show_its_own_ids(tmp_path, fake, capsys):
+    specs, out = write_specs(tmp_path / "specs.jsonl", 3), tmp_path / "results.jsonl"
+    assert cli("batch", str(specs), "--suite", "b", "--tenant", "acme", "--out", str(out),
+               key=ADMIN) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["id"], r["tenant"]) for r in rows) == [("b-1", "acme"), ("b-2", "acme"),
+                                                            ("b-3", "acme")]
+    assert json.loads(fake.sent("POST /v1/batches")[0].content)["tenant"] == "acme"
+    assert cli("batch", str(specs), "--suite", "b", "--tenant", "bolt") == 2  # not an admin
+    assert cli("logs", "b-2", key=ADMIN) == 0
+    assert "b-2: SUCCEEDED" in capsys.readouterr().err
+
+
 def test_a_malformed_line_submits_nothing(tmp_path, fake, capsys):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"image": "base", "command": ["true"]}\n{"image": "base", "command": "x"}\n')
