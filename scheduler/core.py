@@ -21,7 +21,6 @@ a key, so two tenants' "t1" or suite "fix-1" never meet here.
 
 from __future__ import annotations
 
-import enum
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,273 +31,48 @@ from tryfleet.wire import State as Ended
 
 from .admission import Candidate, Policy, Usage, admit
 from .backlog import Backlog
+from .events import (
+    Abandon,
+    Action,
+    CancelRequested,
+    CloseSandbox,
+    Event,
+    Finish,
+    HostAttempts,
+    HostLost,
+    HostSandboxes,
+    HostsSeen,
+    Launch,
+    Lease,
+    LeaseClosed,
+    LeaseExtended,
+    LeaseGranted,
+    LeaseOpened,
+    LeaseOverQuota,
+    LeaseRefused,
+    MarkCancelled,
+    OutcomesCollected,
+    Quota,
+    RecordPlacements,
+    Recovered,
+    Requeue,
+    Scope,
+    StartOnHost,
+    StopEverywhere,
+    StopOnHost,
+    Submitted,
+    Tick,
+)
 from .metrics import Metrics
 from .placement import Demand, HostView, Reservations, Verdict, place
 from .records import Iteration, Row
+from .retry import Budget, Retry, retry_policy
 
 DEFAULT_DISK_MIB = 1024
 
 
 def demand_of(it: Iteration) -> Demand:
     return Demand(it.cpus, it.mem_mib, it.disk_mib or DEFAULT_DISK_MIB, it.image)
-
-
-# ---- events ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    """Rows the ledger recorded (new ones QUEUED; known ids as they stand)."""
-
-    rows: tuple[Row, ...]
-    suite: str = ""  # the suite key (Row.suite_key)
-    created_at: float = 0.0  # the suite's creation time and wall budget, if it has one
-    max_wall_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    """After a (re)start: every row the ledger holds that has not ended, the suites with
-    wall budgets as (suite key, created_at, max_wall_s), and the sandboxes' leases by id."""
-
-    rows: tuple[Row, ...]
-    suites: tuple[tuple[str, float, float], ...] = ()
-    leases: tuple[tuple[str, Lease], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class HostsSeen:
-    """The usable hosts as their node agents last reported them."""
-
-    views: tuple[HostView, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HostAttempts:
-    """The attempts a host knows of (after a restart of either side); None: it cannot be asked."""
-
-    host: str
-    known: frozenset[tuple[str, int]] | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomesCollected:
-    host: str
-    outcomes: tuple[Outcome, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class HostLost:
-    host: str
-    why: str
-
-
-class Scope(enum.StrEnum):
-    ITERATION = "iteration"
-    SUITE = "suite"
-    TENANT = "tenant"
-    EVERYTHING = "everything"
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequested:
-    scope: Scope
-    name: str = ""  # the iteration key, suite key or tenant; empty for EVERYTHING
-    reason: str = "cancelled by request"
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """A tenant's aggregate limits on what it holds at once, its open sandboxes and running
-    iterations together (None: no limit)."""
-
-    max_sandboxes: int | None = None
-    max_vcpus_in_use: int | None = None
-    max_mem_mib_in_use: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseOpened:
-    """Capacity for an interactive sandbox, until expires_at (wall clock), within the
-    tenant's quota."""
-
-    lease_id: str
-    demand: Demand
-    expires_at: float
-    tenant: str = ""
-    quota: Quota = Quota()
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseExtended:
-    lease_id: str
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseClosed:
-    lease_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class HostSandboxes:
-    """The sandboxes a host holds open (asked after a restart of either side); None: it
-    cannot say."""
-
-    host: str
-    known: frozenset[str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passes (wall clock, seconds since the epoch): budgets and leases expire, and a
-    scheduling pass admits and places what can start now."""
-
-    now: float
-
-
-Event = (Submitted | Recovered | HostsSeen | HostAttempts | OutcomesCollected | HostLost
-         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | HostSandboxes | Tick)
-
-
-# ---- actions ---------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Launch:
-    id: str
-    attempt: int
-    host: str
-    row: Row
-
-
-@dataclass(frozen=True, slots=True)
-class RecordPlacements:
-    """Write these attempts as started on their hosts, all in one transaction."""
-
-    launches: tuple[Launch, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class StartOnHost:
-    host: str
-    launches: tuple[Launch, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class StopOnHost:
-    host: str
-    attempts: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class StopEverywhere:
-    """The kill switch: every host stops everything, warm pools included."""
-
-
-@dataclass(frozen=True, slots=True)
-class MarkCancelled:
-    """Record that these in-flight iterations were asked to stop (so a restart knows)."""
-
-    ids: tuple[str, ...]
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """Commit the terminal state of `attempt`, or (queued) of an iteration waiting in the
-    queue after `attempt` attempts."""
-
-    id: str
-    attempt: int
-    state: Ended
-    error: str | None = None
-    outcome: Outcome | None = None
-    queued: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Requeue:
-    """Back to the queue for another attempt, with the budget left."""
-
-    id: str
-    attempt: int
-    error: str
-    runs_left: int
-    infra_tries: int
-
-
-@dataclass(frozen=True, slots=True)
-class Abandon:
-    """A queued iteration no host can ever take: INFRA_ERROR without an attempt."""
-
-    id: str
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseGranted:
-    lease_id: str
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRefused:
-    lease_id: str
-    never: bool  # True: no host could ever take it; False: no room now
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseOverQuota:
-    """Refused: the tenant would hold more than `limit` allows (its value)."""
-
-    lease_id: str
-    limit: str  # max_sandboxes, max_vcpus_in_use or max_mem_mib_in_use
-    value: int
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseSandbox:
-    """A lease ended without its owner closing it (expired, or its host was lost)."""
-
-    lease_id: str
-    host: str
-    why: str
-
-
-Action = (RecordPlacements | StartOnHost | StopOnHost | StopEverywhere | MarkCancelled
-          | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | LeaseOverQuota
-          | CloseSandbox)
-
-
-# ---- the retry policy ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Budget:
-    runs_left: int  # runs of a failing command left, this one included
-    infra_tries: int  # attempts that ended in an infrastructure error so far
-    max_attempts: int  # most attempts an infrastructure error may use
-    cancel_requested: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    runs_left: int
-    infra_tries: int
-
-
-def retry_policy(state: Ended, failure: Failure | None, budget: Budget) -> Ended | Retry:
-    """What becomes of an attempt that ended in `state`: the terminal state to commit, or a
-    Retry with the budget left. A cancelled iteration ends CANCELLED unless it succeeded; an
-    infrastructure error is tried again (up to max_attempts attempts) unless the request can
-    never run; a failed command runs again while its retries last; the rest is final."""
-    if budget.cancel_requested and state is not Ended.SUCCEEDED:
-        return Ended.CANCELLED
-    if state is Ended.INFRA_ERROR:
-        tries = budget.infra_tries + 1
-        if failure is not Failure.BAD_REQUEST and tries < budget.max_attempts:
-            return Retry(budget.runs_left, tries)
-        return state
-    if state is Ended.FAILED and budget.runs_left > 1:
-        return Retry(budget.runs_left - 1, budget.infra_tries)
-    return state
 
 
 # ---- the state -------------------------------------------------------------------------------
@@ -318,14 +92,6 @@ class Work:
     @property
     def budget(self) -> Budget:
         return Budget(self.runs_left, self.infra_tries, self.row.max_attempts, self.cancel)
-
-
-@dataclass(slots=True)
-class Lease:
-    host: str
-    demand: Demand
-    expires_at: float
-    tenant: str
 
 
 @dataclass
