@@ -88,12 +88,10 @@ def body(request: Request, p: Problem) -> dict[str, Any]:
 
 
 def response(request: Request, p: Problem) -> JSONResponse:
-    rid = getattr(request.state, "request_id", None)
-    headers = dict(p.headers)
-    if rid:
-        headers["X-Request-Id"] = rid
+    """The problem's answer (its X-Request-Id header comes from app.RequestIds, as on every
+    answer)."""
     return JSONResponse(body(request, p), status_code=p.status, media_type=MEDIA_TYPE,
-                        headers=headers)
+                        headers=dict(p.headers))
 
 
 class ProblemBody(BaseModel):
