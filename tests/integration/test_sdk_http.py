@@ -17,6 +17,7 @@ import pytest
 import ray
 
 import tryfleet
+from tests.waiting import until
 from tryfleet import cluster
 from tryfleet.errors import AccessDenied, BadRequest, CannotPlace, NotFound
 from tryfleet.gateway.actor import start_gateway
@@ -39,6 +40,7 @@ class Front:
     admin: str  # an admin key
     gateway: Any  # the gateway's actor handle
     data: Path
+    handles: tuple[Any, ...]  # actors that are not detached live as long as their handles
 
     def fleet(self, key: str | None = None, **kw: Any) -> tryfleet.Fleet:
         return tryfleet.connect(self.url, api_key=key or self.admin, **kw)
@@ -55,19 +57,24 @@ def front(data_dir):
         ray.init(namespace=NAMESPACE, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False)
         try:
-            start_sim_hosts("sdk", [SimHostSpec(f"sim-{n}", cpus=8, mem_mib=16384,
-                                                images=(SIM,)) for n in "ab"],
-                            Delays(seed=7, boot_median_ms=20, exec_median_ms=1500,
-                                   exec_sigma=0.6))
-            start_node_actor(str(own), "real", detached=False)
-            cluster.ensure_scheduler(own, detached=False)
+            handles = (
+                start_sim_hosts("sdk", [SimHostSpec(f"sim-{n}", cpus=8, mem_mib=16384,
+                                                    images=(SIM,)) for n in "ab"],
+                                Delays(seed=7, boot_median_ms=20, exec_median_ms=1500,
+                                       exec_sigma=0.6)),
+                start_node_actor(str(own), "real", detached=False),
+                cluster.ensure_scheduler(own, detached=False))
             # A port of our own, not 0: the gateway Ray restarts must listen where it did.
             gateway, url = start_gateway(own, cluster.ledger_path(own),
                                          f"127.0.0.1:{free_port()}", detached=False)
             store = KeyStore(cluster.ledger_path(own), own)
             _, admin = store.create("default", frozenset({Scope.ADMIN}), created_by="test")
             store.close()
-            yield Front(url, admin, gateway, own)
+            front = Front(url, admin, gateway, own, handles)
+            with front.fleet() as f:  # every host reported: none is taken for missing
+                until(lambda: {h["host"] for h in f.status()["hosts"] if h["cpus"]} == {
+                    "sim-a", "sim-b", "real"}, 120, explain=lambda: f.status()["hosts"])
+            yield front
         finally:
             cluster.kill_actors()
             ray.shutdown()
