@@ -322,10 +322,14 @@ class Fleet:
                 return
 
     def counts(self, suite: str | None = None) -> dict[str, int]:
-        """How many iterations are in each state, in suite (or fleet-wide: admins)."""
+        """How many iterations are in each state, in suite (or fleet-wide: admins); {} for a
+        suite that has none (the API knows no such suite)."""
         if suite is None:
             return dict(self.status().get("counts") or {})
-        got = self.api.json("GET", f"/v1/suites/{_q(suite)}")
+        try:
+            got = self.api.json("GET", f"/v1/suites/{_q(suite)}")
+        except NotFound:
+            return {}
         if isinstance(got.get("counts"), Mapping):
             got = got["counts"]
         return {k: int(v) for k, v in got.items() if isinstance(v, int) and k.isupper()}

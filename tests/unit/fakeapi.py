@@ -305,6 +305,8 @@ class FakeApi:
         for (t, _), it in self.its.items():
             if t == tenant and it.suite == name:
                 counts[it.state] = counts.get(it.state, 0) + 1
+        if not counts:  # (suites come with their iterations)
+            raise Refused(404, "not-found", f"no suite {name!r}")
         return {"suite": name, "tenant": tenant, "created_at": 0.0, "max_iterations": None,
                 "max_wall_s": None, "counts": counts, "total": sum(counts.values())}
 

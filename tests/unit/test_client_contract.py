@@ -118,6 +118,7 @@ def test_an_admin_reads_and_waits_for_a_tenants_iteration_by_tenant(served, admi
         assert admin.get("same", tenant="acme").result.stdout == "acme\n"
         with pytest.raises(NotFound):
             bolt.get("r1")  # acme's
+        assert bolt.counts(suite) == {"SUCCEEDED": 1} and bolt.counts("no-such-suite") == {}
 
 
 def test_the_kill_switch_for_one_tenant_then_for_everything(served, admin, acme, tmp_path):
