@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-FLEET_SIDE = {"ray", "libvirt-python", "psutil", "fastapi", "uvicorn", "pydantic",
+FLEET_SIDE = {"ray", "libvirt-python", "psutil", "fastapi", "uvicorn", "httptools", "pydantic",
               "prometheus-client"}
 
 pytestmark = pytest.mark.slow
