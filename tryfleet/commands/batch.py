@@ -144,8 +144,7 @@ def _why_limits(err: BadRequest, limits: dict[str, int]) -> BadRequest:
     if "set by admins" not in str(err):
         return err
     given = ",".join(f"{k}={v}" for k, v in limits.items())
-    return BadRequest(f"--limit {given}: {err}. Only an admin key sizes a limit (`tryfleet up "
-                      "--limit`, or `batch --limit` with an admin key); with this key, drop "
+    return BadRequest(f"--limit {given}: {err}; with a key that is not an admin's, drop "
                       "--limit or give the size in force")
 
 
