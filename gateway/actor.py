@@ -6,7 +6,6 @@ again right after the restart, without waiting for a caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tryfleet.errors import BadRequest, FleetUnavailable
+from tryfleet.selfstart import kick_self
 from tryfleet.wire import NAMESPACE
 
 GATEWAY_NAME = "tryfleet-gateway"
@@ -38,9 +38,7 @@ class Gateway:
         self._serving: asyncio.Task[None] | None = None
         self._server: Any = None
         self.url = ""
-        if ray.is_initialized():  # an actor: serve right away, also after a restart
-            with contextlib.suppress(Exception):  # not an actor (tests of the class itself)
-                ray.get_runtime_context().current_actor.start.remote()
+        kick_self("start")  # an actor: serve right away, also after a restart
 
     async def start(self) -> str:
         """Serve (once); the URL it listens on."""

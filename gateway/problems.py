@@ -88,12 +88,10 @@ def body(request: Request, p: Problem) -> dict[str, Any]:
 
 
 def response(request: Request, p: Problem) -> JSONResponse:
-    rid = getattr(request.state, "request_id", None)
-    headers = dict(p.headers)
-    if rid:
-        headers["X-Request-Id"] = rid
+    """The problem's answer (its X-Request-Id header comes from app.RequestIds, as on every
+    answer)."""
     return JSONResponse(body(request, p), status_code=p.status, media_type=MEDIA_TYPE,
-                        headers=headers)
+                        headers=dict(p.headers))
 
 
 class ProblemBody(BaseModel):
@@ -123,6 +121,14 @@ def _validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _not_json(request: Request, err: RequestValidationError) -> bool:
+    """Whether the body as a whole was refused because it did not come as JSON (as curl's -d
+    sends it: form-encoded), which FastAPI then does not parse."""
+    kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    json_type = kind == "application/json" or kind.endswith("+json")
+    return not json_type and any(tuple(e.get("loc", ())) == ("body",) for e in err.errors())
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, err: Problem) -> JSONResponse:
@@ -132,6 +138,11 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(err)
         detail = "; ".join(f"{e['field']}: {e['problem']}" for e in errors[:5])
+        if _not_json(request, err):
+            detail = (f"this takes a JSON body, sent as Content-Type: application/json (the "
+                      f"request's is {request.headers.get('content-type') or 'missing'}; with "
+                      "curl: --json '{...}', or -H 'Content-Type: application/json'); "
+                      + detail)
         return response(request, Problem(422, "invalid-request", f"the request does not fit "
                                          f"its schema (see /openapi.json): {detail}",
                                          errors=errors))

@@ -12,16 +12,14 @@ every call waits for that start, so a caller never sees a half-recovered schedul
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import ray
-
 from tryfleet.errors import BadRequest, NotFound
+from tryfleet.selfstart import kick_self
 from tryfleet.wire import AttemptKey, Output, pack, unpack
 
 from .core import DEFAULT_DISK_MIB, Scope
@@ -58,16 +56,7 @@ class Scheduler:
         self.sandboxes = SandboxOps(self.engine)
         self._starting: asyncio.Task[None] | None = None
         self.started_at = time.time()
-        self._kick()
-
-    @staticmethod
-    def _kick() -> None:
-        """Start the loop as soon as this actor is up, also after Ray restarts it, without
-        waiting for a caller: a call to ourselves runs right after __init__."""
-        if not ray.is_initialized():  # not running as an actor (tests of the class itself)
-            return
-        with contextlib.suppress(Exception):  # not running as an actor (tests of the class)
-            ray.get_runtime_context().current_actor.ping.remote()
+        kick_self("ping")  # the loop starts as soon as this actor is up, also after a restart
 
     async def _ensure_started(self) -> None:
         failed = self._starting is not None and self._starting.done() \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything tryfleet needs on Debian 12 and starts the daemons. Safe to run again.
-#   system packages (QEMU, libvirt, debootstrap, ...), a venv in .venv with tryfleet in it,
+#   system packages (QEMU, libvirt, debootstrap, ...), a venv in .venv with tryfleet in it (with
+#   its fleet side: the `fleet` extra, and what the tests and benchmarks use),
 #   virtlogd and libvirtd started when not running (no systemd needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +39,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     echo "setup: creating .venv and installing tryfleet"
     python3 -m venv .venv
     # pip's own chatter goes to a log, shown only when the install fails.
-    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test,bench]'; } \
-            > .venv/pip.log 2>&1; then
+    if ! { .venv/bin/pip install -q --upgrade pip \
+            && .venv/bin/pip install -q -e '.[fleet,test,bench]'; } > .venv/pip.log 2>&1; then
         grep -v "^WARNING: Location" .venv/pip.log | tail -40 >&2
         echo "setup: installing the Python packages failed (full log: .venv/pip.log)" >&2
         exit 1

@@ -4,9 +4,13 @@
     for result in fleet.map([tryfleet.Iteration("base", ["pytest", "-q"])], suite="demo"):
         print(result.state, result.exit_code)
 
+`connect()` finds the fleet `tryfleet up` started on this host (or starts one in this
+process); `connect("http://HOST:8470", api_key=KEY)` (or TRYFLEET_URL and TRYFLEET_API_KEY)
+reaches any fleet over its HTTP API. The client needs neither Ray nor libvirt.
+
 Everything tryfleet raises is a tryfleet.TryfleetError; BadRequest (CannotPlace) when a request
-can never succeed as given, NotFound, NoRoom, WaitTimeout, InfrastructureError,
-FleetUnavailable.
+can never succeed as given, NotFound, NoRoom, WaitTimeout, AccessDenied, PolicyDenied,
+QuotaExceeded, InfrastructureError, FleetUnavailable.
 """
 
 import os
@@ -20,9 +24,11 @@ __version__ = "0.1.0"
 # Each public name and the module it comes from, imported on first use: `import tryfleet` stays
 # fast and imports neither Ray nor libvirt.
 _WHERE = {
+    "AccessDenied": "tryfleet.errors",
     "Attempt": "tryfleet.scheduler.records",
     "BadRequest": "tryfleet.errors",
     "CannotPlace": "tryfleet.errors",
+    "ExecResult": "tryfleet.sandbox",
     "Fleet": "tryfleet.fleet",
     "FleetUnavailable": "tryfleet.errors",
     "InfrastructureError": "tryfleet.errors",
@@ -31,17 +37,20 @@ _WHERE = {
     "LiveOutput": "tryfleet.scheduler.records",
     "NoRoom": "tryfleet.errors",
     "NotFound": "tryfleet.errors",
+    "PolicyDenied": "tryfleet.errors",
+    "QuotaExceeded": "tryfleet.errors",
     "Result": "tryfleet.scheduler.records",
-    "Sandbox": "tryfleet.fleet",
+    "Sandbox": "tryfleet.sandbox",
     "TryfleetError": "tryfleet.errors",
     "WaitTimeout": "tryfleet.errors",
     "connect": "tryfleet.fleet",
 }
 
 __all__ = [
-    "Attempt", "BadRequest", "CannotPlace", "Fleet", "FleetUnavailable", "InfrastructureError",
-    "Iteration", "IterationDetail", "LiveOutput", "NoRoom", "NotFound", "Result", "Sandbox",
-    "TryfleetError", "WaitTimeout", "__version__", "connect",
+    "AccessDenied", "Attempt", "BadRequest", "CannotPlace", "ExecResult", "Fleet",
+    "FleetUnavailable", "InfrastructureError", "Iteration", "IterationDetail", "LiveOutput",
+    "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "Result", "Sandbox", "TryfleetError",
+    "WaitTimeout", "__version__", "connect",
 ]
 
 

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from tryfleet.nodeagent import default_data_dir
+from typing import Any
 
 from . import __version__
+from .local import default_data_dir, needs_fleet_side
 
 DESCRIPTION = ("tryfleet runs commands in throwaway micro-VMs, one on this host or thousands "
                "on a fleet of hosts.")
@@ -23,7 +23,12 @@ main commands:
   tryfleet batch SPECS.jsonl --suite S   run a file of iterations on the fleet
   tryfleet status | ps | logs ID         watch the fleet and what runs on it
   tryfleet cancel ID | --suite S | --all stop iterations (--all: the kill switch)
+  tryfleet key create --tenant T         make an API key (also: key ls, key revoke ID)
   tryfleet down                          stop what `tryfleet up` started
+
+Commands that use a fleet reach it over its HTTP API: the one `tryfleet up` started on this
+host (with the local admin key it left), or --url and --api-key (or TRYFLEET_URL and
+TRYFLEET_API_KEY).
 
 `tryfleet COMMAND --help` describes each command. README.md, at the top of the tryfleet
 source tree, covers set-up, the fleet, the Python SDK and the exit codes."""
@@ -37,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where images, overlays and logs live (default: $TRYFLEET_DATA "
                         "or /var/lib/tryfleet)")
     p.add_argument("--uri", default="qemu:///system", help="libvirt connection URI")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what the node agent does")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log what the node agent does, and each API request with its id")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -91,16 +97,18 @@ def _parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("batch", help="run a JSONL file of iterations as one suite")
     batch.add_argument("specs", help="JSONL: one iteration per line (see README)")
     batch.add_argument("--suite", required=True)
-    batch.add_argument("--tenant", default="default")
+    batch.add_argument("--tenant", default=None,
+                       help="the tenant to run it for (admins; default: the key's)")
     batch.add_argument("--out", default=None, help="write results here as JSONL")
     batch.add_argument("--limit", action="append", default=[], metavar="NAME=N",
-                       help="shared-resource limit, fleet-wide, e.g. ci-db=2")
+                       help="size a shared-resource limit fleet-wide before submitting, e.g. "
+                            "ci-db=2 (admins; iterations name the limits they hold in the "
+                            "spec file: \"limits\": [\"ci-db\"])")
     batch.add_argument("--max-wall-s", type=float, default=None,
                        help="suite budget: cancel what is left after this many seconds")
     batch.add_argument("--skip-invalid", action="store_true",
                        help="run the valid lines even if some are malformed")
-    for cmd in (status, ps, logs, cancel, batch):
-        cmd.add_argument("--address", default=None, help="Ray address of a remote fleet")
+    _key_parser(sub)
 
     run = sub.add_parser(
         "run", help="run one command in a fresh VM and throw the VM away",
@@ -124,16 +132,58 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--local", action="store_true",
                      help="run on this host directly, even when a fleet is up")
     run.add_argument("--suite", default="run", help="suite name when going through the fleet")
-    run.add_argument("--address", default=None, help="Ray address of a remote fleet")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
+    for cmd in (status, ps, logs, cancel, batch, run):
+        _api_flags(cmd)
     return p
+
+
+def _api_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--url", default=None,
+                     help="the fleet's API, e.g. http://HOST:8470 (default: $TRYFLEET_URL, "
+                          "else the fleet `tryfleet up` started here)")
+    cmd.add_argument("--api-key", default=None,
+                     help="API key (default: $TRYFLEET_API_KEY, else this host's local admin "
+                          "key)")
+
+
+def _key_parser(sub: Any) -> None:
+    key = sub.add_parser("key", help="API keys: create, ls, revoke (needs an admin key)")
+    ksub = key.add_subparsers(dest="key_command", metavar="ACTION")
+    ksub.required = True
+    create = ksub.add_parser("create", help="make a key; it is printed once, never again")
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    create.add_argument("--scope", action="append", default=[],
+                        choices=("sandbox", "batch", "read", "admin"),
+                        help="what it may do, repeatable (default: sandbox and batch)")
+    create.add_argument("--expires", default=None, metavar="DURATION",
+                        help="stop working after this long: 30d, 12h, 90m, 3600s")
+    create.add_argument("--name", default="", help="what the key is for")
+    create.add_argument("--json", action="store_true", help="print JSON (the key included)")
+    ls = ksub.add_parser("ls", help="list keys (never their secrets)")
+    ls.add_argument("--tenant", default=None, help="only this tenant's")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    revoke = ksub.add_parser("revoke", help="revoke a key: refused from its next request on")
+    revoke.add_argument("id", help="the key's id (see `tryfleet key ls`)")
+    for cmd in (create, ls, revoke):
+        _api_flags(cmd)
+
+
+FLEET_SIDE_COMMANDS = ("image", "host", "up", "down")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.verbose:
+        logging.getLogger("tryfleet.http").setLevel(logging.DEBUG)
     data_dir = args.data_dir or default_data_dir()
+    if args.command in FLEET_SIDE_COMMANDS:
+        why = needs_fleet_side(f"`tryfleet {args.command}`")
+        if why is not None:
+            print(f"tryfleet: error: {why}", file=sys.stderr)
+            return 125
     if args.command == "image":
         from tryfleet.images.cli import cmd_build, cmd_ls
 
@@ -153,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import batch
 
         return batch.batch(args, data_dir)
+    if args.command == "key":
+        from .commands import keys
+
+        return keys.key(args, data_dir)
     from .commands import run
 
     return run.run(args, data_dir)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ from tryfleet.nodeagent.actor import start_node_actor
 from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
 from tryfleet.wire import NAMESPACE, NODE_ACTOR_PREFIX
 
+from . import local
+
 RAY_PORT = 6390
 RAY_TEMP_DIR = "/tmp/tryfleet-ray"  # short: Ray puts unix sockets under it
-STATE_FILE = "up.json"
+STATE_FILE = local.STATE_FILE
 
 
 def ray_temp_dir(port: int) -> str:
@@ -45,11 +48,7 @@ def ledger_path(data_dir: Path) -> Path:
 
 
 def state(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        got = json.loads((data_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return got if isinstance(got, dict) else None
+    return local.state(data_dir)
 
 
 def secure_ray() -> None:
@@ -67,12 +66,7 @@ def _ray_bin() -> str:
 
 
 def _head_alive(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
+    return local.head_alive(address)
 
 
 def node_ip(bind: str | None) -> str:
@@ -109,7 +103,15 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
 
 def start_front_door(data_dir: Path, listen: str, detached: bool = True) -> tuple[str, str]:
     """The gateway on this node (started if missing) and the local admin key: (url, key).
-    The URL is recorded in up.json for the CLI and the SDK on this host."""
+    The URL is recorded in up.json for the CLI and the SDK on this host. Not detached, the
+    gateway goes as soon as its handle does: use open_front_door, which gives the handle."""
+    _, url, key = open_front_door(data_dir, listen, detached)
+    return url, key
+
+
+def open_front_door(data_dir: Path, listen: str, detached: bool = True
+                    ) -> tuple[Any, str, str]:
+    """As start_front_door, with the gateway's actor handle first: (gateway, url, key)."""
     from tryfleet.gateway.actor import start_gateway
     from tryfleet.gateway.keys import KeyStore, ensure_local_admin
 
@@ -118,20 +120,43 @@ def start_front_door(data_dir: Path, listen: str, detached: bool = True) -> tupl
         key = ensure_local_admin(store, data_dir)
     finally:
         store.close()
-    _, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
+    gateway, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
     st = state(data_dir)
     if detached and st is not None:
         (data_dir / STATE_FILE).write_text(json.dumps({**st, "api_url": url}))
-    return url, key
+    return gateway, url, key
 
 
 def api_url(data_dir: Path) -> str | None:
     """The gateway URL of the fleet `tryfleet up` started here, if it is still up."""
-    st = state(data_dir)
-    if st is None or not _head_alive(st["address"]):
-        return None
-    url = st.get("api_url")
-    return url if isinstance(url, str) else None
+    return local.api_url(data_dir)
+
+
+def start_embedded_api(data_dir: Path) -> tuple[str, str, Callable[[], None]]:
+    """An embedded fleet (start_embedded) with its gateway on a free loopback port, all in
+    this process's Ray session: (the API's URL, an admin key, a function that stops them and
+    lets go of Ray if this started it). The port is chosen here, not by the gateway, so that a
+    gateway Ray restarts listens where its clients reconnect."""
+    started_ray = not ray.is_initialized()
+    handles = start_embedded(data_dir)
+    try:
+        gateway, url, key = open_front_door(data_dir, f"127.0.0.1:{local.free_port()}",
+                                            detached=False)
+    except BaseException:
+        _stop_embedded(handles, started_ray)
+        raise
+    held = (*handles, gateway)
+    return url, key, lambda: _stop_embedded(held, started_ray)
+
+
+def _stop_embedded(handles: tuple[Any, ...], started_ray: bool) -> None:
+    """Stop the embedded fleet's actors (their VMs first); let go of a Ray this started. The
+    handles are held until now: an actor that is not detached lives as long as its handles,
+    named or not."""
+    if ray.is_initialized():
+        kill_actors()
+        if started_ray:
+            ray.shutdown()
 
 
 def join(address: str) -> None:

@@ -11,9 +11,18 @@ Two families matter to callers and to the scheduler's retry policy:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class TryfleetError(Exception):
-    """Root of every error tryfleet raises."""
+    """Root of every error tryfleet raises. One that came back from the HTTP API also carries
+    the answer's status, its problem (RFC 9457 problem+json, as a dict) and the id of the
+    request (X-Request-Id), which names it in the gateway's logs and the ledger."""
+
+    status: int | None = None
+    problem: Mapping[str, Any] | None = None
+    request_id: str | None = None
 
 
 class BadRequest(TryfleetError, ValueError):
@@ -68,5 +77,14 @@ class FleetUnavailable(TryfleetError, ConnectionError):
     """The fleet could not be started, reached or stopped; the message says what to do."""
 
 
-__all__ = ["BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError", "NoRoom",
-           "NotFound", "PolicyDenied", "QuotaExceeded", "TryfleetError", "WaitTimeout"]
+class AccessDenied(TryfleetError, PermissionError):
+    """The API refused the key: none was given, or it is unknown, revoked or expired
+    (`status` 401), or it lacks the scope the request needs (403, the scopes in `scopes`)."""
+
+    def __init__(self, message: str, scopes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.scopes = scopes
+
+
+__all__ = ["AccessDenied", "BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError",
+           "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "TryfleetError", "WaitTimeout"]

@@ -1,5 +1,6 @@
-"""/v1/fleet: the fleet's status (hosts, capacity, pressure, limits, counts) and the sizes of
-its shared-resource limits, for admins.
+"""/v1/fleet: the fleet's status (hosts, capacity, pressure, limits, counts), the sizes of its
+shared-resource limits, and the kill switch (cancel a tenant's iterations, or everything), for
+admins.
 
 Status is the scheduler's answer (only it knows the hosts and what holds each limit) with the
 counts by state and tenant read from the ledger here (a scan of the ledger, kept off the
@@ -23,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from ..auth import Admin
 from ..ledger import view
 from ..problems import documented
-from .iteration_models import NAME, FleetOut, LimitIn, LimitSet, fleet
+from .iteration_models import NAME, CancelOut, FleetCancelIn, FleetOut, LimitIn, LimitSet, fleet
 
 router = APIRouter(prefix="/v1/fleet", tags=["fleet"])
 STATUS_TTL_S = 0.2
@@ -86,6 +87,20 @@ async def set_limit(name: Annotated[str, Path(pattern=NAME, max_length=128)], bo
     got = await request.app.state.fleet.sched("set_limit", name, body.value, f"key:{who.key_id}")
     _cache(request).clear()
     return LimitSet(name=name, value=body.value, limits=got)
+
+
+@router.post("/cancel", summary="The kill switch: cancel everything, or one tenant's (admin)",
+             responses=documented(400, 401, 403, 422, 503))
+async def cancel(body: FleetCancelIn, who: Admin, request: Request) -> CancelOut:
+    """The kill switch. Without `tenant`: every iteration of every tenant, queued ones end now
+    and running ones are stopped with their VMs destroyed (warm pools are emptied too). With
+    `tenant`: that tenant's iterations only. It stops what exists now: what is submitted after
+    it runs as usual."""
+    sched = request.app.state.fleet.sched
+    got = await (sched("cancel", None, None, body.tenant) if body.tenant is not None
+                 else sched("cancel", None, None, None, True))
+    _cache(request).clear()
+    return CancelOut(**got)
 
 
 __all__ = ["STATUS_TTL_S", "ShortCache", "router"]

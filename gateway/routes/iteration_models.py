@@ -92,6 +92,10 @@ class BatchIn(Strict):
                                      description="the suite's wall-time budget")
     max_iterations: int | None = Field(None, ge=1, le=100_000_000,
                                        description="the most iterations the suite may hold")
+    expect_limits: dict[Name, Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
+        None, max_length=16, description="the sizes the batch expects of the limits its "
+        "iterations name: refused (400) unless each is the size in force. It sizes nothing: "
+        "only admins do (PUT /v1/fleet/limits/NAME)")
     tenant: Tenant | None = None
 
 
@@ -188,12 +192,19 @@ class LimitOut(BaseModel):
 
 
 class FleetOut(BaseModel):
+    pid: int | None = Field(None, description="the scheduler's process id")
+    ledger: str | None = Field(None, description="the ledger's path on the head")
     hosts: list[HostOut]
     limits: dict[str, LimitOut]
     counts: dict[str, int]
     tenants: dict[str, dict[str, int]]
     in_flight: int
     as_of: float = Field(description="when the scheduler gave this answer (cached briefly)")
+
+
+class FleetCancelIn(Strict):
+    tenant: Tenant | None = Field(None, description="one tenant's iterations; absent: "
+                                  "everything, every tenant's")
 
 
 class LimitIn(Strict):
@@ -230,6 +241,7 @@ def full(r: Result, out: tuple[bytes, bytes], attempts: list[dict[str, Any]],
 def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
     in_use = st.get("limits_in_use", {})
     return FleetOut(
+        pid=st.get("pid"), ledger=st.get("ledger"),
         hosts=[HostOut(**{k: h.get(k) for k in HostOut.model_fields}) for h in st["hosts"]],
         limits={k: LimitOut(size=v, in_use=in_use.get(k, 0)) for k, v in st["limits"].items()},
         counts=st["counts"], tenants=st.get("tenants", {}), in_flight=st["in_flight"],
@@ -237,6 +249,6 @@ def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
 
 
 __all__ = ["MAX_BATCH", "NAME", "TENANT", "Attempt", "BatchIn", "BatchOut", "CancelOut",
-           "FleetOut", "HostOut", "Iteration", "IterationFull", "IterationIn", "IterationPage",
-           "LimitIn", "LimitOut", "LimitSet", "OneIn", "OutputOut", "State", "SuiteOut", "fleet",
-           "full", "iteration"]
+           "FleetCancelIn", "FleetOut", "HostOut", "Iteration", "IterationFull", "IterationIn",
+           "IterationPage", "LimitIn", "LimitOut", "LimitSet", "OneIn", "OutputOut", "State",
+           "SuiteOut", "fleet", "full", "iteration"]

@@ -78,14 +78,15 @@ def _row(request: Request, who: Principal, iid: str, tenant: str | None) -> Row:
 # ---- submit ----------------------------------------------------------------------------------
 async def _submit(request: Request, who: Principal, asked: str | None, suite: str,
                   its: list[IterationIn], max_iterations: int | None = None,
-                  max_wall_s: float | None = None) -> tuple[str, list[str]]:
+                  max_wall_s: float | None = None, expect_limits: dict[str, int] | None = None
+                  ) -> tuple[str, list[str]]:
     tenant = tenant_of(who, asked)
     policy = request.app.state.policies.for_tenant(tenant)
     for n, it in enumerate(its, 1):
         policy.check(image=it.image, cpus=it.cpus, mem_mib=it.mem_mib, disk_mib=it.disk_mib,
                      timeout_s=it.timeout_s, what=f"iteration {n} ({it.id or 'no id'})")
     ids = await request.app.state.fleet.sched(
-        "submit", [it.to_wire() for it in its], suite, tenant, None, max_iterations,
+        "submit", [it.to_wire() for it in its], suite, tenant, expect_limits, max_iterations,
         max_wall_s, request.state.request_id, who.key_id)
     return tenant, list(ids)
 
@@ -101,7 +102,7 @@ async def submit_batch(body: BatchIn, who: Submitter, request: Request) -> Batch
     spec is not submitted again (its id comes back). Each iteration names the limits it holds,
     never their size (an admin's: PUT /v1/fleet/limits/NAME)."""
     _, ids = await _submit(request, who, body.tenant, body.suite, body.iterations,
-                           body.max_iterations, body.max_wall_s)
+                           body.max_iterations, body.max_wall_s, body.expect_limits)
     return BatchOut(suite=body.suite, ids=ids, request_id=request.state.request_id)
 
 
@@ -178,13 +179,17 @@ async def get_output(iid: IterationId, who: Reader, request: Request,
                      out_offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
                      err_offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
                      encoding: Encoding = "text", follow: bool = False,
+                     attempt: Annotated[int | None, Query(
+                         ge=0, le=1_000_000, description="with follow: the attempt the offsets "
+                         "are into (from the events so far); when another attempt's output is "
+                         "current, it is streamed from 0 after an `attempt` event")] = None,
                      tenant: TenantQ = None) -> Any:
     """Offsets count raw bytes. Live from its host while it runs, the recorded (capped) output
     once it ended (`done`). A retry's output starts again at 0 (`attempt` says whose)."""
     row = _row(request, who, iid, tenant)
     if follow:
         return EventSourceResponse(_follow(request, row, [out_offset, err_offset], encoding,
-                                           who.admin))
+                                           who.admin, attempt))
     got = await _chunk(request, row, out_offset, err_offset)
     return OutputOut(stdout=encode(got["stdout"], encoding),
                      stderr=encode(got["stderr"], encoding), stdout_bytes=len(got["stdout"]),
@@ -197,15 +202,18 @@ def _event(name: str, data: Any) -> bytes:
 
 
 async def _follow(request: Request, row: Row, offsets: list[int], encoding: Encoding,
-                  admin: bool) -> AsyncIterator[bytes]:
+                  admin: bool, attempt: int | None = None) -> AsyncIterator[bytes]:
     """stdout and stderr events as the iteration prints ({"data", "offset", "attempt"}), an
-    `attempt` event when a retry starts its output again, then `ended` with the iteration."""
-    attempt: int | None = None
+    `attempt` event when a retry starts its output again, then `ended` with the iteration.
+    The offsets given are into `attempt`'s output (None: the current attempt's, so a client
+    that reconnects with the offsets it got to goes on from there)."""
     quiet_since = asyncio.get_running_loop().time()
     while True:
         got = await _chunk(request, row, *offsets)
-        if got["attempt"] != attempt:
-            moved = attempt is not None and offsets != [0, 0]
+        if attempt is None:
+            attempt = got["attempt"]
+        elif got["attempt"] != attempt:
+            moved = offsets != [0, 0]
             attempt, offsets = got["attempt"], [0, 0]
             if moved:  # those offsets were into another attempt's output: ask again
                 yield _event("attempt", {"attempt": attempt})

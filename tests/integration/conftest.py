@@ -3,9 +3,12 @@ qemu:///system, QEMU, the built `base` image (scripts/test.sh builds it), and Ra
 boot real VMs are marked `vm`; the others (the multi-node Ray fleet on the fake hypervisor,
 command-line checks refused before any VM) still need what their module uses."""
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,22 @@ def cli(*args, timeout=300, **kw):
     env = {**os.environ, "TRYFLEET_DATA": str(default_data_dir()), **kw.pop("env", {})}
     return subprocess.run([TRYFLEET, *args], capture_output=True, text=True, timeout=timeout,
                           env=env, **kw)
+
+
+@contextlib.contextmanager
+def own_data_dir(data_dir):
+    """A data dir of a test's own (its up.json, ledger, keys and logs) that shares the built
+    images, saved guests and accelerator probe, and run/ (the reaper must see every owner on
+    this host, or it takes their VMs for leftovers). Next to the real one: QEMU runs as its own
+    user, and must reach the disks through it."""
+    own = Path(tempfile.mkdtemp(prefix=f"{data_dir.name}-test-", dir=data_dir.parent))
+    own.chmod(0o755)
+    for shared in ("images", "snapshots", "run"):
+        (own / shared).symlink_to(data_dir / shared)
+    (own / "host").mkdir()
+    if (data_dir / "host" / "accel.json").exists():
+        shutil.copy(data_dir / "host" / "accel.json", own / "host" / "accel.json")
+    try:
+        yield own
+    finally:
+        shutil.rmtree(own)  # the shared folders are symlinks: removed, not followed

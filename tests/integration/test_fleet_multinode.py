@@ -1,21 +1,23 @@
 """A real multi-node Ray cluster on one machine: one head and three hosts, each with its own
-node agent (on the fake hypervisor: no VM boots here, so nothing is marked vm), and the real
-scheduler."""
+node agent (on the fake hypervisor: no VM boots here, so nothing is marked vm), the real
+scheduler, and the gateway that the test reaches over HTTP like any client."""
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+import tryfleet
 from tests.waiting import until
 from tryfleet import cluster as fleet_cluster
 from tryfleet.errors import CannotPlace
-from tryfleet.fleet import Fleet
+from tryfleet.local import free_port
 from tryfleet.nodeagent.actor import start_node_actor
 from tryfleet.scheduler.records import Iteration
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
+    """The fleet through its API, as any client has it: the gateway on the head, an admin key."""
     data = tmp_path_factory.mktemp("fleet")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes = {f"host{i}": c.add_node(num_cpus=1) for i in range(3)}
@@ -25,11 +27,15 @@ def fleet(tmp_path_factory):
                                 detached=False, fake_images=images[name])
                for name, node in nodes.items()]
     handles.append(fleet_cluster.ensure_scheduler(data, detached=False))
-    f = Fleet(data, embedded=False, keep=tuple(handles))
-    f.cluster, f.nodes = c, nodes
+    gateway, url, key = fleet_cluster.open_front_door(data, f"127.0.0.1:{free_port()}",
+                                                      detached=False)
+    f = tryfleet.connect(url, api_key=key)
+    # actors that are not detached live as long as their handles
+    f.cluster, f.nodes, f.handles = c, nodes, (*handles, gateway)
     until(lambda: len([h for h in f.status()["hosts"] if h["cpus"]]) == 3, 60,
           explain=lambda: f.status()["hosts"])
     yield f
+    f.close()
     ray.shutdown()
     c.shutdown()
 
@@ -96,7 +102,7 @@ def test_map_yields_results_as_they_complete(fleet):
 
 def test_an_iteration_that_can_never_fit_is_refused_at_submit(fleet):
     with pytest.raises(CannotPlace, match="can never run"):
-        fleet.submit([Iteration("base", ("true",), cpus=4096)], suite="huge")
+        fleet.submit([Iteration("base", ("true",), cpus=16)], suite="huge")
     with pytest.raises(CannotPlace, match="can never run"):
         fleet.submit([Iteration("no-such-image", ("true",))], suite="huge")
 

@@ -6,24 +6,23 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from tests.waiting import until
 from tryfleet.errors import CannotPlace
+from tryfleet.local import free_port
 from tryfleet.nodeagent.reaper import owner_alive
 from tryfleet.scheduler.records import Iteration
 
-from .conftest import TRYFLEET, cli, domains_of
+from .conftest import TRYFLEET, cli, domains_of, own_data_dir
 
 PORT = "6391"  # not the default 6390: a fleet other people use may be up there
-# Limit sizes are an admin's: `up` sets ci-db (a batch's `--limit` may only agree with it).
-UP = ("up", "--port", PORT, "--limit", "ci-db=1")
+# nor the API's default 8470; limit sizes are an admin's: `up` sets ci-db (a batch's `--limit`
+# sets it again only with an admin key, as the local CLI has)
+UP = ("up", "--port", PORT, "--api-listen", f"127.0.0.1:{free_port()}", "--limit", "ci-db=1")
 vm = pytest.mark.vm
 
 
@@ -34,36 +33,27 @@ def live_owners(run_dir):
 
 @pytest.fixture(scope="module")
 def fleet(data_dir):
-    """A fleet of this module's own: its port, and a data dir of its own (its up.json, ledger
-    and logs) that shares the built images, saved guests and accelerator probe, and run/ (the
-    reaper must see every owner on this host, or it takes their VMs for leftovers). Next to the
-    real one: QEMU runs as its own user, and must reach the disks through it."""
-    own = Path(tempfile.mkdtemp(prefix=f"{data_dir.name}-test-", dir=data_dir.parent))
-    own.chmod(0o755)
-    for shared in ("images", "snapshots", "run"):
-        (own / shared).symlink_to(data_dir / shared)
-    (own / "host").mkdir()
-    if (data_dir / "host" / "accel.json").exists():
-        shutil.copy(data_dir / "host" / "accel.json", own / "host" / "accel.json")
-    saved = {k: os.environ.get(k) for k in ("TRYFLEET_DATA", "TRYFLEET_LEDGER")}
-    os.environ.update(TRYFLEET_DATA=str(own), TRYFLEET_LEDGER=str(own / "ledger.db"))
-    others = live_owners(data_dir / "run")
-    r = cli(*UP)
-    assert r.returncode == 0, r.stderr
-    import tryfleet
+    """A fleet of this module's own: its Ray port and API port, and a data dir of its own
+    (conftest.own_data_dir). The SDK and the CLI find it by its up.json and admin key there."""
+    with own_data_dir(data_dir) as own:
+        saved = {k: os.environ.get(k) for k in ("TRYFLEET_DATA", "TRYFLEET_LEDGER")}
+        os.environ.update(TRYFLEET_DATA=str(own), TRYFLEET_LEDGER=str(own / "ledger.db"))
+        others = live_owners(data_dir / "run")
+        r = cli(*UP)
+        assert r.returncode == 0, r.stderr
+        import tryfleet
 
-    f = tryfleet.connect()
-    # this fleet's node agent: the owner that registered during `up` (run/ is shared)
-    f.node_owners = live_owners(data_dir / "run") - others
-    yield f
-    f.close()
-    cli("down")
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    shutil.rmtree(own)  # the shared folders are symlinks: removed, not followed
+        f = tryfleet.connect()
+        # this fleet's node agent: the owner that registered during `up` (run/ is shared)
+        f.node_owners = live_owners(data_dir / "run") - others
+        yield f
+        f.close()
+        cli("down")
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def write_specs(path, specs):
@@ -181,7 +171,8 @@ def test_ps_and_logs_of_a_running_iteration_then_of_the_ended_one(fleet):
 
 def test_what_no_host_can_run_is_refused_at_submit_as_a_bad_request(fleet):
     with pytest.raises(CannotPlace, match="can never run") as err:
-        fleet.submit([Iteration("base", ("true",), cpus=4096)], suite="huge")
+        fleet.submit([Iteration("base", ("true",), cpus=16)], suite="huge")
     assert "cpu" in err.value.reason
-    r = cli("run", "--image", "base", "--mem-mib", str(1 << 30), "--", "true")
+    # the most memory a tenant's default policy allows (64 GiB), more than this host has
+    r = cli("run", "--image", "base", "--mem-mib", str(1 << 16), "--", "true")
     assert r.returncode == 2 and "can never run" in r.stderr

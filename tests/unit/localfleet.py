@@ -1,6 +1,6 @@
-"""A whole fleet in this process, for the SDK and the CLI: the real Scheduler (engine, ledger,
-dispatch) on an event loop in a thread, simulated hosts as its only hosts, and a Transport that
-calls the scheduler's methods on that loop instead of through Ray."""
+"""A whole fleet in this process: the real Scheduler (engine, ledger, dispatch) on an event loop
+in a thread, simulated hosts as its only hosts, and a caller of the scheduler's methods on that
+loop instead of through Ray (what the gateway calls over Ray)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tryfleet.fleet import Fleet
 from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.scheduler.service import Scheduler
 from tryfleet.wire import AttemptKey, Output, StartRequest, State, pack, unpack
@@ -125,44 +124,34 @@ class LoopThread:
         self.loop.close()
 
 
-class LocalTransport:
+class LocalCalls:
     """The scheduler's methods called on its loop; every call is kept in `calls`."""
 
     def __init__(self, sched: Scheduler, loop: LoopThread) -> None:
         self.sched, self.loop = sched, loop
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
 
-    def call(self, method: str, *args: Any, retry_s: float = 0.0) -> Any:
+    def call(self, method: str, *args: Any) -> Any:
         self.calls.append((method, args))
         return self.loop.run(getattr(self.sched, method)(*args))
 
-    def node(self, host: str, method: str, *args: Any) -> Any:
-        raise NotImplementedError("simulated hosts hold no sandboxes")
-
-    def node_stream(self, host: str, method: str, *args: Any) -> Iterator[Any]:
-        raise NotImplementedError("simulated hosts hold no sandboxes")
-
-    def close(self, stop_fleet: bool) -> None:
-        pass
-
 
 @contextlib.contextmanager
-def local_fleet(tmp_path: Path, sim: SimHosts | None = None
-                ) -> Iterator[tuple[Fleet, Scheduler, LocalTransport]]:
-    """A Fleet over the real scheduler (its ledger in tmp_path) and `sim`'s hosts (none if
-    None): (fleet, scheduler, transport)."""
+def local_scheduler(tmp_path: Path, sim: SimHosts | None = None
+                    ) -> Iterator[tuple[LocalCalls, Scheduler]]:
+    """The real scheduler (its ledger in tmp_path) over `sim`'s hosts (none if None), and a
+    caller of its methods: (calls, scheduler)."""
     loop = LoopThread()
     sched = Scheduler(str(tmp_path / "ledger.db"))
     sched.engine.hosts.discover = lambda: []  # no Ray to look in: the hosts are given
     if sim is not None:
         sched.engine.hosts.agents = {SIM_GROUP_PREFIX + "test": Local(sim)}
-    transport = LocalTransport(sched, loop)
     try:
-        yield Fleet(tmp_path, embedded=False, transport=transport), sched, transport
+        yield LocalCalls(sched, loop), sched
     finally:
         loop.stop()
         sched.ledger.close()
 
 
-__all__ = ["FAST", "Local", "LocalTransport", "LoopThread", "Printing", "cancel_until_ended",
-           "end_now", "local_fleet", "run_until_quiet"]
+__all__ = ["FAST", "Local", "LocalCalls", "LoopThread", "Printing", "cancel_until_ended",
+           "end_now", "local_scheduler", "run_until_quiet"]

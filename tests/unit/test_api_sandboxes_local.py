@@ -232,3 +232,13 @@ def test_a_sandbox_still_being_opened_is_not_taken_for_gone(api, acme):
     r = api.post("/v1/sandboxes/sbx-opening/exec", json={"argv": ["true"]}, headers=acme)
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert api.get("/v1/sandboxes/sbx-opening", headers=acme).json()["state"] == "open"
+
+
+def test_a_body_not_sent_as_json_is_refused_saying_how_to_send_it(api, acme):
+    # curl's -d sends application/x-www-form-urlencoded unless told otherwise
+    r = api.post("/v1/sandboxes", content=b'{"image": "base"}', headers={
+        **acme, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422
+    assert "Content-Type: application/json" in r.json()["detail"] and "--json" in \
+        r.json()["detail"]
+    assert api.get("/v1/sandboxes", headers=acme).json()["items"] == []

@@ -68,6 +68,18 @@ def client(url, keys, tenant, *scopes):
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
+@pytest.mark.parametrize("key", [True, False])
+def test_an_answer_carries_one_request_id_also_when_it_is_a_problem(served, key):
+    url, _, keys, _ = served
+    with client(url, keys, "acme", Scope.READ) as c:
+        if not key:
+            del c.headers["Authorization"]
+        r = c.get("/v1/iterations/nosuch", headers={"X-Request-Id": "req-from-the-client"})
+    assert r.status_code == (404 if key else 401)
+    assert r.headers.get_list("x-request-id") == ["req-from-the-client"]
+    assert r.json()["request_id"] == "req-from-the-client"
+
+
 def test_the_stream_keeps_alive_while_nothing_ends_and_wakes_on_an_ending(served):
     url, ledger, keys, _ = served
     ledger.submit([Iteration("base", ("true",), id="a")], "s", "acme")

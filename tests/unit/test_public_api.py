@@ -1,5 +1,7 @@
-"""What `import tryfleet` offers is what its __all__ says, pinned here; and importing it stays
-cheap: no Ray, no libvirt until the SDK is used."""
+"""What `import tryfleet` offers is what its __all__ says, pinned here; and the client stays
+light: `import tryfleet`, the SDK and the CLI's fleet commands load nothing of the fleet side
+(Ray, libvirt, psutil, the gateway's FastAPI), which a light install (`pip install tryfleet`)
+does not have."""
 
 import os
 import pathlib
@@ -13,10 +15,10 @@ ROOT = pathlib.Path(tryfleet.__file__).parents[1]  # this checkout, whatever is 
 
 def test_the_public_names_are_pinned():
     assert tryfleet.__all__ == [
-        "Attempt", "BadRequest", "CannotPlace", "Fleet", "FleetUnavailable",
-        "InfrastructureError", "Iteration", "IterationDetail", "LiveOutput", "NoRoom",
-        "NotFound", "Result", "Sandbox", "TryfleetError", "WaitTimeout", "__version__",
-        "connect",
+        "AccessDenied", "Attempt", "BadRequest", "CannotPlace", "ExecResult", "Fleet",
+        "FleetUnavailable", "InfrastructureError", "Iteration", "IterationDetail", "LiveOutput",
+        "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "Result", "Sandbox",
+        "TryfleetError", "WaitTimeout", "__version__", "connect",
     ]
 
 
@@ -26,8 +28,9 @@ def test_every_public_name_resolves():
 
 
 def test_every_error_is_a_tryfleet_error():
-    errors = ["BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError", "NoRoom",
-              "NotFound", "WaitTimeout"]
+    errors = ["AccessDenied", "BadRequest", "CannotPlace", "FleetUnavailable",
+              "InfrastructureError", "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded",
+              "WaitTimeout"]
     for name in errors:
         assert issubclass(getattr(tryfleet, name), tryfleet.TryfleetError), name
     assert issubclass(tryfleet.CannotPlace, tryfleet.BadRequest)
@@ -54,3 +57,26 @@ def test_the_records_and_errors_need_no_ray_either():
     loaded = _modules_after("import tryfleet\ntryfleet.Iteration, tryfleet.Result, "
                             "tryfleet.CannotPlace, tryfleet.Fleet")
     assert not {m for m in loaded if m.split(".")[0] in ("ray", "libvirt")}
+
+
+FLEET_SIDE = ("ray", "libvirt", "psutil", "fastapi", "starlette", "uvicorn", "pydantic",
+              "prometheus_client")
+
+
+def _fleet_side(loaded):
+    return {m for m in loaded if m.split(".")[0] in FLEET_SIDE}
+
+
+def test_the_sdk_loads_nothing_of_the_fleet_side():
+    loaded = _modules_after("import tryfleet\nimport tryfleet.fleet, tryfleet.http, "
+                            "tryfleet.sandbox\ntryfleet.connect, tryfleet.Fleet, "
+                            "tryfleet.Sandbox, tryfleet.AccessDenied")
+    assert _fleet_side(loaded) == set()
+    assert "httpx" in loaded
+
+
+def test_the_clis_fleet_commands_load_nothing_of_the_fleet_side():
+    loaded = _modules_after("import tryfleet\nfrom tryfleet import cli\n"
+                            "from tryfleet.commands import batch, fleetcmds, keys, run, runfleet"
+                            "\ncli._parser().parse_args(['status'])")
+    assert _fleet_side(loaded) == set()

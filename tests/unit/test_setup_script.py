@@ -29,3 +29,9 @@ def test_the_packages_cover_vms_libvirt_and_image_builds():
               "debootstrap", "busybox-static", "e2fsprogs", "ca-certificates"}
     assert wanted <= packages()
     assert {pkg for pkg in TOOLS.values() if pkg not in BASE} <= packages()
+
+
+def test_the_venv_gets_the_fleet_side_and_what_tests_and_benchmarks_use():
+    installs = [line for line in SETUP.read_text().splitlines()
+                if "pip install" in line and "-e" in line]
+    assert installs and all("'.[fleet,test,bench]'" in line for line in installs)

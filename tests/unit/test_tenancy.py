@@ -16,8 +16,7 @@ from tryfleet.scheduler.ledger_reads import AmbiguousId, LedgerView
 from tryfleet.scheduler.records import Iteration
 from tryfleet.wire import State
 
-from .localfleet import FAST, Delays, Printing, SimHostSpec, local_fleet
-from .test_cli_fleet import fleet_of  # noqa: F401 (a fixture)
+from .localfleet import FAST, Delays, Printing, SimHostSpec, local_scheduler
 from .test_core import make_host, make_row
 from .test_ledger_reads import OLD_SCHEMA
 
@@ -154,7 +153,7 @@ def test_the_core_cancels_one_tenants_suite_and_not_anothers_of_the_same_name():
 # ---- the scheduler's API ---------------------------------------------------------------------
 def test_hosts_get_the_tenants_own_names_and_the_request_id(tmp_path):
     sim = Printing([SimHostSpec("a")], FAST)
-    with local_fleet(tmp_path, sim) as (_, sched, transport):
+    with local_scheduler(tmp_path, sim) as (transport, sched):
         transport.loop.run(sched.submit([it("t1").to_wire()], "fix", "acme", None, None, None,
                                         "req_abcdef12", "k1"))
         until(lambda: sim.requests)
@@ -165,7 +164,7 @@ def test_hosts_get_the_tenants_own_names_and_the_request_id(tmp_path):
 
 
 def test_a_batch_names_limits_but_only_an_admin_sizes_them_and_the_size_survives(tmp_path):
-    with local_fleet(tmp_path, Printing([SimHostSpec("a")], FAST)) as (_, sched, transport):
+    with local_scheduler(tmp_path, Printing([SimHostSpec("a")], FAST)) as (transport, sched):
         run = transport.loop.run
         wire = [it("t1", limits=("ci-db",)).to_wire()]
         with pytest.raises(BadRequest, match="set by admins"):
@@ -173,13 +172,13 @@ def test_a_batch_names_limits_but_only_an_admin_sizes_them_and_the_size_survives
         assert run(sched.set_limit("ci-db", 2, "key:admin")) == {"ci-db": 2}
         assert run(sched.submit(wire, "s", "acme", {"ci-db": 2})) == ["t1"]  # agrees: fine
         assert run(sched.submit(wire, "s", "acme")) == ["t1"]
-    with local_fleet(tmp_path) as (_, again, transport):
+    with local_scheduler(tmp_path) as (transport, again):
         assert transport.loop.run(again.limits()) == {"ci-db": 2}
 
 
 def test_a_cancel_by_suite_reaches_only_that_tenants_suite(tmp_path):
     sim = Printing([SimHostSpec("a", cpus=1)], SLOW)
-    with local_fleet(tmp_path, sim) as (_, sched, transport):
+    with local_scheduler(tmp_path, sim) as (transport, sched):
         run = transport.loop.run
         for tenant in ("acme", "bolt"):
             run(sched.submit([it("t1").to_wire(), it("t2").to_wire()], "fix", tenant))
@@ -193,24 +192,3 @@ def test_a_cancel_by_suite_reaches_only_that_tenants_suite(tmp_path):
         assert run(sched.cancel("t2", None, "bolt")) == {"queued_cancelled": 1,
                                                          "running_stopped": 0}
         assert run(sched.get("t2", "acme"))["result"]["state"] == "CANCELLED"
-
-
-# ---- the CLI over the scheduler's API --------------------------------------------------------
-def test_batch_for_a_tenant_writes_and_logs_show_its_own_ids(tmp_path, fleet_of,  # noqa: F811
-                                                             capsys):
-    import json
-
-    from tryfleet.cli import main
-
-    fleet_of(Printing([SimHostSpec("a", cpus=4)], FAST, b"ok\n"))
-    specs, out = tmp_path / "specs.jsonl", tmp_path / "results.jsonl"
-    specs.write_text("".join(json.dumps({"image": "base", "command": ["x"]}) + "\n"
-                             for _ in range(3)))
-    code = main(["batch", str(specs), "--suite", "b", "--tenant", "acme", "--address", "local",
-                 "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted((r["id"], r["tenant"]) for r in rows) == [("b-1", "acme"), ("b-2", "acme"),
-                                                            ("b-3", "acme")]
-    assert main(["logs", "--address", "local", "b-2"]) == 0
-    assert "b-2: SUCCEEDED" in capsys.readouterr().err

@@ -1,11 +1,13 @@
 """`tryfleet batch SPECS.jsonl --suite NAME`: many iterations, live progress, a summary.
 
 Input, one JSON object per line: id, image, command (argv list), files (guest path -> text),
-env, timeout_s, cpus, mem_mib, limits, retries (and optionally disk_mib, priority, cwd).
+env, timeout_s, cpus, mem_mib, limits (the names of the shared-resource limits it holds),
+retries (and optionally disk_mib, priority, cwd).
 Output (--out), one JSON object per line as each iteration ends: id, state, exit_code, stdout,
 stderr, started_at, ended_at, duration_s, attempts, host, trace_id (and suite, tenant, error,
 stdout_truncated, stderr_truncated). Ids default to SUITE-LINE, so re-running the same batch
-resubmits nothing twice: it picks up the results.
+resubmits nothing twice: it picks up the results. Results come from the API's event stream of
+the suite's ended iterations (no polling), which survives a restart of the gateway.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tryfleet.errors import TryfleetError
+from tryfleet.errors import BadRequest, TryfleetError
 
-from .common import EXIT_USAGE, error, failed
-from .fleetcmds import connect, parse_limits
+from .common import EXIT_USAGE, connect, error, failed
+from .fleetcmds import parse_limits
 
 if TYPE_CHECKING:
     from tryfleet.fleet import Fleet
@@ -31,8 +33,8 @@ RESULT_FIELDS = ("id", "state", "exit_code", "stdout", "stderr", "started_at", "
                  "stdout_truncated", "stderr_truncated")
 STATES = ("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED", "INFRA_ERROR")
 SUBMIT_CHUNK = 500
-POLL_S = 0.5
-WAIT_FOR_SCHEDULER_S = 3600.0  # a scheduler that restarts mid-batch is waited for
+COUNTS_EVERY_S = 1.0  # how often the progress line asks for the suite's counts
+RECONNECT_S = 3600.0  # a gateway or scheduler that restarts mid-batch is waited for
 
 
 def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
@@ -122,46 +124,52 @@ def batch(args: argparse.Namespace, data_dir: Path) -> int:
         return error(f"{args.specs} holds no iterations", EXIT_USAGE)
     try:
         limits = parse_limits(args.limit)
-        fleet = connect(args, data_dir, wait_for_scheduler_s=WAIT_FOR_SCHEDULER_S)
+        fleet = connect(args, data_dir, reconnect_s=RECONNECT_S)
         started = time.monotonic()
         ids: list[str] = []
         for i in range(0, len(its), SUBMIT_CHUNK):
             ids += fleet.submit(its[i:i + SUBMIT_CHUNK], suite=args.suite, tenant=args.tenant,
-                                limits=limits, max_wall_s=args.max_wall_s)
+                                max_wall_s=args.max_wall_s, limits=limits if i == 0 else None)
+    except BadRequest as err:
+        return failed(_why_limits(err, limits) if limits else err)
     except TryfleetError as err:
         return failed(err)
     print(f"submitted {len(ids)} iteration(s) to suite {args.suite}", file=sys.stderr)
     return _follow(fleet, ids, args, started)
 
 
+def _why_limits(err: BadRequest, limits: dict[str, int]) -> BadRequest:
+    """A refusal of --limit sizes (a key that is not an admin's may only name the sizes in
+    force) said in the command's own terms."""
+    if "set by admins" not in str(err):
+        return err
+    given = ",".join(f"{k}={v}" for k, v in limits.items())
+    return BadRequest(f"--limit {given}: {err}; with a key that is not an admin's, drop "
+                      "--limit or give the size in force")
+
+
 def _follow(fleet: Fleet, ids: list[str], args: argparse.Namespace, started: float) -> int:
-    """Results as they end, from the suite's ended iterations after a cursor: a poll sends the
-    cursor, not the ids still pending, however many there are."""
+    """Results as they end, from the suite's stream of ended iterations (which first gives what
+    ended before: a second run of the same batch picks its results up)."""
     progress = Progress(len(ids))
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 (closed below)
     results: list[dict[str, Any]] = []
-    pending = set(ids)
-    cursor = 0
+    live: dict[str, int] = {}
+    asked = 0.0
     try:
-        while pending:
-            try:
-                done, cursor = fleet.ended_since(cursor, suite=args.suite)
-                live = fleet.counts(args.suite)
-            except TryfleetError as err:  # scheduler gone for good: what we have is on disk
-                return error(f"lost the scheduler ({err}); the batch continues in the ledger: "
-                             "run the same command again to pick up its results")
-            for r in done:
-                if r.id in pending:
-                    pending.discard(r.id)
-                    row = r.to_json()
-                    results.append(row)
-                    progress.counts[r.state] += 1
-                    if out:
-                        out.write(json.dumps({k: row.get(k) for k in RESULT_FIELDS}) + "\n")
-                        out.flush()
+        for r in fleet.watch(ids, suite=args.suite, tenant=args.tenant, output=out is not None):
+            row = r.to_json()
+            results.append(row)
+            progress.counts[r.state] += 1
+            if out:
+                out.write(json.dumps({k: row.get(k) for k in RESULT_FIELDS}) + "\n")
+                out.flush()
+            if time.monotonic() - asked >= COUNTS_EVERY_S:
+                asked, live = time.monotonic(), fleet.counts(args.suite)
             progress.show(live)
-            if pending and not done:
-                time.sleep(POLL_S)
+    except TryfleetError as err:  # the fleet gone for good: what we have is on disk
+        return error(f"lost the fleet ({err}); the batch continues in the ledger: run the same "
+                     "command again to pick up its results")
     except KeyboardInterrupt:
         print("\ninterrupted: the batch keeps running in the fleet (stop it with "
               f"`tryfleet cancel --suite {args.suite}`)", file=sys.stderr)

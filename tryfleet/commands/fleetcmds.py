@@ -1,4 +1,5 @@
-"""`tryfleet up | down | status | ps | logs | cancel`: the fleet on Ray."""
+"""`tryfleet up | down` (the fleet side: Ray, the node agent, the scheduler, the API) and
+`tryfleet status | ps | logs | cancel`, which use the fleet through its HTTP API."""
 
 from __future__ import annotations
 
@@ -8,17 +9,12 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from tryfleet.errors import BadRequest, FleetUnavailable, TryfleetError
-from tryfleet.nodeagent.errors import BadRequest as NodeBadRequest
+from tryfleet.errors import BadRequest, TryfleetError
 
-from .common import EXIT_USAGE, error, failed
+from .common import EXIT_USAGE, connect, error, failed
 
-if TYPE_CHECKING:
-    from tryfleet.fleet import Fleet
-
-FLEET_DOWN = "no tryfleet fleet is running here: start one with `tryfleet up`"
 ACTIVE = ("QUEUED", "PLACED", "RUNNING")
 
 
@@ -32,25 +28,13 @@ def parse_limits(values: list[str]) -> dict[str, int]:
     return limits
 
 
-def connect(args: argparse.Namespace, data_dir: Path, wait_for_scheduler_s: float = 0.0
-            ) -> Fleet:
-    """The running fleet (never an embedded one: the CLI does not start a fleet by accident)."""
-    from tryfleet import cluster
-    from tryfleet.fleet import connect as connect_fleet
-
-    address = getattr(args, "address", None) or cluster.running_address(data_dir)
-    if address is None:
-        raise FleetUnavailable(FLEET_DOWN)
-    return connect_fleet(address, data_dir, wait_for_scheduler_s=wait_for_scheduler_s)
-
-
 def up(args: argparse.Namespace, data_dir: Path) -> int:
     from tryfleet import cluster
+    from tryfleet.nodeagent.errors import BadRequest as NodeBadRequest
+    from tryfleet.nodeagent.node import PoolTarget
 
     try:
         limits = parse_limits(args.limit)
-        from tryfleet.nodeagent.node import PoolTarget
-
         for target in args.pool:
             PoolTarget.parse(target)  # a typo fails here, before anything starts
         if args.address:
@@ -60,24 +44,29 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
             address = cluster.start_head(data_dir, bind=args.bind, port=args.port,
                                          autoscaling_config=args.autoscaling_config)
         cluster.init(address)
-        cluster.ensure_actors(data_dir, host=args.host or socket.gethostname(), limits=limits,
-                              pool=tuple(args.pool))
-        url = None
-        if not args.address:  # the head serves the API
-            url, _ = cluster.start_front_door(data_dir, args.api_listen)
+        host = args.host or socket.gethostname()
+        cluster.ensure_actors(data_dir, host=host, limits=limits, pool=tuple(args.pool))
+        if args.address:  # the head serves the API
+            print(f"tryfleet is up: this host ({host}) joined the fleet at {address}")
+            return 0
+        url, key = cluster.start_front_door(data_dir, args.api_listen)
         from tryfleet.fleet import connect as connect_fleet
 
-        status = connect_fleet(address, data_dir).status()
+        with connect_fleet(url, key) as fleet:
+            status = fleet.status()
     except NodeBadRequest as err:
         return error(str(err), EXIT_USAGE)
     except TryfleetError as err:
         return failed(err)
-    hosts = ", ".join(h["host"] for h in status["hosts"] if not h["lost"]) or "none yet"
-    print(f"tryfleet is up: Ray at {address}, scheduler pid {status['pid']}, hosts: {hosts}")
-    print(f"ledger: {status['ledger']}")
-    if url:
-        print(f"API: {url} (docs at {url}/docs); local admin key in {data_dir}/admin.key")
-    print("next: tryfleet batch SPECS.jsonl --suite NAME, tryfleet status, tryfleet down")
+    hosts = ", ".join(h["host"] for h in status.get("hosts", []) if not h.get("lost")) \
+        or "none yet"
+    print(f"tryfleet is up: Ray at {address}, scheduler pid {status.get('pid', '?')}, "
+          f"hosts: {hosts}")
+    if status.get("ledger"):
+        print(f"ledger: {status['ledger']}")
+    print(f"API: {url} (docs at {url}/docs); local admin key in {data_dir}/admin.key")
+    print("next: tryfleet batch SPECS.jsonl --suite NAME, tryfleet status, "
+          "tryfleet key create --tenant T, tryfleet down")
     return 0
 
 
@@ -102,18 +91,35 @@ def status(args: argparse.Namespace, data_dir: Path) -> int:
     if args.json:
         print(json.dumps(st, indent=2, default=str))
         return 0
-    print(f"scheduler pid {st['pid']}, ledger {st['ledger']}, in flight {st['in_flight']}")
+    print(f"scheduler pid {st.get('pid') or '?'}, ledger {st.get('ledger') or '?'}, in flight "
+          f"{st.get('in_flight', '?')}")
     print("hosts:")
-    for h in st["hosts"]:
-        mark = "LOST" if h["lost"] else ("pressured" if h["pressured"] else "ok")
-        print(f"  {h['host']:<20} {mark:<10} accel {h['accel']}  running {h['running']}  "
-              f"capacity {h['cpus']} cpus / {h['mem_mib']} MiB  images {h['images']}")
-    if st["limits"]:
-        print("limits: " + ", ".join(f"{k}={v}" for k, v in st["limits"].items()))
-    print("suites:")
-    for suite, counts in sorted(st["suites"].items()):
-        print(f"  {suite:<20} " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for h in st.get("hosts", []):
+        print("  " + _host_line(h))
+    if st.get("limits"):
+        print("limits: " + ", ".join(f"{k}={_limit(v)}" for k, v in st["limits"].items()))
+    print("iterations: " + (_counts(st.get("counts") or {}) or "none"))
+    for tenant, counts in sorted((st.get("tenants") or {}).items()):
+        print(f"  {tenant:<20} {_counts(counts)}")
     return 0
+
+
+def _limit(value: Any) -> str:
+    """A limit as the API gives it ({"size", "in_use"}) or a bare size."""
+    if isinstance(value, dict):
+        return f"{value.get('size', '?')} ({value.get('in_use', 0)} in use)"
+    return str(value)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _host_line(h: dict[str, Any]) -> str:
+    mark = "LOST" if h.get("lost") else ("pressured" if h.get("pressured") else "ok")
+    return (f"{h.get('host', '?'):<20} {mark:<10} accel {h.get('accel', '?')}  running "
+            f"{h.get('running', '?')}  capacity {h.get('cpus', '?')} cpus / "
+            f"{h.get('mem_mib', '?')} MiB  images {h.get('images', [])}")
 
 
 def _age(ts: float | None) -> str:
@@ -151,7 +157,7 @@ def logs(args: argparse.Namespace, data_dir: Path) -> int:
     print(f"# {r.id}: {r.state}{exit_part} on {r.host or '-'} after {r.attempts} attempt(s), "
           f"suite {r.suite}, trace {r.trace_id}", file=sys.stderr)
     for a in detail.attempts:
-        print(f"#   attempt {a.attempt} on {a.host}: {a.outcome or 'running'}"
+        print(f"#   attempt {a.attempt} on {a.host or '-'}: {a.outcome or 'running'}"
               f"{' - ' + a.error if a.error else ''}", file=sys.stderr)
     if r.error:
         print(f"# error: {r.error}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""`tryfleet run`: one command in a fresh VM, output streamed live, the VM gone afterwards."""
+"""`tryfleet run`: one command in a fresh VM, output streamed live, the VM gone afterwards:
+through the fleet's API when a fleet is up (or named with --url), else on this host (the fleet
+side, imported only then)."""
 
 from __future__ import annotations
 
@@ -6,20 +8,23 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tryfleet.images import ImageError
-from tryfleet.nodeagent import (
-    BadRequest,
-    IterationOutcome,
-    IterationSpec,
-    NodeAgentError,
-    SandboxSpec,
-    State,
-    read_capacity,
+from tryfleet.local import needs_fleet_side
+from tryfleet.wire import IterationSpec, State
+
+from .common import (
+    EXIT_INFRA,
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    api_url,
+    error,
+    open_node,
 )
-from tryfleet.nodeagent.node import check_sizes
 
-from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE, error, open_node
+if TYPE_CHECKING:
+    from tryfleet.nodeagent import IterationOutcome
 
 
 class UsageError(ValueError):
@@ -97,10 +102,24 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
     gets = _pairs(args.get, "--get", "REMOTE:LOCAL")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # --get and --stdin have no counterpart in a fleet iteration: those run here.
-    if not args.local and not gets and spec.stdin is None and _fleet_is_up(args, data_dir):
+    if not args.local and not gets and spec.stdin is None and \
+            api_url(args, data_dir) is not None:
         from .runfleet import run_in_fleet
 
         return run_in_fleet(args, data_dir, spec)
+    why = needs_fleet_side("running here (no fleet is up here, and no --url was given)"
+                           if not args.local else "`tryfleet run --local`")
+    if why is not None:
+        return error(why, EXIT_INFRA)
+    return _run_here(args, data_dir, spec, gets)
+
+
+def _run_here(args: argparse.Namespace, data_dir: Path, spec: IterationSpec,
+              gets: list[tuple[str, str]]) -> int:
+    from tryfleet.images import ImageError
+    from tryfleet.nodeagent import BadRequest, NodeAgentError, SandboxSpec, read_capacity
+    from tryfleet.nodeagent.node import check_sizes
+
     try:  # before any VM: what this host can never give is a usage error
         check_sizes(SandboxSpec(spec.image, spec.cpus, spec.mem_mib, spec.disk_mib),
                     read_capacity(data_dir))
@@ -123,14 +142,6 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
         if remote in fetched:
             Path(local).write_bytes(fetched[remote])
     return _report(outcome, spec.timeout_s)
-
-
-def _fleet_is_up(args: argparse.Namespace, data_dir: Path) -> bool:
-    if args.address:
-        return True
-    from tryfleet import cluster
-
-    return cluster.running_address(data_dir) is not None
 
 
 def _report(outcome: IterationOutcome, timeout_s: float) -> int:

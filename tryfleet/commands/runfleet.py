@@ -1,5 +1,5 @@
-"""`tryfleet run` through the fleet: submitted to the scheduler (so it is in the ledger, admitted
-and placed like any iteration), its output streamed live from the host that runs it."""
+"""`tryfleet run` through the fleet's API: submitted like any iteration (so it is in the ledger,
+admitted and placed), its output streamed live (server-sent events) from the host that runs it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 from tryfleet.errors import TryfleetError
-from tryfleet.nodeagent import IterationSpec
 from tryfleet.scheduler.records import Iteration, Result
+from tryfleet.wire import IterationSpec
 
-from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, error, failed
-from .fleetcmds import connect
+from .common import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_TIMEOUT, connect, error, failed
 
 
 def iteration_of(spec: IterationSpec) -> Iteration:
