@@ -34,9 +34,12 @@ class HttpFleet:
 
 
 @contextlib.contextmanager
-def http_fleet(tmp_path: Path) -> Iterator[HttpFleet]:
+def http_fleet(tmp_path: Path, policy: str = "") -> Iterator[HttpFleet]:
+    """The fleet served on a free loopback port; `policy`: the text of its policy.toml."""
     data = tmp_path / "data"
     data.mkdir()
+    if policy:
+        (data / "policy.toml").write_text(policy)
     ledger = data / "ledger.db"
     node = NodeActor(str(data / "node"), HOST, fake=True)
     sched = Scheduler(str(ledger))
