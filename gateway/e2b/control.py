@@ -27,7 +27,7 @@ from ..keys import Principal, Scope
 from ..routes.sandboxes import book, extend_for, open_for, seen_by, utf8
 from . import protojson
 from .common import CLIENT_ID, ENVD_VERSION, ApiError, E2BRoute, access_token
-from .sandbox_env import prepare
+from .sandbox_env import ensure_home, prepare
 
 router = APIRouter(route_class=E2BRoute, include_in_schema=False)
 Caller = Annotated[Principal, Depends(needs(Scope.SANDBOX))]
@@ -142,6 +142,8 @@ async def connect_sandbox(sid: SandboxId, body: ConnectSandbox, who: Caller,
     rec = running(request, sid, who)
     if body.timeout is not None and time.time() + body.timeout > rec.expires_at:
         rec = await extend_for(request, who, sid, float(body.timeout))
+    if rec.id not in request.app.state.e2b.envs:  # not made or seen by this gateway
+        await ensure_home(request, rec)
     return JSONResponse(created(rec, access_token(request.app.state.keys, rec.id, who.key_id)))
 
 

@@ -9,6 +9,7 @@ gateway made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -49,6 +50,9 @@ class EnvCache:
     def forget(self, sid: str) -> None:
         self._envs.pop(sid, None)
 
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._envs
+
 
 async def _node(request: Request, rec: SandboxRecord, method: str, *args: Any) -> Any:
     return await request.app.state.fleet.node(rec.host, method, rec.id, *args)
@@ -67,6 +71,12 @@ async def prepare(request: Request, rec: SandboxRecord, envs: dict[str, str]) ->
                                             "could not be made ready for E2B's SDK")
         raise
     request.app.state.e2b.envs.put(rec.id, envs)
+
+
+async def ensure_home(request: Request, rec: SandboxRecord) -> None:
+    """The default user's home, in a sandbox that was not made through this API (/v1's)."""
+    with contextlib.suppress(TryfleetError):  # a sandbox that is gone says so at its next use
+        await _node(request, rec, "sandbox_mkdir", HOMES[DEFAULT_USER], True)
 
 
 async def envs_of(request: Request, rec: SandboxRecord) -> dict[str, str]:
@@ -95,4 +105,4 @@ async def envs_of(request: Request, rec: SandboxRecord) -> dict[str, str]:
     return envs
 
 
-__all__ = ["DEFAULT_USER", "ENV_FILE", "HOMES", "EnvCache", "envs_of", "prepare"]
+__all__ = ["DEFAULT_USER", "ENV_FILE", "HOMES", "EnvCache", "ensure_home", "envs_of", "prepare"]

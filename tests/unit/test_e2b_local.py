@@ -262,3 +262,14 @@ def test_the_async_client(acme):
             await AsyncSandbox.get_info(box.sandbox_id, **acme)
 
     asyncio.run(main())
+
+
+def test_a_sandbox_opened_over_v1_is_usable_from_the_sdk(fleet, acme):
+    r = httpx.post(f"{fleet.url}/v1/sandboxes", json={"timeout_s": 60},
+                   headers={"Authorization": f"Bearer {acme['api_key']}"})
+    assert r.status_code == 201, r.text
+    box = Sandbox.connect(r.json()["id"], **acme)
+    try:
+        assert box.commands.run("echo $HOME").stdout == "/home/user\n"
+    finally:
+        box.kill()
