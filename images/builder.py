@@ -95,6 +95,9 @@ def _build_into(recipe: Recipe, kernel: KernelPackage, digest: str, apt: Apt, wo
     install_guest_files(rootfs)
     clock.step("configure", f"hostname {HOSTNAME}, hosts, package list")
     packages = configure(rootfs)
+    if recipe.users:
+        clock.step("users", ", ".join(f"{u.name} ({u.uid})" for u in recipe.users))
+        add_users(rootfs, recipe)
     clock.step("shrink", "apt lists and caches, docs, man pages, locales, logs")
     shrink(rootfs)
     clock.step("kernel", f"apt-get download {kernel.spec}")
@@ -120,6 +123,7 @@ def _build_into(recipe: Recipe, kernel: KernelPackage, digest: str, apt: Apt, wo
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kernel_version": kernel.release, "kernel_package": kernel.spec,
         "modules": modules, "disk_mib": size_mib, "warm": list(recipe.warm),
+        "users": [u.name for u in recipe.users],
         "rootfs_used_mib": round(used_mib), "rootfs_free_mib": free_mib,
         "recipe": {"suite": recipe.suite, "variant": recipe.variant, "mirror": recipe.mirror,
                    "packages": list(recipe.packages), "headroom_mib": recipe.headroom_mib},
@@ -185,6 +189,18 @@ def configure(rootfs: Path) -> list[str]:
     out = run("configure", ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W",
                             "-f", "${Package}=${Version}\\n"]).stdout
     return sorted(out.split())
+
+
+def add_users(rootfs: Path, recipe: Recipe) -> None:
+    """The recipe's users, made with the image's own useradd: a group of the same name and
+    id, the home made from /etc/skel and owned by the user, the shell checked first."""
+    for user in recipe.users:
+        if not guest_path(rootfs, user.shell).is_file():
+            raise BuildError("users", f"the shell {user.shell} of user {user.name} is not in "
+                             f"the image (add the package that has it to 'packages')")
+        run("users", ["chroot", str(rootfs), "useradd", "--uid", str(user.uid), "--user-group",
+                      "--create-home", "--home-dir", user.home, "--shell", user.shell,
+                      user.name])
 
 
 def shrink(rootfs: Path) -> None:

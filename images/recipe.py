@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 import tomllib
 from dataclasses import dataclass
@@ -14,11 +15,25 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 SUITE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+UID_RANGE = (1000, 59999)  # Debian's range for ordinary users
 VARIANTS = ("minbase", "buildd")
 MAX_HEADROOM_MIB = 1024 * 1024
 
 REQUIRED = ("suite", "variant", "mirror", "packages", "kernel_package", "headroom_mib")
-OPTIONAL = ("description", "warm")
+OPTIONAL = ("description", "warm", "users")
+USER_KEYS = ("name", "uid", "home", "shell")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An account made in the image (its group of the same name and id, its home owned by
+    it): commands that name it run as it."""
+
+    name: str
+    uid: int
+    home: str
+    shell: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +50,7 @@ class Recipe:
     # Run once in a booted guest before it is saved for snapshot restores, so that restored
     # guests start with what it read in their page cache (e.g. importing pytest).
     warm: tuple[str, ...] = ()
+    users: tuple[User, ...] = ()
 
 
 def valid_name(name: str) -> bool:
@@ -87,6 +103,7 @@ def parse_recipe(path: Path, data: dict[str, Any]) -> Recipe:
         kernel_package=_matching(path, data, "kernel_package", PACKAGE_RE, "a package name"),
         headroom_mib=_headroom(path, data),
         warm=_warm(path, data),
+        users=_users(path, data),
     )
 
 
@@ -145,3 +162,38 @@ def _warm(path: Path, data: dict[str, Any]) -> tuple[str, ...]:
         raise RecipeError(path, "'warm' must be a command as a list of strings, like "
                           f"[\"python3\", \"-c\", \"import pytest\"], not {value!r}")
     return tuple(value)
+
+
+def _users(path: Path, data: dict[str, Any]) -> tuple[User, ...]:
+    value = data.get("users", [])
+    if not isinstance(value, list):
+        raise RecipeError(path, "'users' must be a list of tables like "
+                          "{ name = \"user\", uid = 1000 }")
+    users = tuple(_user(path, item) for item in value)
+    for key in ("name", "uid"):
+        seen = [getattr(u, key) for u in users]
+        if len(set(seen)) != len(seen):
+            raise RecipeError(path, f"'users' gives two users the same {key}")
+    return users
+
+
+def _user(path: Path, item: Any) -> User:
+    if not isinstance(item, dict) or set(item) - set(USER_KEYS) or "name" not in item \
+            or "uid" not in item:
+        raise RecipeError(path, f"each of 'users' is a table of {', '.join(USER_KEYS)} (name "
+                          f"and uid required), not {item!r}")
+    name, uid = item["name"], item["uid"]
+    if not isinstance(name, str) or not USER_RE.match(name) or name == "root":
+        raise RecipeError(path, f"user name {name!r} must be lowercase letters, digits, '_' "
+                          "and '-' (at most 32), and not root")
+    if isinstance(uid, bool) or not isinstance(uid, int) or \
+            not UID_RANGE[0] <= uid <= UID_RANGE[1]:
+        raise RecipeError(path, f"uid of user {name!r} must be an integer from {UID_RANGE[0]} "
+                          f"to {UID_RANGE[1]}, not {uid!r}")
+    home, shell = item.get("home", f"/home/{name}"), item.get("shell", "/bin/bash")
+    for key, value in (("home", home), ("shell", shell)):
+        if not isinstance(value, str) or not value.startswith("/") or \
+                posixpath.normpath(value) != value or value == "/":
+            raise RecipeError(path, f"{key} of user {name!r} must be an absolute, normalised "
+                              f"path, not {value!r}")
+    return User(name, uid, home, shell)

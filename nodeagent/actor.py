@@ -22,6 +22,7 @@ from tryfleet.wire import (
     NODE_ACTOR_PREFIX,
     AttemptKey,
     ExecRequest,
+    ProcStart,
     SandboxOpen,
     StartRequest,
     pack,
@@ -113,6 +114,41 @@ class NodeActor:
 
     def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
         return self.svc.sandbox_exec_cancel(host, sid, exec_id)
+
+    def sandbox_proc_start(self, host: str, sid: str, request: bytes) -> bytes:
+        """Packed ProcStart in, packed ProcInfo (with its pid) out, as soon as it runs."""
+        return pack(self.svc.sandbox_proc_start(host, sid, unpack(ProcStart, request)))
+
+    def sandbox_proc_run(self, host: str, sid: str, request: bytes, follow_id: str = "",
+                         keepalive_s: float = 0.0) -> Iterator[bytes]:
+        """Packed ProcEvent items: START (with its pid), OUTPUT, KEEPALIVE, END."""
+        for event in self.svc.sandbox_proc_run(host, sid, unpack(ProcStart, request),
+                                               follow_id, keepalive_s):
+            yield pack(event)
+
+    def sandbox_proc_list(self, host: str, sid: str) -> bytes:
+        """Packed [ProcInfo]."""
+        return pack(self.svc.sandbox_proc_list(host, sid))
+
+    def sandbox_proc_follow(self, host: str, sid: str, pid: int, replay: bool = True,
+                            keepalive_s: float = 0.0, follow_id: str = "") -> Iterator[bytes]:
+        """Packed ProcEvent items; with a follow_id, sandbox_proc_unfollow ends them."""
+        for event in self.svc.sandbox_proc_follow(host, sid, pid, replay, keepalive_s,
+                                                  follow_id):
+            yield pack(event)
+
+    def sandbox_proc_unfollow(self, host: str, sid: str, follow_id: str) -> bool:
+        return self.svc.sandbox_proc_unfollow(host, sid, follow_id)
+
+    def sandbox_proc_signal(self, host: str, sid: str, pid: int, signum: int) -> None:
+        self.svc.sandbox_proc_signal(host, sid, pid, signum)
+
+    def sandbox_proc_input(self, host: str, sid: str, pid: int, data: bytes,
+                           eof: bool = False) -> None:
+        self.svc.sandbox_proc_input(host, sid, pid, data, eof)
+
+    def sandbox_proc_close_stdin(self, host: str, sid: str, pid: int) -> None:
+        self.svc.sandbox_proc_close_stdin(host, sid, pid)
 
     def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
                       mode: int = 0o644, append: bool = False) -> None:

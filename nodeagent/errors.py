@@ -56,6 +56,10 @@ class GuestPathRefused(GuestRequestError, errors.BadRequest):
     directory, is not empty, is not allowed, the disk is full)."""
 
 
+class UnknownUser(GuestRequestError, errors.BadRequest):
+    """A command named a user the sandbox does not have (in its /etc/passwd)."""
+
+
 class GuestUnresponsive(GuestError, TimeoutError):
     """The guest agent did not answer a request in time."""
 

@@ -2,7 +2,8 @@
 has the type and range it should, names are names, paths are where they were asked for, and
 no listing holds more than asked. A guest that answers otherwise is broken or hostile
 (GuestProtocolError). The errors a guest reports for a path become the caller's errors
-(GuestPathMissing, GuestPathRefused), the rest the fleet's (GuestRequestError).
+(GuestPathMissing, GuestPathRefused), and so does a user the sandbox lacks (UnknownUser); the
+rest are the fleet's (GuestRequestError).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any
 
 from tryfleet.wire import FileInfo, FileType
 
-from .errors import GuestPathMissing, GuestPathRefused, GuestProtocolError, GuestRequestError
+from .errors import (
+    GuestPathMissing,
+    GuestPathRefused,
+    GuestProtocolError,
+    GuestRequestError,
+    UnknownUser,
+)
 
 MAX_LIST_ENTRIES = 10_000
 MAX_NAME_CHARS = 1024  # NAME_MAX is 255 bytes; each byte that is not UTF-8 arrives as U+FFFD
@@ -35,6 +42,8 @@ def refusal(op: str, msg: dict[str, Any]) -> GuestRequestError:
         return GuestPathMissing(f"{op}: {detail}")
     if code in REFUSED:
         return GuestPathRefused(f"{op}: {detail}")
+    if code == "unknown_user":
+        return UnknownUser(f"{op}: {detail}")
     return GuestRequestError(f"guest refused {op}: {detail}")
 
 

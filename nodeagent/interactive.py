@@ -1,7 +1,8 @@
 """The interactive sandboxes a node agent holds open: each a VM under a sandbox id, with its own
 expiry (a safety net: the scheduler closes it at its timeout, and this closes it a little later
-if nobody did), one guest request at a time (the guest channel carries one conversation), and
-the file operations of its guest with paths checked before they reach it.
+if nobody did), its commands (several at once: the guest channel is multiplexed), its table of
+processes that outlive the calls that started them (procs.py), and the file operations of its
+guest with paths checked before they reach it.
 
 A sandbox whose VM died (the guest channel closed) is dropped at once and reported gone
 (wire.SandboxGone), so its record can be closed.
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from tryfleet.wire import (
     ExecChunk,
@@ -22,12 +23,16 @@ from tryfleet.wire import (
     ExecRequest,
     FileInfo,
     Listing,
+    ProcEvent,
+    ProcInfo,
+    ProcStart,
     SandboxGone,
     guest_path_problem,
 )
 
 from .errors import BadRequest, GuestGone, NodeAgentError
 from .guest import GuestChannel
+from .procs import ProcessTable
 from .records import ExecResult
 from .sandbox import Sandbox
 
@@ -54,7 +59,7 @@ class _Box:
     sid: str
     sandbox: Sandbox
     deadline: float  # host monotonic
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    procs: ProcessTable
     timer: threading.Timer | None = None
 
 
@@ -67,7 +72,7 @@ class OpenSandboxes:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def add(self, sid: str, sandbox: Sandbox, timeout_s: float) -> None:
-        box = _Box(sid, sandbox, time.monotonic() + timeout_s)
+        box = _Box(sid, sandbox, time.monotonic() + timeout_s, ProcessTable(sid))
         with self._lock:
             self._boxes[sid] = box
         self._arm(box, timeout_s)
@@ -106,6 +111,7 @@ class OpenSandboxes:
             return False
         if box.timer is not None:
             box.timer.cancel()
+        box.procs.close()  # its processes end, their followers told why
         box.sandbox.destroy()
         return True
 
@@ -122,21 +128,18 @@ class OpenSandboxes:
 
     @contextmanager
     def _use(self, sid: str) -> Iterator[_Box]:
-        """The box, held for one guest conversation; a guest that died is dropped and
-        reported gone."""
+        """The box, for one call to its guest (others may run at once); a guest that died
+        is dropped and reported gone."""
         box = self._get(sid)
-        with box.lock:
-            if self._boxes.get(sid) is not box:
-                raise SandboxGone(f"sandbox {sid} was closed on {self.host}")
-            try:
-                yield box
-            except NodeAgentError as err:  # GuestGone, or the VM destroyed under the call
-                if not isinstance(err, GuestGone) and not box.sandbox.destroyed:
-                    raise
-                closed = self._boxes.get(sid) is not box
-                self.close(sid)
-                why = "it was closed" if closed else f"its VM stopped ({err})"
-                raise SandboxGone(f"sandbox {sid} is gone from {self.host}: {why}") from None
+        try:
+            yield box
+        except NodeAgentError as err:  # GuestGone, or the VM destroyed under the call
+            if not isinstance(err, GuestGone) and not box.sandbox.destroyed:
+                raise
+            closed = self._boxes.get(sid) is not box
+            self.close(sid)
+            why = "it was closed" if closed else f"its VM stopped ({err})"
+            raise SandboxGone(f"sandbox {sid} is gone from {self.host}: {why}") from None
 
     def _limit(self, box: _Box, asked: float | None) -> float:
         left = max(0.1, box.deadline - time.monotonic())
@@ -146,8 +149,8 @@ class OpenSandboxes:
     def exec(self, sid: str, req: ExecRequest) -> ExecReply:
         with self._use(sid) as box:
             return reply_of(box.sandbox.exec(
-                list(req.argv), env=dict(req.env) or None, cwd=req.cwd, stdin=req.stdin,
-                timeout_s=self._limit(box, req.timeout_s)))
+                list(req.argv), env=dict(req.env) or None, cwd=req.cwd, user=req.user,
+                stdin=req.stdin, timeout_s=self._limit(box, req.timeout_s)))
 
     def exec_stream(self, sid: str, req: ExecRequest, exec_id: str = "") -> Iterator[ExecChunk]:
         """ExecChunk items with output as it comes, then one carrying the reply. With an
@@ -171,8 +174,8 @@ class OpenSandboxes:
                 with self._use(sid) as box:
                     r = reply_of(box.sandbox.exec(
                         list(req.argv), env=dict(req.env) or None, cwd=req.cwd,
-                        stdin=req.stdin, on_output=sink, should_stop=stop.is_set,
-                        timeout_s=self._limit(box, req.timeout_s)))
+                        user=req.user, stdin=req.stdin, on_output=sink,
+                        should_stop=stop.is_set, timeout_s=self._limit(box, req.timeout_s)))
             except Exception as err:
                 r = err
             finally:
@@ -191,6 +194,35 @@ class OpenSandboxes:
             return False
         stop.set()
         return True
+
+    # ---- processes (procs.py) --------------------------------------------------------------
+    def proc_start(self, sid: str, req: ProcStart) -> ProcInfo:
+        with self._use(sid) as box:
+            return box.procs.start(box.sandbox.channel, req)
+
+    def proc_run(self, sid: str, req: ProcStart, follow_id: str = "",
+                 keepalive_s: float = 0.0) -> Iterator[ProcEvent]:
+        """Start it, then follow it from its start: its START event carries its pid."""
+        info = self.proc_start(sid, req)
+        return self.proc_follow(sid, info.pid, True, keepalive_s, follow_id)
+
+    def proc_list(self, sid: str) -> list[ProcInfo]:
+        return self._get(sid).procs.infos()
+
+    def proc_follow(self, sid: str, pid: int, replay: bool = True, keepalive_s: float = 0.0,
+                    follow_id: str = "") -> Iterator[ProcEvent]:
+        return self._get(sid).procs.follow(pid, replay, keepalive_s, follow_id)
+
+    def proc_unfollow(self, sid: str, follow_id: str) -> bool:
+        return self._get(sid).procs.unfollow(follow_id)
+
+    def proc_signal(self, sid: str, pid: int, signum: int) -> None:
+        with self._use(sid) as box:
+            box.procs.signal(box.sandbox.channel, pid, signum)
+
+    def proc_input(self, sid: str, pid: int, data: bytes, eof: bool = False) -> None:
+        with self._use(sid) as box:
+            box.procs.input(box.sandbox.channel, pid, data, eof)
 
     # ---- files -----------------------------------------------------------------------------
     def write(self, sid: str, path: str, data: bytes, mode: int = 0o644,

@@ -47,12 +47,13 @@ class Sandbox:
         return self._channel
 
     def exec(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-             stdin: bytes | None = None, timeout_s: float | None = None,
-             max_output: int = 16 * 1024 * 1024, on_output: OutputSink | None = None,
+             user: str | None = None, stdin: bytes | None = None,
+             timeout_s: float | None = None, max_output: int = 16 * 1024 * 1024,
+             on_output: OutputSink | None = None,
              should_stop: Callable[[], bool] | None = None) -> ExecResult:
-        return self.channel.exec(argv, env=env, cwd=cwd, stdin=stdin, timeout_s=timeout_s,
-                                 max_output=max_output, on_output=on_output,
-                                 should_stop=should_stop)
+        return self.channel.exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
+                                 timeout_s=timeout_s, max_output=max_output,
+                                 on_output=on_output, should_stop=should_stop)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.channel.write_file(path, data, mode)

@@ -31,6 +31,9 @@ from tryfleet.wire import (
     Listing,
     Outcome,
     Output,
+    ProcEvent,
+    ProcInfo,
+    ProcStart,
     SandboxOpen,
     StartRequest,
     State,
@@ -259,6 +262,52 @@ class NodeService:
     def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
         self._check(host)
         return self.boxes.cancel_exec(sid, exec_id)
+
+    # ---- processes that outlive the call that started them (each refused with
+    # wire.ProcessGone when the pid names none of the sandbox's, or one that ended when it
+    # must run)
+    def sandbox_proc_start(self, host: str, sid: str, req: ProcStart) -> ProcInfo:
+        """Start a process; returns as soon as it runs, with its pid in the guest."""
+        self._check(host)
+        return self.boxes.proc_start(sid, req)
+
+    def sandbox_proc_run(self, host: str, sid: str, req: ProcStart, follow_id: str = "",
+                         keepalive_s: float = 0.0) -> Iterator[ProcEvent]:
+        """Start a process and follow it: START (with its pid), OUTPUT, KEEPALIVE, END."""
+        self._check(host)
+        return self.boxes.proc_run(sid, req, follow_id, keepalive_s)
+
+    def sandbox_proc_list(self, host: str, sid: str) -> list[ProcInfo]:
+        """The processes running, and the last ones that ended, oldest first."""
+        self._check(host)
+        return self.boxes.proc_list(sid)
+
+    def sandbox_proc_follow(self, host: str, sid: str, pid: int, replay: bool = True,
+                            keepalive_s: float = 0.0,
+                            follow_id: str = "") -> Iterator[ProcEvent]:
+        """A process's events: START, its output (from its start, as far as it is kept, with
+        replay), KEEPALIVE after keepalive_s (> 0) of silence, END once it ended. With a
+        follow_id, sandbox_proc_unfollow ends the stream (the process runs on)."""
+        self._check(host)
+        return self.boxes.proc_follow(sid, pid, replay, keepalive_s, follow_id)
+
+    def sandbox_proc_unfollow(self, host: str, sid: str, follow_id: str) -> bool:
+        self._check(host)
+        return self.boxes.proc_unfollow(sid, follow_id)
+
+    def sandbox_proc_signal(self, host: str, sid: str, pid: int, signum: int) -> None:
+        self._check(host)
+        self.boxes.proc_signal(sid, pid, signum)
+
+    def sandbox_proc_input(self, host: str, sid: str, pid: int, data: bytes,
+                           eof: bool = False) -> None:
+        """Data for its stdin (started with ProcStart.stdin); eof closes its stdin after."""
+        self._check(host)
+        self.boxes.proc_input(sid, pid, data, eof)
+
+    def sandbox_proc_close_stdin(self, host: str, sid: str, pid: int) -> None:
+        self._check(host)
+        self.boxes.proc_input(sid, pid, b"", eof=True)
 
     def sandbox_write(self, host: str, sid: str, path: str, data: bytes,
                       mode: int = 0o644, append: bool = False) -> None:

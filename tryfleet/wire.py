@@ -226,9 +226,10 @@ class SandboxOpen:
 class ExecRequest:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
-    cwd: str | None = None
+    cwd: str | None = None  # None: the user's home (root's, /root, when no user is named)
     stdin: bytes | None = None
     timeout_s: float | None = None
+    user: str | None = None  # a user of the sandbox's /etc/passwd; None: root
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +284,67 @@ class ExecChunk:
     reply: ExecReply | None = None
 
 
+# ---- processes in a sandbox -----------------------------------------------------------------
+class ProcessGone(NotFound):
+    """The process a call named (by its pid in the guest) is not in that sandbox's process
+    table, or has ended when the call needs it running (a signal, stdin)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStart:
+    """A command started in an open sandbox that outlives the call that started it."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None  # None: the user's home (root's, /root, when no user is named)
+    user: str | None = None  # a user of the sandbox's /etc/passwd; None: root
+    stdin: bool = False  # keep its stdin open for sandbox_proc_input (else it reads nothing)
+    timeout_s: float | None = None  # None or 0: none (the sandbox's lifetime still bounds it)
+    tag: str = ""  # the caller's own name for it, shown in listings
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """A process of a sandbox's table, running or ended (then with how it ended)."""
+
+    pid: int  # in the guest
+    tag: str
+    argv: tuple[str, ...]
+    cwd: str | None
+    user: str | None
+    env_names: tuple[str, ...]  # the names of the variables the start request set
+    started_at: float  # wall clock, seconds since the epoch
+    running: bool = True
+    stdin_open: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    error: str | None = None  # why it ended without an exit status (its sandbox closed, ...)
+    ended_at: float | None = None
+
+
+class ProcEventKind(enum.StrEnum):
+    START = "start"
+    OUTPUT = "output"
+    KEEPALIVE = "keepalive"
+    END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcEvent:
+    """One item of a followed process, in order: START once (info: the process), OUTPUT as
+    it comes (stream 1 stdout, 2 stderr; dropped: bytes of that stream printed before this
+    data that are no longer kept, so a subscriber that joined late or fell behind knows),
+    KEEPALIVE when silent for the keepalive asked for, then END once (info: how it ended)."""
+
+    kind: ProcEventKind
+    pid: int
+    stream: int = 0
+    data: bytes = b""
+    dropped: int = 0
+    info: ProcInfo | None = None
+
+
 MAX_GUEST_PATH_BYTES = 4096
 
 
@@ -330,6 +392,7 @@ __all__ = [
     "MAX_GUEST_PATH_BYTES", "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey",
     "Capacity", "ExecChunk", "ExecReply", "ExecRequest", "Failure", "FileInfo", "FileType",
     "HostStatus", "Ids", "IterationSpec", "Listing", "NodeProtocol", "Outcome", "Output",
-    "PoolRow", "Pressure", "SandboxGone", "SandboxOpen", "StartRequest", "State", "WireError",
+    "PoolRow", "Pressure", "ProcEvent", "ProcEventKind", "ProcInfo", "ProcStart", "ProcessGone",
+    "SandboxGone", "SandboxOpen", "StartRequest", "State", "WireError",
     "WrongHost", "guest_path_problem", "pack", "unpack", "unpack_list", "unpack_map",
 ]

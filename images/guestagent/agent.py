@@ -1,14 +1,14 @@
 """tryfleet guest agent: runs inside every sandbox VM, as PID 1, behind the virtio-serial port.
 
-It answers msgpack frames from the host (see wire.py): exec with argv/env/cwd/stdin/deadline and
-output streamed as it is produced, signals, ping, and files (fsops.py): write, read, stat, list,
-mkdir, remove, move. A request that fails is answered with an error event (with the errno name
-when the system refused it); nothing a request holds can stop the agent, which is PID 1.
-One thread, one selector:
-process pipes, the channel, and a wake-up pipe for SIGCHLD/SIGIO. Output beyond the per-stream
-cap is read and dropped (the command never blocks on a full pipe) and reported as truncated;
-when the host reads slower than commands write, the agent stops reading pipes rather than
-buffering without bound.
+It answers msgpack frames from the host (see wire.py): exec with argv/env/cwd/user/stdin/deadline
+(spawn.py) and output streamed as it is produced, stdin and signals for a running command
+(several run at once, each under the id of the request that started it), ping, and files
+(fsops.py): write, read, stat, list, mkdir, remove, move. A request that fails is answered
+with an error event (with the errno name when the system refused it); nothing a request holds
+can stop the agent, which is PID 1. One thread, one selector: process pipes, the channel, and
+a wake-up pipe for SIGCHLD/SIGIO. Output beyond the per-stream cap is read and dropped (the
+command never blocks on a full pipe) and reported as truncated; when the host reads slower
+than commands write, the agent stops reading pipes rather than buffering without bound.
 """
 
 from __future__ import annotations
@@ -26,25 +26,18 @@ import time
 from typing import Any
 
 try:
-    from . import fsops, wire
+    from . import fsops, spawn, wire
 except ImportError:  # run as a script inside the guest
-    # agent.py, wire.py and fsops.py are copied into the guest side by side and agent.py runs
-    # as a script: these top-level modules are the ones imported just above under their package
-    # name, which mypy, checking the package, cannot see.
+    # agent.py, wire.py, fsops.py and spawn.py are copied into the guest side by side and
+    # agent.py runs as a script: these top-level modules are the ones imported just above under
+    # their package name, which mypy, checking the package, cannot see.
     import fsops  # type: ignore[import-not-found,no-redef]
+    import spawn  # type: ignore[import-not-found,no-redef]
     import wire  # type: ignore[import-not-found,no-redef]
 
 RequestError = fsops.RequestError
 _field = fsops.field
 
-DEFAULT_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "LANG": "C.UTF-8",
-    "TERM": "dumb",
-}
-DEFAULT_CWD = "/root"
-DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 READ_BYTES = 64 * 1024
 OUT_HIGH_WATER = 4 * 1024 * 1024
 OUT_LOW_WATER = 1024 * 1024
@@ -80,8 +73,11 @@ class Proc:
 
 class Agent(fsops.FileOps):
     def __init__(self, chan_fd: int, *, pid1: bool, use_signals: bool, exit_on_eof: bool,
-                 fs_root: str = "/") -> None:
+                 fs_root: str = "/", switch_user: bool = False) -> None:
         self.chan = chan_fd
+        # Whether a command that names a user runs with its uid, gid and groups (the agent
+        # is root in a VM); the fake hypervisor's agent only gives it the user's environment.
+        self.switch_user = switch_user
         # Guest paths resolve under fs_root: "/" in a VM, a scratch directory for the fake.
         self.fs_root = fs_root
         os.set_blocking(chan_fd, False)
@@ -267,7 +263,8 @@ class Agent(fsops.FileOps):
                 raise RequestError(f"unknown op {msg.get('op')!r}")
             handler(req, msg)
         except Exception as err:  # whatever a request does, PID 1 answers and keeps serving
-            code = fsops.error_code(err) if isinstance(err, OSError) else None
+            code = fsops.error_code(err) if isinstance(err, OSError) else \
+                getattr(err, "code", None)
             self._send({"ev": "error", "id": req, "message": fsops.text(str(err))[:2000],
                         "code": code})
 
@@ -294,36 +291,26 @@ class Agent(fsops.FileOps):
     def _op_exec(self, req: int, msg: dict[str, Any]) -> None:
         if req in self.procs:
             raise RequestError(f"exec id {req} is already running")
-        argv = _field(msg, "argv", list)
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise RequestError("argv must be a non-empty list of strings")
-        env = dict(DEFAULT_ENV)
-        extra = _field(msg, "env", dict, None) or {}
-        for key, value in extra.items():
-            if not isinstance(key, str) or not isinstance(value, str) or "=" in key or not key:
-                raise RequestError(f"bad environment entry {key!r}")
-            env[key] = value
-        cwd = self._path(_field(msg, "cwd", str, None) or DEFAULT_CWD)
-        stdin = _field(msg, "stdin", bytes, None)
-        stdin_open = bool(_field(msg, "stdin_open", bool, False))
-        timeout = _field(msg, "timeout_s", (int, float), None)
-        cap = _field(msg, "max_output", int, None) or DEFAULT_OUTPUT_CAP
+        spec = spawn.parse(msg, self.fs_root)
+        cwd = self._path(spec.cwd)
         try:
             popen = subprocess.Popen(
-                argv, stdin=subprocess.PIPE if (stdin or stdin_open) else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
-                start_new_session=True, close_fds=True,
+                spec.argv, stdin=subprocess.PIPE if (spec.stdin or spec.stdin_open)
+                else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                cwd=cwd, env=spec.env, start_new_session=True, close_fds=True,
+                **spawn.identity(spec, self.switch_user),
             )
         except OSError as err:
             code = 126 if isinstance(err, PermissionError) else 127
-            message = f"tryfleet-agent: cannot run {argv[0]!r} in {cwd!r}: {err.strerror}\n"
+            message = (f"tryfleet-agent: cannot run {spec.argv[0]!r} in {cwd!r}: "
+                       f"{err.strerror}\n")
             self._send({"ev": "started", "id": req, "pid": 0})
             self._send({"ev": "out", "id": req, "stream": 2, "data": message.encode()})
             self._send({"ev": "exit", "id": req, "code": code, "signal": None, "timed_out": False,
                         "truncated": [False, False]})
             return
-        deadline = time.monotonic() + timeout if timeout else None
-        proc = Proc(req, popen, cap, deadline)
+        deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+        proc = Proc(req, popen, spec.cap, deadline)
         for stream, pipe in ((1, popen.stdout), (2, popen.stderr)):
             assert pipe is not None
             fd = pipe.fileno()
@@ -336,8 +323,8 @@ class Agent(fsops.FileOps):
             proc.stdin_fd = popen.stdin.fileno()
             os.set_blocking(proc.stdin_fd, False)
             self.by_fd[proc.stdin_fd] = proc
-            proc.stdin_buf += stdin or b""
-            proc.stdin_eof = not stdin_open
+            proc.stdin_buf += spec.stdin or b""
+            proc.stdin_eof = not spec.stdin_open
             self.sel.register(proc.stdin_fd, selectors.EVENT_WRITE)
         self.procs[req] = proc
         self._send({"ev": "started", "id": req, "pid": popen.pid})
@@ -495,7 +482,8 @@ def main() -> None:
     # The port raises SIGIO when the host side connects or disconnects.
     fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
-    agent = Agent(fd, pid1=os.getpid() == 1, use_signals=True, exit_on_eof=False)
+    agent = Agent(fd, pid1=os.getpid() == 1, use_signals=True, exit_on_eof=False,
+                  switch_user=os.geteuid() == 0)
     print(f"tryfleet-agent: ready on {path}", file=sys.stderr, flush=True)
     agent.run()
 

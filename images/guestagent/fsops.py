@@ -30,7 +30,12 @@ LISTING_BATCH_BYTES = 256 * 1024
 
 
 class RequestError(Exception):
-    """A request the agent cannot honour; reported to the host as an error event."""
+    """A request the agent cannot honour; reported to the host as an error event (with
+    `code` when the host should tell it apart, as it does the errno names of OSError)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def field(msg: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:

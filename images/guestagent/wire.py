@@ -57,8 +57,12 @@ class FrameDecoder:
         self._max = max_frame_bytes
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
+        return [msg for _, msg in self.feed_sized(data)]
+
+    def feed_sized(self, data: bytes) -> list[tuple[int, dict[str, Any]]]:
+        """The whole messages so far, each with the size of its frame in bytes."""
         self._buf += data
-        out: list[dict[str, Any]] = []
+        out: list[tuple[int, dict[str, Any]]] = []
         while len(self._buf) >= _HEADER.size:
             (length,) = _HEADER.unpack_from(self._buf)
             if length > self._max:
@@ -68,7 +72,7 @@ class FrameDecoder:
                 break
             body = bytes(self._buf[_HEADER.size:end])
             del self._buf[:end]
-            out.append(_decode(body))
+            out.append((end, _decode(body)))
         return out
 
 

@@ -107,9 +107,9 @@ def test_relative_paths_are_refused(agent_pair):
 def test_bad_requests_get_errors_and_the_agent_keeps_serving(agent_pair):
     ch = agent_pair.channel
     with pytest.raises(GuestRequestError, match="argv"):
-        ch._answer(ch._request("exec", argv=[]), "exec", 5)
+        ch._call("exec", "exec", 5, argv=[])
     with pytest.raises(GuestRequestError, match="unknown op"):
-        ch._answer(ch._request("format_disk"), "format_disk", 5)
+        ch._call("format_disk", "format_disk", 5)
     assert ch.exec(["true"]).exit_code == 0
 
 

@@ -17,7 +17,7 @@ from tryfleet.images.builder import fs_size_mib, guest_path, shrink, usage_bytes
 from tryfleet.images.digest import compute_digest
 from tryfleet.images.errors import BuildError, ImageError, ImageNotBuilt, RecipeError, UnknownImage
 from tryfleet.images.kernel import Apt
-from tryfleet.images.recipe import RECIPES_DIR, load_recipe
+from tryfleet.images.recipe import RECIPES_DIR, User, load_recipe
 from tryfleet.images.steps import run
 from tryfleet.images.store import ImageStore
 
@@ -30,6 +30,10 @@ kernel_package = "linux-image-cloud-amd64"
 headroom_mib = 256
 """
 RELEASE = "6.1.0-99-cloud-amd64"
+USERS = """\
+users = [{ name = "dev", uid = 1000 },
+         { name = "ci", uid = 1001, home = "/srv/ci", shell = "/bin/sh" }]
+"""
 
 
 def write_recipe(folder, name="base", text=GOOD_RECIPE):
@@ -84,6 +88,15 @@ def test_the_shipped_base_recipe_is_valid():
     assert wanted <= set(recipe.packages)
     assert recipe.kernel_package == "linux-image-cloud-amd64" and recipe.headroom_mib > 0
     assert recipe.warm[:2] == ("python3", "-c") and "pytest" in recipe.warm[2]
+    # E2B's conventions: bash runs every command, as the user `user` by default
+    assert "bash" in recipe.packages
+    assert recipe.users == (User("user", 1000, "/home/user", "/bin/bash"),)
+
+
+def test_a_user_gets_a_home_and_bash_unless_the_recipe_says_otherwise(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, text=GOOD_RECIPE + USERS))
+    assert recipe.users == (User("dev", 1000, "/home/dev", "/bin/bash"),
+                            User("ci", 1001, "/srv/ci", "/bin/sh"))
 
 
 @pytest.mark.parametrize("text, problem", [
@@ -99,6 +112,16 @@ def test_the_shipped_base_recipe_is_valid():
     ("suite = [unclosed", "is not valid TOML"),
     (GOOD_RECIPE + 'warm = "python3 -c pass"\n', "'warm' must be a command as a list"),
     (GOOD_RECIPE + 'warm = ["python3", ""]\n', "'warm' must be a command as a list"),
+    (GOOD_RECIPE + 'users = "user"\n', "'users' must be a list of tables"),
+    (GOOD_RECIPE + 'users = [{ name = "root", uid = 1000 }]\n', "and not root"),
+    (GOOD_RECIPE + 'users = [{ name = "Bad", uid = 1000 }]\n', "user name 'Bad'"),
+    (GOOD_RECIPE + 'users = [{ name = "u", uid = 0 }]\n', "uid of user 'u' must be"),
+    (GOOD_RECIPE + 'users = [{ name = "u" }]\n', "name and uid required"),
+    (GOOD_RECIPE + 'users = [{ name = "u", uid = 1000, colour = 1 }]\n', "name and uid"),
+    (GOOD_RECIPE + 'users = [{ name = "u", uid = 1000, home = "rel" }]\n', "home of user"),
+    (GOOD_RECIPE + 'users = [{ name = "u", uid = 1000, shell = "/bin/../sh" }]\n',
+     "shell of user"),
+    (GOOD_RECIPE + USERS.replace("1001", "1000"), "two users the same uid"),
 ])
 def test_recipe_errors_name_the_file_and_the_problem(tmp_path, text, problem):
     path = write_recipe(tmp_path, text=text)
