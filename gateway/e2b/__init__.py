@@ -18,23 +18,20 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from . import control, files, filesystem, process
-from .processes import Processes, StreamedExec
+from .processes import NodeProcesses, Processes
 from .sandbox_env import EnvCache
 
 
 @dataclass
 class E2BState:
-    """What the adapter keeps in a gateway: envVars it has seen, and its processes."""
+    """What the adapter keeps in a gateway: envVars it has seen, and where processes are."""
 
     envs: EnvCache = field(default_factory=EnvCache)
-    processes: Processes = field(default_factory=StreamedExec)
+    processes: Processes = field(default_factory=NodeProcesses)
 
     def forget(self, sid: str) -> None:
         """A sandbox closed through this gateway."""
         self.envs.forget(sid)
-        forget = getattr(self.processes, "forget", None)
-        if forget is not None:
-            forget(sid)
 
 
 def install(app: FastAPI) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 import posixpath
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -26,13 +27,16 @@ from fastapi import Depends, Query, Request
 
 from tryfleet.errors import BadRequest, NotFound, TryfleetError
 from tryfleet.scheduler.sandboxes import OPEN, SandboxRecord
-from tryfleet.wire import SandboxGone, guest_path_problem
+from tryfleet.wire import ExecReply, ExecRequest, SandboxGone, guest_path_problem, pack, unpack
 
 from ..keys import KeyStore, Principal, Scope
 from ..routes.sandboxes import book, seen_by
 from .common import ApiError, sandbox_missing, token_principal
 from .connect import HTTP_STATUS, Code, ConnectError
 from .sandbox_env import DEFAULT_USER, HOMES
+
+log = logging.getLogger("tryfleet.gateway")
+GIVE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,28 @@ class Target:
                                                            *args)
         except SandboxGone as err:
             raise await self.gone(err) from None
+
+    async def give(self, path: str) -> None:
+        """A path this call made given to its user, with the directories above it inside the
+        user's home (E2B's daemon makes them as the user; the guest's file operations run as
+        root). Nothing for root; a failure is logged, not raised: the file is there."""
+        if self.user == "root":
+            return
+        paths, parent = [path], posixpath.dirname(path)
+        while parent.startswith(self.home + "/"):
+            paths.append(parent)
+            parent = posixpath.dirname(parent)
+        # relative to cwd "/", so that on the fake hypervisor they stay in its scratch root
+        req = ExecRequest(("chown", "-h", f"{self.user}:", "--", *(p[1:] for p in paths)),
+                          cwd="/", timeout_s=GIVE_TIMEOUT_S)
+        try:
+            reply = unpack(ExecReply, await self.node("sandbox_exec", pack(req)))
+        except TryfleetError as err:
+            log.warning("sandbox %s: %s not given to %s: %s", self.box.id, path, self.user, err)
+            return
+        if reply.exit_code != 0:
+            log.info("sandbox %s: %s not given to %s: %s", self.box.id, path, self.user,
+                     reply.stderr[:300].decode(errors="replace").strip())
 
     async def gone(self, err: Exception) -> Exception:
         with contextlib.suppress(TryfleetError):  # else its timeout or host loss ends it

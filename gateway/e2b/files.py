@@ -91,6 +91,7 @@ async def _write(target: Target, where: str, body: AsyncIterator[bytes]) -> str:
     if where == "/":
         raise ApiError(400, "path '/' is a directory: name a file")
     await write_stream(target.node, where, body)
+    await target.give(where)
     return where
 
 

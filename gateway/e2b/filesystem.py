@@ -71,6 +71,7 @@ async def _make_dir(t: Target, msg: dict[str, Any]) -> dict[str, Any]:
     where = t.path(protojson.text(msg, "path"))
     if not await t.node("sandbox_mkdir", where, True):
         raise ConnectError(Code.ALREADY_EXISTS, f"directory '{where}' already exists")
+    await t.give(where)
     return {}  # E2B's answer may hold the entry; its SDKs read none (one guest call saved)
 
 

@@ -1,27 +1,34 @@
 """Processes in a sandbox as E2B's process service sees them: started, their output and end
-streamed, listed, signalled, fed stdin. `Processes` is what the RPCs (process.py) need; the
-implementation below runs each command as a streamed exec on the sandbox's node agent.
-
-Streamed exec (`sandbox_exec_stream`) runs one command at a time per sandbox, for as long as
-its stream is read: so here a command lives as long as its Start stream (a client that hangs
-up has its command killed, as /v1's streamed exec does), pids are this gateway's own numbers,
-List knows the commands this gateway started, SendSignal kills, and neither stdin nor
-reattaching (Connect) is possible.
+streamed, listed, signalled, fed stdin. `Processes` is what the RPCs (process.py) need;
+`NodeProcesses` keeps them in the node agent's per-sandbox process table (sandbox_proc_*):
+several at once in one sandbox, each as the user its call names, with pids of the guest. A
+process outlives the stream that started it, as in E2B: a client that hangs up (or a
+background command's handle that disconnects) leaves it running, to be listed, followed again
+(Connect), signalled or fed stdin; its own deadline (the caller's timeout) kills it.
 """
 
 from __future__ import annotations
 
-import itertools
+import builtins
 import secrets
 import signal as signal_mod
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from tryfleet.wire import ExecChunk, ExecReply, ExecRequest, SandboxGone, pack, unpack
+from tryfleet.wire import (
+    ProcEvent,
+    ProcEventKind,
+    ProcInfo,
+    ProcStart,
+    SandboxGone,
+    pack,
+    unpack,
+    unpack_list,
+)
 
 from ..routes.sandboxes import detach
-from .connect import Code, ConnectError, unimplemented
+from .connect import Code, ConnectError
 from .envd import Target
 
 
@@ -90,100 +97,99 @@ class Processes(Protocol):
     async def close_stdin(self, t: Target, which: Selector) -> None: ...
 
 
-_SIGNAL_WORDS: dict[int, str] = {signal_mod.SIGKILL: "killed", signal_mod.SIGTERM: "terminated",
-                 signal_mod.SIGINT: "interrupt", signal_mod.SIGHUP: "hangup",
-                 signal_mod.SIGABRT: "aborted", signal_mod.SIGSEGV: "segmentation fault",
-                 signal_mod.SIGPIPE: "broken pipe", signal_mod.SIGQUIT: "quit"}
+_SIGNAL_WORDS: dict[int, str] = {
+    signal_mod.SIGKILL: "killed", signal_mod.SIGTERM: "terminated",
+    signal_mod.SIGINT: "interrupt", signal_mod.SIGHUP: "hangup", signal_mod.SIGABRT: "aborted",
+    signal_mod.SIGSEGV: "segmentation fault", signal_mod.SIGPIPE: "broken pipe",
+    signal_mod.SIGQUIT: "quit"}
 
 
-def ended(reply: ExecReply) -> Ended:
-    """How a command ended, as E2B's daemon reports it (after Go's os.ProcessState)."""
-    if reply.exit_code is not None and reply.signal is None:
-        return Ended(reply.exit_code, True, f"exit status {reply.exit_code}",
-                     timed_out=reply.timed_out)
-    signum = reply.signal or signal_mod.SIGKILL  # no code, no signal: killed at a deadline
-    word = _SIGNAL_WORDS.get(signum, f"signal {signum}")
-    return Ended(-1, False, f"signal: {word}", timed_out=reply.timed_out)
+def ended(info: ProcInfo) -> Ended:
+    """How a process ended, as E2B's daemon reports it (after Go's os.ProcessState)."""
+    if info.exit_code is not None and info.signal is None:
+        return Ended(info.exit_code, True, f"exit status {info.exit_code}",
+                     timed_out=info.timed_out)
+    signum = info.signal or signal_mod.SIGKILL  # no status at all: killed with its sandbox
+    return Ended(-1, False, f"signal: {_SIGNAL_WORDS.get(signum, f'signal {signum}')}",
+                 error=info.error, timed_out=info.timed_out)
 
 
-@dataclass(eq=False)
-class _Running:
-    pid: int
-    spec: ProcessSpec
-    exec_id: str
+def spec_of_info(info: ProcInfo, home: str) -> ProcessSpec:
+    """What a listing says of a process (the node keeps its variables' names, not values)."""
+    return ProcessSpec(info.argv[0], info.argv[1:], {}, info.cwd or home, info.tag or None)
 
 
-@dataclass
-class StreamedExec:
-    """Processes as streamed execs on the node agent (see the module's docstring)."""
-
-    table: dict[str, dict[int, _Running]] = field(default_factory=dict)
-    _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+class NodeProcesses:
+    """Processes in the node agent's process table of each sandbox (see the module's
+    docstring)."""
 
     async def start(self, t: Target, spec: ProcessSpec, timeout_s: float | None
                     ) -> AsyncIterator[Event]:
-        if spec.stdin:
-            raise _needs_table("a command with an open stdin")
-        running = _Running(next(self._pids), spec, secrets.token_hex(8))
-        req = ExecRequest((spec.cmd, *spec.args), tuple(sorted(spec.envs.items())), spec.cwd,
-                          None, timeout_s)
-        box, fleet = t.box, t.request.app.state.fleet
-        self.table.setdefault(box.id, {})[running.pid] = running
-        done = False
-        try:
-            yield Started(running.pid)
-            async for raw in fleet.node_stream(box.host, "sandbox_exec_stream", box.id,
-                                               pack(req), running.exec_id):
-                chunk = unpack(ExecChunk, raw)
-                if chunk.reply is not None:
-                    done = True
-                    yield ended(chunk.reply)
-                    return
-                if chunk.stream in (1, 2) and chunk.data:
-                    yield Output(chunk.stream, chunk.data)
-        except SandboxGone as err:
-            done = True
-            raise await t.gone(err) from None
-        finally:
-            self.table.get(box.id, {}).pop(running.pid, None)
-            if not done:  # its reader went away: the command goes too
-                detach(fleet.node(box.host, "sandbox_exec_cancel", box.id, running.exec_id))
+        req = ProcStart((spec.cmd, *spec.args), tuple(sorted(spec.envs.items())), spec.cwd,
+                        None if t.user == "root" else t.user, spec.stdin, timeout_s,
+                        spec.tag or "")
+        async for ev in _follow(t, lambda follow_id: (
+                "sandbox_proc_run", pack(req), follow_id, 0.0)):
+            yield ev
 
     async def connect(self, t: Target, which: Selector) -> AsyncIterator[Event]:
-        self._find(t, which)
-        raise _needs_table("reattaching to a running command")
-        yield Started(0)  # pragma: no cover (makes this an async generator)
+        pid = await self._pid(t, which)
+        async for ev in _follow(t, lambda follow_id: (  # from now on, as E2B's does
+                "sandbox_proc_follow", pid, False, 0.0, follow_id)):
+            yield ev
 
     async def list(self, t: Target) -> list[ProcessInfo]:
-        return [ProcessInfo(r.pid, r.spec) for r in self.table.get(t.box.id, {}).values()]
+        return [ProcessInfo(i.pid, spec_of_info(i, t.home)) for i in await self._infos(t)]
 
     async def signal(self, t: Target, which: Selector, signum: int) -> None:
-        running = self._find(t, which)
-        await t.node("sandbox_exec_cancel", running.exec_id)  # SIGKILL, whatever was asked
+        await t.node("sandbox_proc_signal", await self._pid(t, which), signum)
 
     async def send_input(self, t: Target, which: Selector, data: bytes) -> None:
-        self._find(t, which)
-        raise _needs_table("sending stdin")
+        await t.node("sandbox_proc_input", await self._pid(t, which), data, False)
 
     async def close_stdin(self, t: Target, which: Selector) -> None:
-        self._find(t, which)
-        raise _needs_table("closing stdin")
+        await t.node("sandbox_proc_close_stdin", await self._pid(t, which))
 
-    def _find(self, t: Target, which: Selector) -> _Running:
-        for r in self.table.get(t.box.id, {}).values():
-            if which.matches(r.pid, r.spec.tag):
-                return r
-        what = f"pid {which.pid}" if which.pid is not None else f"tag {which.tag!r}"
-        raise ConnectError(Code.NOT_FOUND, f"process with {what} not found")
+    async def _infos(self, t: Target) -> builtins.list[ProcInfo]:
+        """The running processes (the node also lists some that ended; E2B lists none)."""
+        return [i for i in unpack_list(ProcInfo, await t.node("sandbox_proc_list"))
+                if i.running]
 
-    def forget(self, sid: str) -> None:
-        self.table.pop(sid, None)
-
-
-def _needs_table(what: str) -> ConnectError:
-    return unimplemented(what, "this fleet's node agents run one streamed command at a time "
-                         "per sandbox")
+    async def _pid(self, t: Target, which: Selector) -> int:
+        if which.pid is not None:
+            return which.pid
+        for info in await self._infos(t):
+            if info.tag == which.tag:
+                return info.pid
+        raise ConnectError(Code.NOT_FOUND, f"process with tag {which.tag!r} not found")
 
 
-__all__ = ["Ended", "Event", "Output", "ProcessInfo", "ProcessSpec", "Processes", "Selector",
-           "Started", "StreamedExec", "ended"]
+async def _follow(t: Target, call: Callable[[str], tuple[Any, ...]]) -> AsyncIterator[Event]:
+    """A process's events from the node: `call(follow_id)` is the streaming call to make
+    (sandbox_proc_run or _follow, and their arguments); when the reader goes away first, the
+    node stops following it (the process runs on). Keep-alives are the RPC's (process.py)."""
+    box, fleet = t.box, t.request.app.state.fleet
+    follow_id, done = secrets.token_hex(8), False
+    method, *args = call(follow_id)
+    try:
+        async for raw in fleet.node_stream(box.host, method, box.id, *args):
+            ev = unpack(ProcEvent, raw)
+            if ev.kind is ProcEventKind.START:
+                yield Started(ev.pid)
+            elif ev.kind is ProcEventKind.OUTPUT and ev.data:
+                yield Output(ev.stream, ev.data)
+            elif ev.kind is ProcEventKind.END and ev.info is not None:
+                done = True
+                yield ended(ev.info)
+                return
+        done = True
+    except SandboxGone as err:
+        done = True
+        raise await t.gone(err) from None
+    finally:
+        if not done:
+            detach(fleet.node(box.host, "sandbox_proc_unfollow", box.id, follow_id))
+
+
+__all__ = ["Ended", "Event", "NodeProcesses", "Output", "ProcessInfo", "ProcessSpec",
+           "Processes", "Selector", "Started", "ended"]

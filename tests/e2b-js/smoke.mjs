@@ -22,6 +22,11 @@ try {
   log('nonzero', { exitCode: err.exitCode, stderr: err.stderr })
 }
 
+const bg = await sbx.commands.run('sleep 60', { background: true })
+const pids = (await sbx.commands.list()).map((p) => p.pid)
+const whoami = (await sbx.commands.run('whoami')).stdout
+log('background', { listed: pids.includes(bg.pid), whoami, killed: await bg.kill() })
+
 const blob = new Uint8Array(70000).map((_, i) => (i * 7) % 256)
 await sbx.files.write('/home/user/js/blob.bin', blob)
 await sbx.files.write('js/hi.txt', 'hi from js')

@@ -1,7 +1,8 @@
 """The official E2B JavaScript SDK (npm `e2b`), unmodified, run by the machine's Node.js
 against a real fleet with a real VM (e2bfleet.py): tests/e2b-js/smoke.mjs walks the smoke
-path (create, run, a non-zero exit, files, timeout, info, list, another tenant, kill, a killed
-sandbox), one JSON line per step. `npm install` runs first when node_modules is missing."""
+path (create, run, a non-zero exit, a background command, files, timeout, info, list, another
+tenant, kill, a killed sandbox), one JSON line per step. `npm install` runs first when
+node_modules is missing."""
 
 import json
 import os
@@ -43,6 +44,7 @@ def test_the_js_sdk_smoke_path(fleet, node_sdk):
     steps = {s["step"]: s["value"] for s in map(json.loads, r.stdout.splitlines())}
     assert steps["run"]["stdout"] == "42\nhello\n" and steps["run"]["exitCode"] == 0
     assert steps["nonzero"] == {"exitCode": 7, "stderr": "boom\n"}
+    assert steps["background"] == {"listed": True, "whoami": "user\n", "killed": True}
     assert steps["files"] == {"same": True, "text": "hi from js", "exists": [True, False],
                               "list": [["blob.bin", "file", 70000], ["hi.txt", "file", 10]]}
     assert steps["removed"] is False

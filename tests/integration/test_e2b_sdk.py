@@ -88,6 +88,27 @@ def test_a_background_command_is_listed_and_killed(sbx):
     assert sbx.commands.run("echo after").stdout == "after\n"  # the sandbox is free again
 
 
+def test_several_commands_at_once_and_stdin(sbx):
+    slow = sbx.commands.run("sleep 120", background=True)
+    assert sbx.commands.run("echo meanwhile").stdout == "meanwhile\n"  # not behind `slow`
+    cat = sbx.commands.run("cat", background=True, stdin=True)
+    cat.send_stdin("piped\n")
+    cat.close_stdin()
+    assert cat.wait().stdout == "piped\n"
+    assert slow.kill() is True
+
+
+def test_commands_run_as_the_user_named_who_owns_what_it_writes(sbx):
+    assert sbx.commands.run("whoami; pwd").stdout == "user\n/home/user\n"
+    assert sbx.commands.run("whoami; pwd", user="root").stdout == "root\n/root\n"
+    sbx.files.write("proj/src/main.py", "print(1)")
+    r = sbx.commands.run("stat -c %U proj proj/src proj/src/main.py && "
+                         "python3 proj/src/main.py > proj/src/out.txt && cat proj/src/out.txt")
+    assert r.stdout == "user\nuser\nuser\n1\n"
+    sbx.files.write("/root/only-root.txt", "r", user="root")
+    assert sbx.commands.run("stat -c %U /root/only-root.txt", user="root").stdout == "root\n"
+
+
 def test_files_written_read_back_byte_for_byte_listed_and_removed(sbx):
     blob = os.urandom(5 * 1024 * 1024 + 17)  # over one chunk: written beside, then moved
     sbx.files.write("/home/user/data/blob.bin", blob)

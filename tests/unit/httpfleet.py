@@ -1,6 +1,7 @@
 """The gateway's app over a fleet in this process (apifleet.py: the real scheduler, a node
 agent on the fake hypervisor), served by uvicorn on a loopback port in a thread of its own, for
-clients that need a real HTTP server (the official E2B SDKs)."""
+clients that need a real HTTP server (the official E2B SDKs). Each fake guest's root has the
+base image's accounts (root, and E2B's `user` with its home), as a VM of it would."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tryfleet.gateway.app import create_app
 from tryfleet.gateway.keys import KeyStore, Scope
 from tryfleet.gateway.policy import Policies
 from tryfleet.nodeagent.actor import NodeActor
+from tryfleet.nodeagent.fake_hv import FakeHypervisor
+from tryfleet.nodeagent.hypervisor import DomainSpec
 from tryfleet.scheduler.service import Scheduler
 from tryfleet.wire import NODE_ACTOR_PREFIX
 
@@ -33,9 +36,38 @@ class HttpFleet:
         return token
 
 
+ACCOUNTS = {"etc/passwd": "root:x:0:0:root:/root:/bin/bash\n"
+                          "user:x:1000:1000::/home/user:/bin/bash\n",
+            "etc/group": "root:x:0:\nuser:x:1000:\n"}
+
+
+@contextlib.contextmanager
+def _guests_with_accounts() -> Iterator[None]:
+    start = FakeHypervisor.start
+
+    def start_with_accounts(self: FakeHypervisor, spec: DomainSpec) -> None:
+        start(self, spec)
+        root = self.guest_root(spec.name)
+        for name, text in ACCOUNTS.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        (root / "home" / "user").mkdir(parents=True, exist_ok=True)
+
+    FakeHypervisor.start = start_with_accounts  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FakeHypervisor.start = start  # type: ignore[method-assign]
+
+
 @contextlib.contextmanager
 def http_fleet(tmp_path: Path, policy: str = "") -> Iterator[HttpFleet]:
     """The fleet served on a free loopback port; `policy`: the text of its policy.toml."""
+    with _guests_with_accounts():
+        yield from _http_fleet(tmp_path, policy)
+
+
+def _http_fleet(tmp_path: Path, policy: str) -> Iterator[HttpFleet]:
     data = tmp_path / "data"
     data.mkdir()
     if policy:

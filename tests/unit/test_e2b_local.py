@@ -106,6 +106,36 @@ def test_a_background_command_is_listed_and_killed(sbx):
     assert sbx.commands.kill(handle.pid) is False
 
 
+def test_several_commands_run_at_once_and_outlive_their_streams(sbx):
+    slow = sbx.commands.run("sleep 60", background=True)
+    assert sbx.commands.run("echo meanwhile").stdout == "meanwhile\n"  # not behind `slow`
+    slow.disconnect()  # the stream goes; the process runs on, as in E2B
+    assert slow.pid in {p.pid for p in sbx.commands.list()}
+    again = sbx.commands.connect(slow.pid)
+    assert again.kill() is True
+    with pytest.raises(CommandExitException):
+        again.wait()
+
+
+def test_stdin_is_sent_and_closed(sbx):
+    handle = sbx.commands.run("cat; echo end", background=True, stdin=True)
+    sbx.commands.send_stdin(handle.pid, "one\n")
+    handle.send_stdin(b"two\n")
+    handle.close_stdin()
+    result = handle.wait()
+    assert (result.stdout, result.exit_code) == ("one\ntwo\nend\n", 0)
+    streamed = sbx.commands.run("cat", background=True, stdin=True)
+    sbx.commands.stream_input(streamed.pid, ["a\n", b"b\n"])  # a client stream
+    streamed.close_stdin()
+    assert streamed.wait().stdout == "a\nb\n"
+
+
+def test_commands_run_as_the_user_named(sbx):
+    assert sbx.commands.run("echo $USER $HOME; pwd", user="root").stdout.split()[:2] == [
+        "root", "/root"]
+    assert sbx.commands.run("echo $USER $HOME").stdout == "user /home/user\n"
+
+
 def test_the_commands_timeout_kills_it(sbx):
     with pytest.raises(TimeoutException):
         sbx.commands.run("sleep 30", timeout=1)
@@ -143,6 +173,11 @@ def test_directories_are_made_listed_moved_and_removed(sbx):
     sbx.files.remove("tree")
     sbx.files.remove("tree")  # removing what is not there is no error
     assert sbx.files.exists("tree") is False
+
+
+def test_a_command_that_cannot_start_raises_and_says_why(sbx):
+    with pytest.raises(InvalidArgumentException, match="nowhere"):
+        sbx.commands.run("true", cwd="/nowhere")
 
 
 def test_missing_files_and_bad_paths_raise_the_sdks_errors(sbx):
