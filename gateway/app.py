@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tryfleet import __version__
 from tryfleet.scheduler.sandboxes import SandboxBook
 
-from . import problems
+from . import e2b, problems
 from .keys import KeyStore
 from .policy import Policies
 from .routes import fleet as fleet_routes
@@ -107,6 +107,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.include_router(iteration_routes.router)
     app.include_router(suite_routes.router)
     app.include_router(fleet_routes.router)
+    e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
     app.add_middleware(RequestIds)
     return app
 

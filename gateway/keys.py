@@ -10,6 +10,7 @@ request: every check reads the ledger.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -19,6 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,17 +159,34 @@ class KeyStore:
         m = _TOKEN.match(token)
         if m is None:
             return None
+        return self._active(m[1], lambda digest: hmac.compare_digest(
+            digest, self._digest(m[2])))
+
+    def active(self, key_id: str) -> Principal | None:
+        """The caller of key `key_id` if that key is still valid (not revoked, not expired),
+        for a credential derived from a key (see `sign`) rather than the key itself."""
+        return self._active(key_id, lambda digest: True)
+
+    def _active(self, key_id: str, secret_ok: Callable[[str], bool]) -> Principal | None:
         with self._lock:
             row = self._db.execute("SELECT tenant, scopes, digest, expires_at, revoked_at "
-                                   "FROM api_keys WHERE id = ?", (m[1],)).fetchone()
-        if row is None or not hmac.compare_digest(row["digest"], self._digest(m[2])):
+                                   "FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None or not secret_ok(row["digest"]):
             return None
         if row["revoked_at"] is not None:
             return None
         if row["expires_at"] is not None and row["expires_at"] <= time.time():
             return None
-        return Principal(m[1], row["tenant"],
+        return Principal(key_id, row["tenant"],
                          frozenset(Scope(s) for s in row["scopes"].split(",") if s))
+
+    def sign(self, purpose: str, *parts: str) -> str:
+        """An HMAC-SHA256 under the server secret of `purpose` and `parts` (URL-safe base64,
+        43 characters): credentials derived from a key, such as the access token the E2B
+        data plane hands out per sandbox and key, are checked by making them again."""
+        text = "\x00".join((purpose, *parts)).encode()
+        mac = hmac.new(self._secret, text, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def list(self, tenant: str | None = None) -> list[KeyInfo]:
         where, args = ("WHERE tenant = ?", (tenant,)) if tenant else ("", ())

@@ -155,9 +155,12 @@ class SandboxBook:
         return _record(row)
 
     def page(self, tenant: str | None = None, state: StateFilter = "open", limit: int = 100,
-             cursor: str | None = None) -> tuple[list[SandboxRecord], str | None]:
+             cursor: str | None = None, *, metadata: Mapping[str, str] | None = None,
+             image: str | None = None, created_after: float | None = None,
+             ) -> tuple[list[SandboxRecord], str | None]:
         """A page of sandboxes (of tenant; None: all) in the order they were opened, and the
-        cursor of the next page (None after the last)."""
+        cursor of the next page (None after the last); only those whose metadata holds every
+        pair of `metadata`, of `image`, and opened at or after `created_after`, if given."""
         if state not in (OPEN, CLOSED, "all"):
             raise BadRequest(f"state must be open, closed or all, got {state!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
@@ -171,6 +174,16 @@ class SandboxBook:
         if state != "all":
             where.append("state = ?")
             args.append(state)
+        for key, value in sorted((metadata or {}).items()):
+            where.append("EXISTS (SELECT 1 FROM json_each(sandboxes.metadata) "
+                         "WHERE json_each.key = ? AND json_each.value = ?)")
+            args += [key, value]
+        if image is not None:
+            where.append("image = ?")
+            args.append(image)
+        if created_after is not None:
+            where.append("created_at >= ?")
+            args.append(created_after)
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM sandboxes WHERE {' AND '.join(where)} "
                                     "ORDER BY seq LIMIT ?", (*args, limit + 1)).fetchall()

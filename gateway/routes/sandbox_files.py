@@ -13,8 +13,8 @@ import contextlib
 import hashlib
 import posixpath
 import secrets
-from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -29,6 +29,7 @@ from .sandboxes import OpenBox, ReadableBox, check_path, on_node, utf8
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["files"])
 CHUNK_BYTES = 4 * 1024 * 1024
+NodeCall = Callable[..., Awaitable[Any]]  # (method, *args) on the node holding one sandbox
 GuestPath = Annotated[str, Query(min_length=1, max_length=4096,
                                  description="absolute and normalised, e.g. /root/out.txt")]
 Mode = Annotated[str, Query(pattern=r"^0?[0-7]{3,4}$", description="octal, e.g. 0644")]
@@ -83,12 +84,25 @@ async def upload(box: OpenBox, request: Request, path: GuestPath,
                  mode: Mode = "0644") -> Written:
     if _path(path) == "/":
         raise Problem(400, "bad-path", "path '/' is a directory: name a file")
-    bits = int(mode, 8)
+    return await write_stream(_caller(request, box), path, request.stream(), int(mode, 8))
+
+
+def _caller(request: Request, box: SandboxRecord) -> NodeCall:
+    async def call(method: str, *args: Any) -> Any:
+        return await on_node(request, box, method, *args)
+    return call
+
+
+async def write_stream(node: NodeCall, path: str, body: AsyncIterator[bytes],
+                       bits: int = 0o644) -> Written:
+    """The bytes of `body` written to `path` in a sandbox as they arrive, through `node` (a
+    call to the node agent holding it): at once when they fit one chunk, else beside it and
+    moved into place once whole (a failed upload leaves no half file)."""
     digest, size = hashlib.sha256(), 0
     pending = bytearray()
     spare: str | None = None  # where a body larger than a chunk is written first
     try:
-        async for piece in request.stream():
+        async for piece in body:
             digest.update(piece)
             size += len(piece)
             pending += piece
@@ -96,24 +110,19 @@ async def upload(box: OpenBox, request: Request, path: GuestPath,
                 if spare is None:
                     spare = posixpath.join(posixpath.dirname(path),
                                            f".tfup-{secrets.token_hex(6)}")
-                await on_node(request, box, "sandbox_write", spare, bytes(pending), bits,
-                              size > len(pending))
+                await node("sandbox_write", spare, bytes(pending), bits, size > len(pending))
                 pending.clear()
         if spare is None:
-            await on_node(request, box, "sandbox_write", path, bytes(pending), bits, False)
+            await node("sandbox_write", path, bytes(pending), bits, False)
         else:
-            await on_node(request, box, "sandbox_write", spare, bytes(pending), bits, True)
-            await on_node(request, box, "sandbox_move", spare, path)
+            await node("sandbox_write", spare, bytes(pending), bits, True)
+            await node("sandbox_move", spare, path)
     except BaseException:
         if spare is not None:
-            await _discard(request, box, spare)
+            with contextlib.suppress(TryfleetError, Problem):  # missing, or the sandbox gone
+                await node("sandbox_remove", spare, False)
         raise
     return Written(path=path, size=size, sha256=digest.hexdigest())
-
-
-async def _discard(request: Request, box: SandboxRecord, path: str) -> None:
-    with contextlib.suppress(TryfleetError, Problem):  # missing, or the sandbox is gone
-        await on_node(request, box, "sandbox_remove", path, False)
 
 
 @router.get("/{sid}/files", summary="Download a file (its raw bytes)",
@@ -123,27 +132,36 @@ async def _discard(request: Request, box: SandboxRecord, path: str) -> None:
                 "description": "the file's bytes"},
                 **documented(400, 401, 403, 404, 413, 422, 503)})
 async def download(box: ReadableBox, request: Request, path: GuestPath) -> StreamingResponse:
-    info = unpack(FileInfo, await on_node(request, box, "sandbox_stat", _path(path)))
+    node = _caller(request, box)
+    info = unpack(FileInfo, await node("sandbox_stat", _path(path)))
     if info.type is FileType.DIR:
         raise Problem(400, "bad-path", f"{path!r} is a directory: list it with files/list")
     if info.type is FileType.OTHER:
         raise Problem(400, "bad-path", f"{path!r} is not a regular file")
+    return StreamingResponse(await read_stream(node, path, info.size),
+                             media_type="application/octet-stream")
+
+
+async def read_stream(node: NodeCall, path: str, size: int) -> AsyncIterator[bytes]:
+    """The bytes of the file at `path` (of `size` bytes by its stat) in chunks as the guest
+    reads them: the first chunk read before this returns (so that a file that cannot be read
+    fails before an answer starts), the rest as they are taken. Too large (413) when over
+    the app's MAX_BODY_BYTES."""
     most = max_body_bytes()
-    if info.size > most:
-        raise Problem(413, "too-large", f"{path!r} is {info.size} bytes, over the "
+    if size > most:
+        raise Problem(413, "too-large", f"{path!r} is {size} bytes, over the "
                       f"{most}-byte limit of one download")
-    first: bytes = await on_node(request, box, "sandbox_read", path, 0, CHUNK_BYTES)
+    first: bytes = await node("sandbox_read", path, 0, CHUNK_BYTES)
 
     async def rest() -> AsyncIterator[bytes]:
         yield first
         got, data = len(first), first
         while len(data) == CHUNK_BYTES and got < most:
-            data = await on_node(request, box, "sandbox_read", path, got,
-                                 min(CHUNK_BYTES, most - got))
+            data = await node("sandbox_read", path, got, min(CHUNK_BYTES, most - got))
             got += len(data)
             yield data
 
-    return StreamingResponse(rest(), media_type="application/octet-stream")
+    return rest()
 
 
 @router.get("/{sid}/files/list", summary="List a directory",
@@ -156,4 +174,5 @@ async def list_files(box: ReadableBox, request: Request, path: GuestPath,
                       truncated=got.truncated)
 
 
-__all__ = ["DirListing", "Entry", "Written", "router"]
+__all__ = ["CHUNK_BYTES", "DirListing", "Entry", "NodeCall", "Written", "read_stream", "router",
+           "write_stream"]

@@ -263,19 +263,29 @@ Job = Annotated[ExecJob, Depends(exec_job)]
 @router.post("", status_code=201, summary="Open a sandbox",
              responses=documented(400, 401, 403, 404, 422, 429, 503))
 async def create(body: SandboxCreate, who: Caller, request: Request) -> Sandbox:
-    tenant = tenant_of(who, body.tenant)
     utf8("metadata", *body.metadata, *body.metadata.values())
+    rec = await open_for(request, who, tenant_of(who, body.tenant), body.image, body.cpus,
+                         body.mem_mib, body.disk_mib, body.timeout_s, body.metadata,
+                         body.wait_s)
+    return sandbox_json(rec, who)
+
+
+async def open_for(request: Request, who: Principal, tenant: str, image: str, cpus: int,
+                   mem_mib: int, disk_mib: int | None, timeout_s: float,
+                   metadata: dict[str, str], wait_s: float) -> SandboxRecord:
+    """A sandbox opened for `tenant` by the caller: its policy checked here (PolicyDenied),
+    its quotas in the scheduler, atomically (QuotaExceeded); recorded with the caller's key
+    and the request's id."""
     policy = request.app.state.policies.for_tenant(tenant)
-    policy.check(image=body.image, cpus=body.cpus, mem_mib=body.mem_mib,
-                 disk_mib=body.disk_mib, timeout_s=body.timeout_s, what="sandbox")
+    policy.check(image=image, cpus=cpus, mem_mib=mem_mib, disk_mib=disk_mib,
+                 timeout_s=timeout_s, what="sandbox")
     limits = {"max_sandboxes": policy.max_sandboxes,
               "max_vcpus_in_use": policy.max_vcpus_in_use,
               "max_mem_mib_in_use": policy.max_mem_mib_in_use}
     got = await request.app.state.fleet.sched(
-        "open_sandbox", tenant, body.image, body.cpus, body.mem_mib, body.disk_mib,
-        body.timeout_s, body.metadata, who.key_id, request.state.request_id, limits,
-        body.wait_s)
-    return sandbox_json(SandboxRecord(**got), who)
+        "open_sandbox", tenant, image, cpus, mem_mib, disk_mib, timeout_s, metadata,
+        who.key_id, request.state.request_id, limits, wait_s)
+    return SandboxRecord(**got)
 
 
 @router.get("", summary="List sandboxes", responses=documented(400, 401, 403, 422))
@@ -300,14 +310,19 @@ async def get(sid: SandboxId, who: Reader, request: Request) -> Sandbox:
 @router.post("/{sid}/timeout", summary="Set its timeout: closed timeout_s from now",
              responses=documented(401, 403, 404, 422, 503))
 async def extend(sid: SandboxId, body: Timeout, who: Caller, request: Request) -> Sandbox:
+    return sandbox_json(await extend_for(request, who, sid, body.timeout_s), who)
+
+
+async def extend_for(request: Request, who: Principal, sid: str,
+                     timeout_s: float) -> SandboxRecord:
+    """The caller's sandbox closed timeout_s from now (within its tenant's max_timeout_s)."""
     rec = book(request).get(sid, seen_by(who))
     most = request.app.state.policies.for_tenant(rec.tenant).max_timeout_s
-    if body.timeout_s > most:
-        raise Problem(403, "policy-denied", f"sandbox: timeout_s {body.timeout_s:g} is over "
+    if timeout_s > most:
+        raise Problem(403, "policy-denied", f"sandbox: timeout_s {timeout_s:g} is over "
                       f"this tenant's max_timeout_s = {most:g}", rule="max_timeout_s")
-    got = await request.app.state.fleet.sched("extend_sandbox", sid, body.timeout_s,
-                                              seen_by(who))
-    return sandbox_json(SandboxRecord(**got), who)
+    got = await request.app.state.fleet.sched("extend_sandbox", sid, timeout_s, seen_by(who))
+    return SandboxRecord(**got)
 
 
 @router.delete("/{sid}", status_code=204, summary="Close it (again: 204 again)",
@@ -373,14 +388,14 @@ async def exec_stream(job: Job, box: OpenBox, request: Request
                                                                 problems.of_error(err)))
     finally:
         if not ended:  # the client went away: the command goes too (in the background,
-            _detach(request.app.state.fleet.node(  # since this task is being cancelled)
+            detach(request.app.state.fleet.node(  # since this task is being cancelled)
                 box.host, "sandbox_exec_cancel", box.id, exec_id))
 
 
 _detached: set[asyncio.Task[Any]] = set()
 
 
-def _detach(coro: Any) -> None:
+def detach(coro: Any) -> None:
     """Run coro to its end whatever happens to the request that started it."""
     task = asyncio.get_running_loop().create_task(coro)
     _detached.add(task)
@@ -394,4 +409,5 @@ def _exit(r: ExecReply, encoding: Encoding) -> ExecExit:
                     timed_out=r.timed_out, duration_s=r.duration_s)
 
 
-__all__ = ["ExecBody", "ExecResult", "Sandbox", "SandboxCreate", "SandboxList", "router"]
+__all__ = ["ExecBody", "ExecResult", "Sandbox", "SandboxCreate", "SandboxList", "detach",
+           "extend_for", "open_for", "router"]

@@ -88,3 +88,18 @@ def test_open_sandboxes_survive_a_new_connection(tmp_path, book):
         assert [r.id for r in again.open_records()] == ["s1"]
     finally:
         again.close()
+
+
+def test_listing_filters_by_every_metadata_pair_image_and_start(book):
+    book.record(rec("s1", metadata={"suite": "a", "n": "1"}))
+    book.record(rec("s2", metadata={"suite": "a", "n": "2"}, image="other", created_at=T0 + 5))
+    book.record(rec("s3", metadata={"suite": "b", "odd key '\"": "x"}, created_at=T0 + 9))
+    ids = lambda **kw: [r.id for r in book.page("acme", "open", 10, None, **kw)[0]]  # noqa: E731
+    assert ids(metadata={"suite": "a"}) == ["s1", "s2"]
+    assert ids(metadata={"suite": "a", "n": "2"}) == ["s2"]
+    assert ids(metadata={"odd key '\"": "x"}) == ["s3"]
+    assert ids(image="other") == ["s2"] and ids(created_after=T0 + 5) == ["s2", "s3"]
+    page, nxt = book.page("acme", "open", 1, None, metadata={"suite": "a"})
+    assert [r.id for r in page] == ["s1"]
+    assert [r.id for r in book.page("acme", "open", 1, nxt, metadata={"suite": "a"})[0]] == [
+        "s2"]
