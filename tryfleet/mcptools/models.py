@@ -33,8 +33,13 @@ GuestPath = Annotated[str, Field(
     description="an absolute path in the sandbox, e.g. /root/main.py (`..` is refused)")]
 Arg = Annotated[str, Field(max_length=MAX_ARG_CHARS)]
 EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")]
-Env = Annotated[dict[EnvName, Arg], Field(
-    max_length=256, description="environment variables added for the command, NAME -> value")]
+ENV_HELP = "environment variables added for the command, NAME -> value"
+Env = Annotated[dict[EnvName, Arg], Field(max_length=256, description=ENV_HELP)]
+MaybeEnv = Annotated[dict[EnvName, Arg] | None, Field(max_length=256, description=ENV_HELP)]
+Metadata = Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
+                          Annotated[str, Field(max_length=1024)]] | None,
+                     Field(max_length=64, description="your labels, key -> value (kept with "
+                                                      "the sandbox)")]
 Command = Annotated[str | list[Arg], Field(
     description="a shell command line as one string (run by `bash -c`, so pipes, `&&` and "
                 "redirections work), or an argv list run directly without a shell, e.g. "
@@ -218,5 +223,5 @@ def b64decode(text: str, what: str) -> bytes:
 __all__ = ["ENDED", "MAX_BATCH", "MAX_EXEC_S", "MAX_READ_BYTES", "MAX_WRITE_BYTES", "NAME",
            "BatchResults", "BatchStatus", "BatchSubmitted", "Command", "CommandResult",
            "Cursor", "Destroyed", "DirListing", "Env", "FileContent", "FileEntry",
-           "FileWritten", "GuestPath", "Image", "IterationResult", "IterationSpec",
-           "SandboxId", "SandboxInfo", "State", "SuiteName", "argv_of", "b64decode"]
+           "FileWritten", "GuestPath", "Image", "IterationResult", "IterationSpec", "MaybeEnv",
+           "Metadata", "SandboxId", "SandboxInfo", "State", "SuiteName", "argv_of", "b64decode"]

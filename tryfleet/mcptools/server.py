@@ -39,7 +39,6 @@ from .models import (
     Cursor,
     Destroyed,
     DirListing,
-    Env,
     FileContent,
     FileEntry,
     FileWritten,
@@ -47,6 +46,8 @@ from .models import (
     Image,
     IterationResult,
     IterationSpec,
+    MaybeEnv,
+    Metadata,
     SandboxId,
     SandboxInfo,
     State,
@@ -113,10 +114,7 @@ class Tools:
             timeout_s: Annotated[float, Field(gt=0, le=366 * 86400, description=(
                 "seconds until it is destroyed, with everything in it, unless you destroy it "
                 "before"))] = 600.0,
-            metadata: Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
-                                     Annotated[str, Field(max_length=1024)]],
-                                Field(max_length=64, description="your labels, key -> value "
-                                      "(kept with the sandbox)")] | None = None,
+            metadata: Metadata = None,
     ) -> SandboxInfo:
         """Open a sandbox: a fresh Linux micro-VM held for you until timeout_s passes (then it
         is destroyed with everything in it). Use its id with run_command, write_file,
@@ -138,7 +136,7 @@ class Tools:
             self, ctx: Context[Any, Any], sandbox_id: SandboxId, command: Command,
             cwd: Annotated[str | None, Field(max_length=4096, pattern=r"^/", description=(
                 "absolute working directory; default: the user's home (/root)"))] = None,
-            env: Env | None = None,
+            env: MaybeEnv = None,
             timeout_s: Annotated[float, Field(gt=0, le=MAX_EXEC_S, description=(
                 "seconds the command may run; then it is killed (timed_out)"))] = 300.0,
             user: Annotated[str | None, Field(max_length=32, pattern=r"^[a-z_][a-z0-9_.-]*$",
@@ -282,7 +280,9 @@ class Tools:
         return result
 
     async def batch_status(self, ctx: Context[Any, Any], suite: SuiteName) -> BatchStatus:
-        """How many of a suite's iterations are in each state, and whether all have ended."""
+        """How many of a suite's iterations are in each state (counts), how many have ended,
+        and whether all have (done). Poll it while a batch runs (a few seconds apart), then
+        read the outcomes with batch_results."""
         async def op(b: Backend) -> BatchStatus:
             got = await b.suite(suite)
             counts = {k: int(v) for k, v in got["counts"].items()}
