@@ -11,9 +11,9 @@ import pytest
 from mcp import Client
 
 from tryfleet.mcptools.backend import Refused
-from tryfleet.mcptools.models import IterationSpec
+from tryfleet.mcptools.models import IterationSpec, as_user
 from tryfleet.mcptools.scopes import TOOL_SCOPES, may_use
-from tryfleet.mcptools.server import as_user, build_server
+from tryfleet.mcptools.server import build_server
 from tryfleet.mcptools.text import Capture, refusal_text, tail
 
 SANDBOX_TOOLS = {"create_sandbox", "run_command", "write_file", "read_file", "list_files",
@@ -25,8 +25,9 @@ ALL = sorted(SANDBOX_TOOLS | BATCH_TOOLS)
 class Stand:
     """A Backend that answers as told and keeps what it was asked."""
 
-    def __init__(self, chunks=(), file=b"", refusal=None):
+    def __init__(self, chunks=(), file=b"", refusal=None, gate=None):
         self.chunks, self.file, self.refusal = list(chunks), file, refusal
+        self.gate = gate  # an asyncio.Event the command waits for before it ends
         self.asked = []
 
     def request_id(self):
@@ -48,6 +49,8 @@ class Stand:
         self._ask("exec", sid, body)
         for kind, text in self.chunks:
             yield kind, text
+        if self.gate is not None:
+            await self.gate.wait()
         yield "exit", {"exit_code": 3, "signal": None, "timed_out": False, "duration_s": 0.5,
                        "stdout_truncated": False, "stderr_truncated": False}
 
@@ -61,13 +64,16 @@ class Stand:
                 "request_id": "req-submit"}
 
 
-def call(backend, scopes, tool, args, progress=None):
-    """Call tool on a server over `backend` for a key with `scopes`; (result, progress)."""
+def call(backend, scopes, tool, args, on_message=None):
+    """Call tool on a server over `backend` for a key with `scopes`; (result, progress as
+    (value, total, message))."""
     server = build_server(lambda ctx: backend, lambda: frozenset(scopes))
     seen = []
 
     async def on_progress(value, total, message):
-        seen.append((value, message))
+        seen.append((value, total, message))
+        if on_message is not None:
+            on_message(message)
 
     async def main():
         async with Client(server) as client:
@@ -164,14 +170,30 @@ def test_output_comes_as_progress_while_it_runs_and_the_result_keeps_its_start_a
     result, progress = call(Stand(chunks), {"sandbox"}, "run_command",
                             {"sandbox_id": "sbx-1", "command": "make",
                              "max_output_chars": 1000})
-    assert [m for _, m in progress] == ["stdout: " + "a" * 3000, "stderr: warn\n",
-                                        "stdout: " + "b" * 3000]
-    assert [v for v, _ in progress] == [3000, 3005, 6005]  # rising, as progress must
+    assert [m for _, _, m in progress] == ["stdout: " + "a" * 3000, "stderr: warn\n",
+                                           "stdout: " + "b" * 3000]
+    values = [v for v, _, _ in progress]  # seconds run so far, of its timeout
+    assert values == sorted(set(values)) and {t for _, t, _ in progress} == {300.0}
     got = result.structured_content
     assert got["exit_code"] == 3 and not result.is_error  # a failing command is a result
     assert got["stdout"].startswith("a" * 250) and got["stdout"].endswith("b" * 750)
     assert got["stdout_cut_chars"] == 5000 and "max_output_chars=1000" in got["note"]
     assert got["stderr"] == "warn\n" and got["stderr_cut_chars"] == 0
+
+
+def test_a_silent_command_still_reports_progress_saying_it_runs(monkeypatch):
+    import tryfleet.mcptools.results as results
+
+    monkeypatch.setattr(results, "HEARTBEAT_S", 0.02)
+    gate = asyncio.Event()
+    stand = Stand(chunks=[("stdout", "start\n")], gate=gate)
+    result, progress = call(stand, {"sandbox"}, "run_command", {
+        "sandbox_id": "sbx-1", "command": "sleep 600"},
+        on_message=lambda m: m.startswith("still running") and gate.set())
+    assert not result.is_error
+    assert progress[0][2] == "stdout: start\n"
+    assert progress[1][2].startswith("still running after ")
+    assert progress[0][0] < progress[1][0]
 
 
 def test_a_shell_line_runs_under_bash_with_its_env_and_cwd():
@@ -267,3 +289,26 @@ def test_tail_keeps_the_end():
 def test_refusal_text_of_an_unknown_kind_still_has_detail_and_problem():
     text = refusal_text({"detail": "odd", "status": 418})
     assert text.startswith("odd [error, HTTP 418]") and '"detail": "odd"' in text
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+def test_tryfleet_mcp_without_the_mcp_package_says_what_to_install(monkeypatch, capsys):
+    from tryfleet.cli import main
+    from tryfleet.commands import mcp as command
+
+    monkeypatch.setattr(command.importlib.util, "find_spec", lambda name: None)
+    assert main(["mcp"]) == 125
+    out, err = capsys.readouterr()
+    assert out == "" and "pip install 'tryfleet[mcp]'" in err
+
+
+def test_tryfleet_mcp_with_no_fleet_to_reach_says_so_and_writes_nothing_on_stdout(
+        monkeypatch, capsys, tmp_path):
+    from tryfleet.cli import main
+
+    monkeypatch.delenv("TRYFLEET_URL", raising=False)
+    monkeypatch.setenv("TRYFLEET_DATA", str(tmp_path))  # no fleet of this host's either
+    assert main(["mcp"]) == 125
+    out, err = capsys.readouterr()
+    assert out == "" and "tryfleet up" in err

@@ -56,6 +56,27 @@ def argv_of(command: str | list[str]) -> list[str]:
     return ["bash", "-c", command] if isinstance(command, str) else list(command)
 
 
+# Run as another user of the sandbox: its uid, its group and supplementary groups, its HOME,
+# USER, SHELL and PATH (util-linux's setpriv, in every Debian image), the caller's variables
+# added after (env); in its home unless a cwd was given. The /v1 exec names no user (commands
+# run as root), so the user is taken on here, in the command.
+_AS_USER = ('u=$1; shift; g=$(id -g -- "$u") || exit 126; '
+            'exec setpriv --reuid="$u" --regid="$g" --init-groups --reset-env -- "$@"')
+_TO_HOME = 'cd "$HOME" 2>/dev/null; exec "$@"'
+
+
+def as_user(argv: list[str], env: dict[str, str], user: str | None, cwd: str | None
+            ) -> tuple[list[str], dict[str, str]]:
+    """The argv and env that run argv as `user` (root, or no user: as they are)."""
+    if user is None or user == "root":
+        return argv, env
+    inner = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
+    if cwd is None:
+        inner = ["sh", "-c", _TO_HOME, "sh", *inner]
+    return ["sh", "-c", _AS_USER, "sh", user, *inner], {}
+
+
+
 class IterationSpec(BaseModel):
     """One iteration: a fresh VM from `image`, `files` written, `command` run, the VM thrown
     away. Its result is the command's exit code and output."""
@@ -224,4 +245,5 @@ __all__ = ["ENDED", "MAX_BATCH", "MAX_EXEC_S", "MAX_READ_BYTES", "MAX_WRITE_BYTE
            "BatchResults", "BatchStatus", "BatchSubmitted", "Command", "CommandResult",
            "Cursor", "Destroyed", "DirListing", "Env", "FileContent", "FileEntry",
            "FileWritten", "GuestPath", "Image", "IterationResult", "IterationSpec", "MaybeEnv",
-           "Metadata", "SandboxId", "SandboxInfo", "State", "SuiteName", "argv_of", "b64decode"]
+           "Metadata", "SandboxId", "SandboxInfo", "State", "SuiteName", "argv_of", "as_user",
+           "b64decode"]

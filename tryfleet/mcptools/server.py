@@ -9,7 +9,6 @@ is (the scheduler's lease expiry); the tools say so.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -44,7 +43,6 @@ from .models import (
     FileWritten,
     GuestPath,
     Image,
-    IterationResult,
     IterationSpec,
     MaybeEnv,
     Metadata,
@@ -53,10 +51,12 @@ from .models import (
     State,
     SuiteName,
     argv_of,
+    as_user,
     b64decode,
 )
+from .results import Progress, command_result, file_content, iteration_result
 from .scopes import ScopedServer
-from .text import Capture, pieces, refusal_text, tail
+from .text import Capture, pieces, refusal_text
 
 PROGRESS_CHARS = 8000  # the most output one progress notification carries
 OPEN_WAIT_S = 30.0  # how long create_sandbox waits for room in a full fleet
@@ -66,33 +66,6 @@ INSTRUCTIONS = (
     "when done (a sandbox is destroyed anyway, with everything in it, when its timeout_s "
     "passes). For many independent runs (one per candidate fix, say): submit_batch, then "
     "batch_status until done, then batch_results.")
-
-# Run as another user of the sandbox: its uid, its group and supplementary groups, its HOME,
-# USER, SHELL and PATH (util-linux's setpriv, in every Debian image), the caller's variables
-# added after (env); in its home unless a cwd was given. The /v1 exec names no user (commands
-# run as root), so the user is taken on here, in the command.
-_AS_USER = ('u=$1; shift; g=$(id -g -- "$u") || exit 126; '
-            'exec setpriv --reuid="$u" --regid="$g" --init-groups --reset-env -- "$@"')
-_TO_HOME = 'cd "$HOME" 2>/dev/null; exec "$@"'
-
-
-def as_user(argv: list[str], env: dict[str, str], user: str | None, cwd: str | None
-            ) -> tuple[list[str], dict[str, str]]:
-    """The argv and env that run argv as `user` (root, or no user: as they are)."""
-    if user is None or user == "root":
-        return argv, env
-    inner = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
-    if cwd is None:
-        inner = ["sh", "-c", _TO_HOME, "sh", *inner]
-    return ["sh", "-c", _AS_USER, "sh", user, *inner], {}
-
-
-def _cut_note(name: str, cap: Capture, max_chars: int) -> str:
-    return (f"{name} had {cap.total} characters, more than max_output_chars={max_chars}: the "
-            f"{cap.cut} in the middle are left out here (they came as progress notifications "
-            "while it ran). To see them, run it again with the output redirected to a file and "
-            "read_file it in parts, or filter it (grep, head, tail).")
-
 
 class Tools:
     """The tools, each acting through the caller's Backend (`backend_for(ctx)`)."""
@@ -148,7 +121,8 @@ class Tools:
     ) -> CommandResult:
         """Run a command in a sandbox and wait for it to end: its exit_code, stdout and stderr.
         Output is also sent as progress notifications while it runs (`stdout: ...`,
-        `stderr: ...`), so long output is seen as it comes; the result keeps at most
+        `stderr: ...`; their progress is the seconds it has run, of timeout_s), so long output
+        is seen as it comes; the result keeps at most
         max_output_chars of each stream (its start and end, with a note of what was left out).
         A non-zero exit_code is a result, not an error. Each call is a fresh process: `cd` or
         exported variables do not carry over (use cwd and env)."""
@@ -160,20 +134,23 @@ class Tools:
         caps = {"stdout": Capture(max_output_chars), "stderr": Capture(max_output_chars)}
 
         async def op(b: Backend) -> CommandResult:
-            sent, end = 0, None
-            async with contextlib.aclosing(b.exec_stream(sandbox_id, body)) as events:
-                async for kind, payload in events:
-                    if kind == "exit":
-                        end = payload
-                        break
-                    caps[kind].add(payload)
-                    for piece in pieces(payload, PROGRESS_CHARS):
-                        sent += len(piece)
-                        await ctx.report_progress(sent, None, f"{kind}: {piece}")
+            end, progress = None, Progress(ctx, timeout_s)
+            beat = progress.heartbeat()
+            try:
+                async with contextlib.aclosing(b.exec_stream(sandbox_id, body)) as events:
+                    async for kind, payload in events:
+                        if kind == "exit":
+                            end = payload
+                            break
+                        caps[kind].add(payload)
+                        for piece in pieces(payload, PROGRESS_CHARS):
+                            await progress.say(f"{kind}: {piece}")
+            finally:
+                beat.cancel()
             if end is None:
                 raise ToolError(f"the command's output ended without its exit (request "
                                 f"{b.request_id()}); its outcome is unknown")
-            return _command_result(end, caps, max_output_chars, b.request_id())
+            return command_result(end, caps, max_output_chars, b.request_id())
 
         result: CommandResult = await self._do(ctx, op)
         return result
@@ -219,7 +196,7 @@ class Tools:
         file longer than max_bytes comes back cut (truncated true)."""
         async def op(b: Backend) -> FileContent:
             data = await b.read_file(sandbox_id, path, max_bytes)
-            return _file_content(path, data, max_bytes, encoding, b.request_id())
+            return file_content(path, data, max_bytes, encoding, b.request_id())
 
         result: FileContent = await self._do(ctx, op)
         return result
@@ -310,59 +287,12 @@ class Tools:
         async def op(b: Backend) -> BatchResults:
             page = await b.iterations(suite, list(states) if states else None, limit, cursor)
             rid = b.request_id()
-            items = [await _iteration_result(b, it, output_chars) for it in page["items"]]
+            items = [await iteration_result(b, it, output_chars) for it in page["items"]]
             return BatchResults(suite=suite, items=items, next_cursor=page.get("next_cursor"),
                                 request_id=rid)
 
         result: BatchResults = await self._do(ctx, op)
         return result
-
-
-def _command_result(end: dict[str, Any], caps: dict[str, Capture], max_chars: int,
-                    request_id: str | None) -> CommandResult:
-    notes = [_cut_note(name, cap, max_chars) for name, cap in caps.items() if cap.cut]
-    notes += [f"the sandbox kept only the first part of {name} (its output cap)"
-              for name in caps if end.get(f"{name}_truncated")]
-    return CommandResult(
-        exit_code=end.get("exit_code"), signal=end.get("signal"),
-        timed_out=bool(end.get("timed_out")), duration_s=float(end.get("duration_s") or 0.0),
-        stdout=caps["stdout"].text(), stderr=caps["stderr"].text(),
-        stdout_cut_chars=caps["stdout"].cut, stderr_cut_chars=caps["stderr"].cut,
-        note=" ".join(notes) or None, request_id=request_id)
-
-
-def _file_content(path: str, data: bytes, max_bytes: int, encoding: Literal["text", "base64"],
-                  request_id: str | None) -> FileContent:
-    truncated = len(data) > max_bytes
-    data = data[:max_bytes]
-    note = (f"the file is longer than max_bytes={max_bytes}: this is its start; read more "
-            "with a larger max_bytes, or run_command `tail -c`/`sed -n`") if truncated else None
-    if encoding == "base64":
-        return FileContent(path=path, encoding="base64", bytes_read=len(data),
-                           content=base64.b64encode(data).decode("ascii"), truncated=truncated,
-                           note=note, request_id=request_id)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if not (truncated and err.start >= len(data) - 3):  # not only a character cut in two
-            note = ((note + "; ") if note else "") + ("it is not UTF-8 text (invalid bytes "
-                                                      "shown as U+FFFD): read it with encoding "
-                                                      "base64 for its exact bytes")
-    return FileContent(path=path, encoding="text", content=data.decode("utf-8", "replace"),
-                       bytes_read=len(data), truncated=truncated, note=note,
-                       request_id=request_id)
-
-
-async def _iteration_result(b: Backend, it: dict[str, Any], output_chars: int
-                            ) -> IterationResult:
-    got = IterationResult(id=it["id"], state=it["state"], exit_code=it.get("exit_code"),
-                          duration_s=it.get("duration_s"), attempts=int(it.get("attempt") or 0),
-                          error=it.get("error"))
-    if output_chars and it["state"] in ENDED:
-        full = await b.iteration(it["id"])
-        got.stdout, got.stdout_cut_chars = tail(full.get("stdout") or "", output_chars)
-        got.stderr, got.stderr_cut_chars = tail(full.get("stderr") or "", output_chars)
-    return got
 
 
 _READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -395,4 +325,4 @@ def build_server(backend_for: Callable[[Context[Any, Any]], Backend],
     return server
 
 
-__all__ = ["INSTRUCTIONS", "Tools", "as_user", "build_server"]
+__all__ = ["INSTRUCTIONS", "Tools", "build_server"]
