@@ -67,6 +67,7 @@ INSTRUCTIONS = (
     "passes). For many independent runs (one per candidate fix, say): submit_batch, then "
     "batch_status until done, then batch_results.")
 
+
 class Tools:
     """The tools, each acting through the caller's Backend (`backend_for(ctx)`)."""
 
@@ -122,9 +123,9 @@ class Tools:
         """Run a command in a sandbox and wait for it to end: its exit_code, stdout and stderr.
         Output is also sent as progress notifications while it runs (`stdout: ...`,
         `stderr: ...`; their progress is the seconds it has run, of timeout_s), so long output
-        is seen as it comes; the result keeps at most
-        max_output_chars of each stream (its start and end, with a note of what was left out).
-        A non-zero exit_code is a result, not an error. Each call is a fresh process: `cd` or
+        is seen as it comes; the result keeps at most max_output_chars of each stream (its
+        start and end, with a note of what was left out). A non-zero exit_code is a result,
+        not an error. Each call is a fresh process: `cd` or
         exported variables do not carry over (use cwd and env)."""
         argv, extra = as_user(argv_of(command), dict(env or {}), user, cwd)
         body: dict[str, Any] = {"argv": argv, "env": extra, "encoding": "text",
@@ -242,8 +243,9 @@ class Tools:
     ) -> BatchSubmitted:
         """Submit a batch of iterations to a suite: each runs its command in a fresh VM of its
         own (files written first), as capacity allows, and its VM is thrown away after.
-        Recorded durably when this returns; follow with batch_status and batch_results. An
-        iteration id already submitted with the same spec is not run twice."""
+        Recorded durably when this returns; follow with batch_status and batch_results. Give
+        each iteration an id to make sending the batch again safe: an id already submitted
+        with the same spec is not run twice."""
         body: dict[str, Any] = {"suite": suite, "iterations": [it.to_api() for it in iterations]}
         if max_wall_s is not None:
             body["max_wall_s"] = float(max_wall_s)
