@@ -7,6 +7,8 @@ client sent is kept), and the id goes with everything the request causes.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import re
 import uuid
 from pathlib import Path
@@ -29,6 +31,7 @@ from .routes import suites as suite_routes
 
 MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+log = logging.getLogger("tryfleet.gateway")
 
 
 def new_request_id() -> str:
@@ -108,8 +111,21 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.include_router(suite_routes.router)
     app.include_router(fleet_routes.router)
     e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
+    _mount_mcp(app)
     app.add_middleware(RequestIds)
     return app
+
+
+def _mount_mcp(app: FastAPI) -> None:
+    """The MCP server at /mcp (mcp_mount.py), when the `mcp` package is installed (the fleet
+    extra has it)."""
+    if importlib.util.find_spec("mcp") is None:
+        log.warning("no MCP server at /mcp: the `mcp` package is not installed "
+                    "(pip install 'tryfleet[fleet]')")
+        return
+    from .mcp_mount import mount_mcp
+
+    mount_mcp(app)
 
 
 __all__ = ["MAX_BODY_BYTES", "RequestIds", "create_app", "new_request_id"]

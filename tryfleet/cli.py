@@ -24,6 +24,7 @@ main commands:
   tryfleet status | ps | logs ID         watch the fleet and what runs on it
   tryfleet cancel ID | --suite S | --all stop iterations (--all: the kill switch)
   tryfleet key create --tenant T         make an API key (also: key ls, key revoke ID)
+  tryfleet mcp                           MCP tools over stdio, for an agent's MCP client
   tryfleet down                          stop what `tryfleet up` started
 
 Commands that use a fleet reach it over its HTTP API: the one `tryfleet up` started on this
@@ -109,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--skip-invalid", action="store_true",
                        help="run the valid lines even if some are malformed")
     _key_parser(sub)
+    mcp = sub.add_parser("mcp", help="serve tryfleet's MCP tools over stdio (an agent's MCP "
+                                     "client starts this)")
 
     run = sub.add_parser(
         "run", help="run one command in a fresh VM and throw the VM away",
@@ -133,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run on this host directly, even when a fleet is up")
     run.add_argument("--suite", default="run", help="suite name when going through the fleet")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
-    for cmd in (status, ps, logs, cancel, batch, run):
+    for cmd in (status, ps, logs, cancel, batch, run, mcp):
         _api_flags(cmd)
     return p
 
@@ -207,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import keys
 
         return keys.key(args, data_dir)
+    if args.command == "mcp":
+        from .commands import mcp
+
+        return mcp.mcp(args, data_dir)
     from .commands import run
 
     return run.run(args, data_dir)
