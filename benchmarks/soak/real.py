@@ -13,6 +13,7 @@ uses another data dir is there to be reaped, and stops (or skips the kill) if on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -271,7 +272,7 @@ def _leaks(host: RealHost, sched: Any) -> dict[str, Any]:
     return {"leaked_domains": len(doms) + extra, "leaked_overlays": len(files),
             "domains": doms, "files": files, "node_running_at_end": end.running,
             "node_vms_at_end": list(end.vms), "node_vms_unaccounted": extra,
-            "node_pool_at_end": end.get("pool", []), "libvirtd_alive": True}
+            "node_pool_at_end": [dataclasses.asdict(r) for r in end.pool], "libvirtd_alive": True}
 
 
 def _stop(host: RealHost) -> None:
