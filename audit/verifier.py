@@ -9,7 +9,8 @@ imply, or a nearby one its hash fits), and from those tells the kinds of tamperi
 - removed: an original seq that no row holds (a gap, or rows renumbered to hide one);
 - moved (reordered): a record stored after one that was written after it;
 - repeated: a second row claiming a seq already seen (inserted or copied);
-- cut off: the chain ends before a signed checkpoint's seq;
+- cut off: the chain ends before a signed checkpoint's seq, or the records at a checkpointed
+  seq were written after the checkpoint (cut off, then appended to again);
 - rewritten: the hash at a checkpointed seq differs from the signed one (the chain was rebuilt
   with recomputed hashes: somewhere after the previous matching checkpoint);
 - a checkpoint whose signature does not check out against audit.pub (forged, or another key).
@@ -17,6 +18,7 @@ imply, or a nearby one its hash fits), and from those tells the kinds of tamperi
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from typing import Any
 
 from .checkpoints import AuditPaths, Checkpoint, load_public_key, read_lines
 from .record import GENESIS, chain_hash, content
-from .store import open_read
+from .store import first_at_or_after, open_read
 
 PAGE = 20_000
 SEARCH = 64  # how far from its stored seq a moved record's original seq is looked for
@@ -98,6 +100,9 @@ class _Walk:
     searches: int = 0
     missing: list[list[int]] = field(default_factory=list)  # [first, last, stored-after]
     matched_cp: int = 0  # the last checkpointed seq whose hash matched
+    # checkpointed seqs now held by records written after their checkpoint: the records it
+    # covered were cut off, and their seqs taken again by records appended since
+    reused: list[tuple[int, int, Checkpoint]] = field(default_factory=list)
     head: tuple[int, str] = (0, GENESIS)
     last_at: float = 0.0
 
@@ -119,7 +124,7 @@ class _Walk:
             self.add("replaced", orig - 1, f"record {orig - 1} was replaced: its content and "
                      f"hash were rewritten, and record {orig} still commits to the original")
         self._place(orig, stored, r)
-        self._check_point(orig, r[14])
+        self._check_point(orig, r[14], r[1])
         self.prev_orig, self.prev_hash = orig, r[14]
         self.head, self.last_at = (stored, r[14]), r[1]
 
@@ -166,16 +171,25 @@ class _Walk:
         if orig < gap[1]:
             self.missing.append([orig + 1, gap[1], gap[2]])
 
-    def _check_point(self, orig: int, h: str) -> None:
+    def _check_point(self, orig: int, h: str, at: Any) -> None:
         for line, cp in self.checkpoints.get(orig, ()):
             if cp.hash == h:
                 self.matched_cp = max(self.matched_cp, orig)
-                continue
-            self.add("rewritten", orig, f"record {orig} does not match checkpoint line {line} "
-                     f"(signed {when(cp.at)}): the chain was rewritten, its hashes recomputed, "
-                     f"somewhere from seq {self.matched_cp + 1} to {orig}")
+            elif isinstance(at, float) and at > cp.at:  # written after the checkpoint was
+                self.reused.append((orig, line, cp))
+            else:
+                self.add("rewritten", orig, f"record {orig} does not match checkpoint line "
+                         f"{line} (signed {when(cp.at)}): the chain was rewritten, its "
+                         f"hashes recomputed, somewhere from seq {self.matched_cp + 1} to "
+                         f"{orig}")
 
-    def finish(self, paths: AuditPaths) -> None:
+    def finish(self, paths: AuditPaths, db: sqlite3.Connection) -> None:
+        for orig, line, cp in self.reused:
+            first = first_at_or_after(db, math.nextafter(cp.at, math.inf)) or orig
+            self.add("cut-off", first, f"records after seq {first - 1} were cut off: "
+                     f"checkpoint line {line} (signed {when(cp.at)}) covers the chain up to "
+                     f"seq {orig}, and the records now at seq {first}-{orig} were written "
+                     "after it")
         for first, last, stored_after in sorted(self.missing):
             renumbered = " (and the records after it renumbered to hide the gap)" \
                 if stored_after <= last else ""
@@ -280,7 +294,7 @@ def verify(data_dir: Path | str, public_key: Path | None = None) -> Report:
         n_cps, walk.checkpoints = _checkpoints(paths, walk, public_key)
         for r in _rows(db):
             walk.row(r)
-        walk.finish(paths)
+        walk.finish(paths, db)
     finally:
         db.close()
     good = [seq for seq in walk.checkpoints if seq <= walk.max_orig]

@@ -129,6 +129,10 @@ class Writer:
             return
         for job, rec in zip(jobs, records, strict=True):
             job.done.set_result(rec.seq)
+        if self._head is not None and records[0].seq <= self._head[0]:
+            log.error("the audit trail's head went back from seq %d to seq %d: records were "
+                      "removed behind tryfleet's back (`tryfleet audit verify` names them); "
+                      "appending after it", self._head[0], records[0].seq - 1)
         self._head = (records[-1].seq, records[-1].hash)
         self._uncovered += len(records)
         if self._due is None:

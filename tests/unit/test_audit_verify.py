@@ -236,3 +236,28 @@ def test_the_cli_says_an_intact_trail_is_intact(trail, capsys):
 def test_the_cli_exits_125_without_a_trail(tmp_path, capsys):
     assert cli(["--data-dir", str(tmp_path), "audit", "verify"]) == 125
     assert "no audit trail at" in capsys.readouterr().err
+
+
+def test_records_cut_off_then_appended_to_again_are_told(trail):
+    tamper(trail, "DELETE FROM records WHERE seq > 9")
+    audit = Audit(trail)  # the next appends take seqs 10, 11, 12 again
+    for _ in range(3):
+        audit.record("exec.start", tenant="acme", actor="key:k1", request_id="later")
+    audit.close()
+    assert problems(trail) == [("cut-off", 10)]
+    assert message(trail).startswith("records after seq 9 were cut off: checkpoint line 3 "
+                                     "(signed ")
+    assert message(trail).endswith(f"covers the chain up to seq {N}, and the records now at "
+                                   f"seq 10-{N} were written after it")
+
+
+def test_a_writer_that_sees_its_head_go_back_says_so_and_goes_on(tmp_path, caplog):
+    audit = Audit(tmp_path)
+    try:
+        for _ in range(3):
+            audit.record("exec.start", tenant="acme", actor="key:k1", request_id="r")
+        tamper(tmp_path, "DELETE FROM records WHERE seq > 1")
+        assert audit.record("exec.start", tenant="acme", actor="key:k1", request_id="r") == 2
+    finally:
+        audit.close()
+    assert "head went back from seq 3 to seq 1" in caplog.text
