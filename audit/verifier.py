@@ -184,8 +184,12 @@ class _Walk:
                          f"{orig}")
 
     def finish(self, paths: AuditPaths, db: sqlite3.Connection) -> None:
-        for orig, line, cp in self.reused:
+        told: set[int] = set()
+        for orig, line, cp in sorted(self.reused, key=lambda x: -x[0]):  # the widest first
             first = first_at_or_after(db, math.nextafter(cp.at, math.inf)) or orig
+            if first in told:
+                continue
+            told.add(first)
             self.add("cut-off", first, f"records after seq {first - 1} were cut off: "
                      f"checkpoint line {line} (signed {when(cp.at)}) covers the chain up to "
                      f"seq {orig}, and the records now at seq {first}-{orig} were written "
@@ -193,8 +197,9 @@ class _Walk:
         for first, last, stored_after in sorted(self.missing):
             renumbered = " (and the records after it renumbered to hide the gap)" \
                 if stored_after <= last else ""
-            self.add("removed", first, f"{_name((first, last))} removed: the chain goes from "
-                     f"record {first - 1} to record {last + 1}{renumbered}")
+            where = f"the chain starts at record {last + 1}" if first == 1 else \
+                f"the chain goes from record {first - 1} to record {last + 1}"
+            self.add("removed", first, f"{_name((first, last))} removed: {where}{renumbered}")
         top = max(self.checkpoints, default=0)
         if top > self.max_orig:
             line, cp = self.checkpoints[top][-1]

@@ -98,7 +98,7 @@ def test_a_removal_hidden_by_renumbering_is_still_named(trail):
 
 def test_the_first_records_removed(trail):
     tamper(trail, "DELETE FROM records WHERE seq <= 2")
-    assert message(trail) == "records 1-2 were removed: the chain goes from record 0 to record 3"
+    assert message(trail) == "records 1-2 were removed: the chain starts at record 3"
 
 
 def test_reordered_records_are_named(trail):
