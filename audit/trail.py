@@ -17,7 +17,7 @@ import asyncio
 import atexit
 import functools
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class Audit:
         entry = Entry.of(action, tenant=tenant, actor=actor, request_id=request_id,
                          trace_id=trace_id, sandbox=sandbox, iteration=iteration, suite=suite,
                          host=host, outcome=outcome, details=details)
-        return self._writer.submit(entry).result()
+        return self._writer.submit((entry,)).result()[0]
 
     async def arecord(self, action: str, *, tenant: str, actor: str, request_id: str,
                       trace_id: str = "", sandbox: str = "", iteration: str = "",
@@ -66,7 +66,19 @@ class Audit:
         entry = Entry.of(action, tenant=tenant, actor=actor, request_id=request_id,
                          trace_id=trace_id, sandbox=sandbox, iteration=iteration, suite=suite,
                          host=host, outcome=outcome, details=details)
-        return await asyncio.wrap_future(self._writer.submit(entry))
+        return (await asyncio.wrap_future(self._writer.submit((entry,))))[0]
+
+    def record_many(self, entries: Sequence[Entry]) -> list[int]:
+        """Append `Entry.of(...)`s in order, in one transaction (one wait for the disk: e.g.
+        a scheduler pass's state changes, or api.request with the exec.start it causes);
+        their seqs once all are on disk. AuditUnavailable: none was written."""
+        return self._writer.submit(entries).result() if entries else []
+
+    async def arecord_many(self, entries: Sequence[Entry]) -> list[int]:
+        """`record_many` for a coroutine."""
+        if not entries:
+            return []
+        return await asyncio.wrap_future(self._writer.submit(entries))
 
     def close(self) -> None:
         """Append what is waiting, sign the head, close the file. Idempotent; records after

@@ -21,6 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -35,8 +36,8 @@ MAX_BATCH = 512  # entries in one transaction
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    entry: Entry
-    done: Future[int]
+    entries: tuple[Entry, ...]  # appended together, in one transaction
+    done: Future[list[int]]
 
 
 _STOP = object()
@@ -67,14 +68,15 @@ class Writer:
         self._thread.start()
 
     # ---- what callers use ------------------------------------------------------------------
-    def submit(self, entry: Entry) -> Future[int]:
-        done: Future[int] = Future()
+    def submit(self, entries: Sequence[Entry]) -> Future[list[int]]:
+        """Their seqs, in order, once all are on disk (one transaction)."""
+        done: Future[list[int]] = Future()
         with self._lock:
             if self._closed:
                 done.set_exception(AuditUnavailable("audit unavailable: the audit trail is "
                                                     "closed; the action is refused"))
                 return done
-            self._jobs.put(_Job(entry, done))
+            self._jobs.put(_Job(tuple(entries), done))
         return done
 
     def close(self) -> None:
@@ -119,16 +121,17 @@ class Writer:
 
     def _commit(self, jobs: list[_Job]) -> None:
         try:
-            records = store.append(self._connection(), [j.entry for j in jobs],
-                                   self.busy_timeout_s)
+            records = store.append(self._connection(),
+                                   [e for j in jobs for e in j.entries], self.busy_timeout_s)
         except AuditUnavailable as err:
             self._fail(jobs, err)
             return
         except Exception as err:  # sqlite3.Error, OSError, or a bug: the thread goes on
             self._fail(jobs, store.unavailable(self.paths.db, err))
             return
-        for job, rec in zip(jobs, records, strict=True):
-            job.done.set_result(rec.seq)
+        seqs = iter(r.seq for r in records)
+        for job in jobs:
+            job.done.set_result([next(seqs) for _ in job.entries])
         if self._head is not None and records[0].seq <= self._head[0]:
             log.error("the audit trail's head went back from seq %d to seq %d: records were "
                       "removed behind tryfleet's back (`tryfleet audit verify` names them); "

@@ -364,3 +364,14 @@ def test_the_audit_imports_nothing_of_the_fleet():
     for path in (ROOT / "audit").glob("*.py"):
         found = imported_names(path, "tryfleet.audit")
         assert not {n for n in found for b in banned if n == b or n.startswith(b + ".")}, path
+
+
+def test_records_appended_together_are_in_order_in_one_transaction(audit, tmp_path):
+    entries = [Entry.of("api.request", tenant="acme", actor="key:k1", request_id="r"),
+               Entry.of("exec.start", tenant="acme", actor="key:k1", request_id="r")]
+    assert audit.record_many(entries) == [1, 2]
+    assert asyncio.run(audit.arecord_many(entries)) == [3, 4]
+    assert audit.record_many([]) == []
+    got = audit.trace("r")
+    assert [r.action for r in got] == ["api.request", "exec.start"] * 2
+    assert got[0].at == got[1].at and got[2].at == got[3].at  # one commit each
