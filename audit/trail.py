@@ -13,7 +13,6 @@ task's records into shared transactions); several processes may append to one tr
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import weakref
@@ -66,7 +65,7 @@ class Audit:
         entry = Entry.of(action, tenant=tenant, actor=actor, request_id=request_id,
                          trace_id=trace_id, sandbox=sandbox, iteration=iteration, suite=suite,
                          host=host, outcome=outcome, details=details)
-        return (await asyncio.wrap_future(self._writer.submit((entry,))))[0]
+        return (await self._writer.submit_async((entry,)))[0]
 
     def record_many(self, entries: Sequence[Entry]) -> list[int]:
         """Append `Entry.of(...)`s in order, in one transaction (one wait for the disk: e.g.
@@ -78,7 +77,7 @@ class Audit:
         """`record_many` for a coroutine."""
         if not entries:
             return []
-        return await asyncio.wrap_future(self._writer.submit(entries))
+        return await self._writer.submit_async(entries)
 
     def close(self) -> None:
         """Append what is waiting, sign the head, close the file. Idempotent; records after

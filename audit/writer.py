@@ -15,6 +15,8 @@ yet covered, and at close, the head is signed and appended to the checkpoints fi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -34,10 +36,35 @@ log = logging.getLogger("tryfleet.audit")
 MAX_BATCH = 512  # entries in one transaction
 
 
+Outcome = list[int] | AuditUnavailable
+
+
 @dataclass(frozen=True, slots=True)
 class _Job:
-    entries: tuple[Entry, ...]  # appended together, in one transaction
-    done: Future[list[int]]
+    """Entries appended together (one transaction), and who waits for their seqs: a thread
+    (a concurrent Future) or a task of an event loop (an asyncio Future of that loop)."""
+
+    entries: tuple[Entry, ...]
+    done: Future[list[int]] | asyncio.Future[list[int]]
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self) -> bool:
+        """False when the caller gave up (its task cancelled): it will not act, so its
+        records are not written. Once taken, a thread's job cannot be cancelled."""
+        if isinstance(self.done, Future):
+            return self.done.set_running_or_notify_cancel()
+        return not self.done.cancelled()
+
+
+def _settle(answers: list[tuple[asyncio.Future[list[int]], Outcome]]) -> None:
+    """In the caller's event loop: each task's answer (one wake-up of the loop per batch)."""
+    for fut, outcome in answers:
+        if fut.done():
+            continue
+        if isinstance(outcome, AuditUnavailable):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
 
 
 _STOP = object()
@@ -71,13 +98,23 @@ class Writer:
     def submit(self, entries: Sequence[Entry]) -> Future[list[int]]:
         """Their seqs, in order, once all are on disk (one transaction)."""
         done: Future[list[int]] = Future()
-        with self._lock:
-            if self._closed:
-                done.set_exception(AuditUnavailable("audit unavailable: the audit trail is "
-                                                    "closed; the action is refused"))
-                return done
-            self._jobs.put(_Job(tuple(entries), done))
+        self._put(_Job(tuple(entries), done))
         return done
+
+    def submit_async(self, entries: Sequence[Entry]) -> asyncio.Future[list[int]]:
+        """`submit` for a coroutine: a future of its own event loop."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[int]] = loop.create_future()
+        self._put(_Job(tuple(entries), done, loop))
+        return done
+
+    def _put(self, job: _Job) -> None:
+        with self._lock:
+            if not self._closed:
+                self._jobs.put(job)
+                return
+        self._answer([job], AuditUnavailable("audit unavailable: the audit trail is closed; "
+                                             "the action is refused"))
 
     def close(self) -> None:
         """Append what is waiting, sign the head, close the file. Idempotent."""
@@ -108,8 +145,7 @@ class Writer:
             stop = _STOP in batch
             # A job whose caller gave up (a cancelled task) is dropped: it will not act.
             # The others cannot be cancelled from here on.
-            jobs = [j for j in batch if isinstance(j, _Job)
-                    and j.done.set_running_or_notify_cancel()]
+            jobs = [j for j in batch if isinstance(j, _Job) and j.take()]
             if jobs:
                 self._commit(jobs)
             if stop:
@@ -130,8 +166,7 @@ class Writer:
             self._fail(jobs, store.unavailable(self.paths.db, err))
             return
         seqs = iter(r.seq for r in records)
-        for job in jobs:
-            job.done.set_result([next(seqs) for _ in job.entries])
+        self._answer(jobs, [[next(seqs) for _ in job.entries] for job in jobs])
         if self._head is not None and records[0].seq <= self._head[0]:
             log.error("the audit trail's head went back from seq %d to seq %d: records were "
                       "removed behind tryfleet's back (`tryfleet audit verify` names them); "
@@ -145,8 +180,27 @@ class Writer:
 
     def _fail(self, jobs: list[_Job], err: AuditUnavailable) -> None:
         log.error("%s", err)
-        for job in jobs:
-            job.done.set_exception(err)
+        self._answer(jobs, err)
+
+    @staticmethod
+    def _answer(jobs: list[_Job], outcomes: list[list[int]] | AuditUnavailable) -> None:
+        """Each caller its seqs, or the error: threads directly, each event loop once for
+        all its tasks (every wake-up of a loop from here costs a system call, and the GIL
+        back after it)."""
+        loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[int]],
+                                                          Outcome]]] = {}
+        for n, job in enumerate(jobs):
+            outcome = outcomes if isinstance(outcomes, AuditUnavailable) else outcomes[n]
+            if isinstance(job.done, Future):
+                if isinstance(outcome, AuditUnavailable):
+                    job.done.set_exception(outcome)
+                else:
+                    job.done.set_result(outcome)
+            elif job.loop is not None:
+                loops.setdefault(job.loop, []).append((job.done, outcome))
+        for loop, answers in loops.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, answers)
 
     def _checkpoint(self) -> None:
         """Sign the head as this writer last committed it, if it has records not covered."""

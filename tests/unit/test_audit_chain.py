@@ -375,3 +375,14 @@ def test_records_appended_together_are_in_order_in_one_transaction(audit, tmp_pa
     got = audit.trace("r")
     assert [r.action for r in got] == ["api.request", "exec.start"] * 2
     assert got[0].at == got[1].at and got[2].at == got[3].at  # one commit each
+
+
+def test_more_records_together_than_one_insert_holds(audit, tmp_path):
+    from tryfleet.audit.store import ROWS_PER_INSERT
+
+    n = 2 * ROWS_PER_INSERT + 3
+    entries = [Entry.of("iteration.state", tenant="acme", actor="scheduler", request_id="r",
+                        iteration=f"it-{i}") for i in range(n)]
+    assert audit.record_many(entries) == list(range(1, n + 1))
+    audit.close()
+    assert verify(tmp_path).ok
