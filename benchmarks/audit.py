@@ -8,7 +8,8 @@ hundred requests/s, each writing 2-4 records.
 saturation: 8 threads here and 4 in the second process appending back to back, as fast as the
 machine goes: the most records/s, and the latency then.
 Baselines, same run, same disk: a bare one-row SQLite commit (WAL, synchronous=FULL), the floor
-any durable record pays; one appender alone.
+any durable record pays, alone and (in a process of its own, every 2 ms) while the load runs;
+one appender alone.
 verify: records/s of `verify` over a trail of 200,000 records (50,000 with --quick), a signed
 checkpoint every 1,000, the signatures checked too.
 """
@@ -51,6 +52,8 @@ CHART = [
     ("audit under API load: append p99 (ms)", "append_p99_ms"),
     ("audit, one appender: append p99 (ms)", "append_alone_p99_ms"),
     ("bare SQLite commit: append p99 (ms)", "bare_commit_p99_ms"),
+    ("bare SQLite commit under the same load: append p99 (ms)",
+     "bare_commit_under_load_p99_ms"),
     ("audit: verify (records/s)", "verify_records_per_s"),
     ("audit, saturated: appends (records/s)", "saturated_appends_per_s"),
 ]
@@ -85,17 +88,37 @@ print(json.dumps(ms), flush=True)
 """
 
 
-class Second:
-    """The second appending process, started and waiting for `go`."""
+# The floor under the same load: a process of its own committing one bare row every 2 ms
+# (WAL, synchronous=FULL) into another file on the same disk while the trail is appended to.
+PROBE = """
+import json, sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode = WAL"); db.execute("PRAGMA synchronous = FULL")
+db.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+seconds, body = float(sys.argv[2]), sys.argv[3]
+print("ready", flush=True)
+sys.stdin.readline()
+ms, stop = [], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < stop:
+    t0 = time.perf_counter()
+    db.execute("BEGIN IMMEDIATE"); db.execute("INSERT INTO t (body) VALUES (?)", (body,))
+    db.execute("COMMIT")
+    ms.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.002)
+print(json.dumps(ms), flush=True)
+"""
 
-    def __init__(self, data: Path, seconds: float, rate: float) -> None:
+
+class Helper:
+    """A process of this benchmark's (CHILD or PROBE), started and waiting for `go`."""
+
+    def __init__(self, script: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(data), str(CHILD_THREADS), str(seconds),
-             str(rate), json.dumps(DETAILS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            [sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert self.proc.stdout is not None
         if self.proc.stdout.readline() != "ready\n":
-            raise RuntimeError("the second appending process did not start")
+            raise RuntimeError("a process of the benchmark did not start")
 
     def go(self) -> None:
         assert self.proc.stdin is not None
@@ -148,18 +171,21 @@ def _saturate(audit: Audit, seconds: float) -> list[float]:
 
 def _two_processes(data: Path, seconds: float, saturate: bool) -> dict[str, Any]:
     data.mkdir()
-    second = Second(data, seconds, 0.0 if saturate else SCHEDULER_RATE)
+    second = Helper(CHILD, str(data), str(CHILD_THREADS), str(seconds),
+                    str(0.0 if saturate else SCHEDULER_RATE), json.dumps(DETAILS))
+    probe = Helper(PROBE, str(data / "probe.db"), str(seconds), json.dumps(DETAILS))
     audit = Audit(data)
     second.go()
+    probe.go()
     try:
         ours = _saturate(audit, seconds) if saturate else asyncio.run(_api_load(audit, seconds))
     finally:
         audit.close()
-    theirs = second.latencies()
+    theirs, floor = second.latencies(), probe.latencies()
     db = sqlite3.connect(AuditPaths.of(data).db)
     low, high, count = db.execute("SELECT MIN(seq), MAX(seq), COUNT(*) FROM records").fetchone()
     db.close()
-    return {"ours": ours, "theirs": theirs, "records": count,
+    return {"ours": ours, "theirs": theirs, "floor": floor, "records": count,
             "one_chain": (low, high) == (1, count) and verify(data).ok}
 
 
@@ -242,6 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "second_process_append_p99_ms": _ms(load["theirs"], 99),
         "append_alone_p50_ms": _ms(alone, 50), "append_alone_p99_ms": _ms(alone, 99),
         "bare_commit_p50_ms": _ms(bare, 50), "bare_commit_p99_ms": _ms(bare, 99),
+        "bare_commit_under_load_p50_ms": _ms(load["floor"], 50),
+        "bare_commit_under_load_p99_ms": _ms(load["floor"], 99),
         "saturated_appends_per_s": round(full["records"] / saturate_s),
         "saturated_append_p50_ms": _ms(full["ours"], 50),
         "saturated_append_p99_ms": _ms(full["ours"], 99),
@@ -259,8 +287,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
          f"(target p99 <= {TARGET_APPEND_P99_MS} ms)"),
         ("  the second process's p99", f"{r['second_process_append_p99_ms']} ms"),
         ("append alone p50 / p99", f"{r['append_alone_p50_ms']} / {r['append_alone_p99_ms']} ms"),
-        ("bare SQLite commit p50 / p99 (floor)",
+        ("bare SQLite commit p50 / p99, quiet disk",
          f"{r['bare_commit_p50_ms']} / {r['bare_commit_p99_ms']} ms"),
+        ("  the same meanwhile (the floor under load)",
+         f"{r['bare_commit_under_load_p50_ms']} / {r['bare_commit_under_load_p99_ms']} ms"),
         ("saturated: records/s, p50 / p99",
          f"{r['saturated_appends_per_s']:,}/s, {r['saturated_append_p50_ms']} / "
          f"{r['saturated_append_p99_ms']} ms ({THREADS} + {CHILD_THREADS} threads)"),
