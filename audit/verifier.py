@@ -70,8 +70,10 @@ class Report:
         if not self.ok:
             n = len(self.problems) + self.more_problems
             return f"the audit trail is NOT intact: {n} problem{'s' * (n != 1)}"
+        n = self.checkpoints
         cp = "no checkpoint yet" if self.last_checkpoint_seq is None else (
-            f"{self.checkpoints} signed checkpoints, the last at seq {self.last_checkpoint_seq}")
+            f"{n} signed checkpoint{'s' * (n != 1)}, the last at seq "
+            f"{self.last_checkpoint_seq}")
         return (f"the audit trail is intact: {self.records} records, head seq {self.head_seq} "
                 f"({self.head_hash[:16]}), {cp}")
 
@@ -203,9 +205,13 @@ class _Walk:
         top = max(self.checkpoints, default=0)
         if top > self.max_orig:
             line, cp = self.checkpoints[top][-1]
-            self.add("cut-off", self.max_orig + 1, f"records after seq {self.max_orig} were "
-                     f"cut off: checkpoint line {line} (signed {when(cp.at)}) covers the "
-                     f"chain up to seq {top}")
+            later = first_at_or_after(db, math.nextafter(cp.at, math.inf))
+            cut = self.max_orig if later is None else min(self.max_orig, later - 1)
+            since = "" if cut == self.max_orig else (
+                f", and the records now at seq {cut + 1}-{self.max_orig} were written after it")
+            self.add("cut-off", cut + 1, f"records after seq {cut} were cut off: checkpoint "
+                     f"line {line} (signed {when(cp.at)}) covers the chain up to seq {top}"
+                     f"{since}")
         elif self.rows and not self.checkpoints and self.last_at < time.time() - GRACE_S:
             self.add("no-checkpoint", None, f"no signed checkpoint covers the chain "
                      f"({paths.checkpoints} is missing or empty, though its last record is "

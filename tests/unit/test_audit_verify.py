@@ -261,3 +261,14 @@ def test_a_writer_that_sees_its_head_go_back_says_so_and_goes_on(tmp_path, caplo
     finally:
         audit.close()
     assert "head went back from seq 3 to seq 1" in caplog.text
+
+
+def test_records_cut_off_then_appended_to_short_of_the_checkpoint_are_told(trail):
+    tamper(trail, "DELETE FROM records WHERE seq > 9")
+    audit = Audit(trail)
+    audit.record("exec.start", tenant="acme", actor="key:k1", request_id="later")  # seq 10
+    audit.close()
+    assert problems(trail) == [("cut-off", 10)]
+    assert message(trail).startswith("records after seq 9 were cut off: checkpoint line 3 ")
+    assert message(trail).endswith(f"covers the chain up to seq {N}, and the records now at "
+                                   "seq 10-10 were written after it")
