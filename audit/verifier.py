@@ -87,6 +87,11 @@ def _name(seqs: tuple[int, int]) -> str:
     return f"record {a} was" if a == b else f"records {a}-{b} were"
 
 
+def _written_after(a: int, b: int) -> str:
+    now = f"the record now at seq {a} was" if a == b else f"the records now at seq {a}-{b} were"
+    return f", and {now} written after it"
+
+
 @dataclass
 class _Walk:
     """The chain walked in stored order; see the module's docstring."""
@@ -194,8 +199,7 @@ class _Walk:
             told.add(first)
             self.add("cut-off", first, f"records after seq {first - 1} were cut off: "
                      f"checkpoint line {line} (signed {when(cp.at)}) covers the chain up to "
-                     f"seq {orig}, and the records now at seq {first}-{orig} were written "
-                     "after it")
+                     f"seq {orig}{_written_after(first, orig)}")
         for first, last, stored_after in sorted(self.missing):
             renumbered = " (and the records after it renumbered to hide the gap)" \
                 if stored_after <= last else ""
@@ -207,8 +211,7 @@ class _Walk:
             line, cp = self.checkpoints[top][-1]
             later = first_at_or_after(db, math.nextafter(cp.at, math.inf))
             cut = self.max_orig if later is None else min(self.max_orig, later - 1)
-            since = "" if cut == self.max_orig else (
-                f", and the records now at seq {cut + 1}-{self.max_orig} were written after it")
+            since = "" if cut == self.max_orig else _written_after(cut + 1, self.max_orig)
             self.add("cut-off", cut + 1, f"records after seq {cut} were cut off: checkpoint "
                      f"line {line} (signed {when(cp.at)}) covers the chain up to seq {top}"
                      f"{since}")

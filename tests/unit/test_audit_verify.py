@@ -270,5 +270,5 @@ def test_records_cut_off_then_appended_to_short_of_the_checkpoint_are_told(trail
     audit.close()
     assert problems(trail) == [("cut-off", 10)]
     assert message(trail).startswith("records after seq 9 were cut off: checkpoint line 3 ")
-    assert message(trail).endswith(f"covers the chain up to seq {N}, and the records now at "
-                                   "seq 10-10 were written after it")
+    assert message(trail).endswith(f"covers the chain up to seq {N}, and the record now at "
+                                   "seq 10 was written after it")
