@@ -64,7 +64,7 @@ _ROW = f"({', '.join('?' * len(FIELDS))})"
 ROWS_PER_INSERT = 256  # 15 values a row: well within SQLite's 32,766 per statement
 _HEAD = "SELECT seq, hash, at FROM records ORDER BY seq DESC LIMIT 1"
 BUSY_RETRY_FIRST_S = 0.00005
-BUSY_RETRY_MOST_S = 0.002
+BUSY_RETRY_MOST_S = 0.0005
 
 
 def _uri(path: Path, mode: str) -> str:
@@ -112,7 +112,7 @@ def _busy(err: sqlite3.OperationalError) -> bool:
 
 
 def begin_immediate(db: sqlite3.Connection, timeout_s: float) -> None:
-    """BEGIN IMMEDIATE, retried every 50 us (doubling to 2 ms) while another process holds
+    """BEGIN IMMEDIATE, retried after 50 us (doubling to 0.5 ms) while another process holds
     the write lock. Written here rather than left to SQLite's busy handler, whose first waits
     are 1, 2 and 5 ms: a lock held for a 0.2 ms commit would cost a waiter 1 ms or more."""
     deadline = time.monotonic() + timeout_s

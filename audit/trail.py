@@ -13,6 +13,7 @@ task's records into shared transactions); several processes may append to one tr
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import weakref
@@ -35,11 +36,15 @@ def _close_at_exit(ref: weakref.ReferenceType[Audit]) -> None:
 
 
 class Audit:
-    """The audit trail of a data directory: `<data>/audit.db`, its key and its checkpoints."""
+    """The audit trail of a data directory: `<data>/audit.db`, its key and its checkpoints.
+    A record not on disk within wait_s (the disk hung, the file locked by another process
+    past busy_timeout_s) raises AuditUnavailable."""
 
     def __init__(self, data_dir: Path | str, *, checkpoint_every: int = 1000,
-                 checkpoint_s: float = 5.0, busy_timeout_s: float = 5.0) -> None:
+                 checkpoint_s: float = 5.0, busy_timeout_s: float = 5.0,
+                 wait_s: float = 30.0) -> None:
         self.paths = AuditPaths.of(data_dir)
+        self.wait_s = wait_s
         self._writer = Writer(self.paths, checkpoint_every=checkpoint_every,
                               checkpoint_s=checkpoint_s, busy_timeout_s=busy_timeout_s)
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -55,7 +60,7 @@ class Audit:
         entry = Entry.of(action, tenant=tenant, actor=actor, request_id=request_id,
                          trace_id=trace_id, sandbox=sandbox, iteration=iteration, suite=suite,
                          host=host, outcome=outcome, details=details)
-        return self._writer.submit((entry,)).result()[0]
+        return self.record_many((entry,))[0]
 
     async def arecord(self, action: str, *, tenant: str, actor: str, request_id: str,
                       trace_id: str = "", sandbox: str = "", iteration: str = "",
@@ -65,19 +70,35 @@ class Audit:
         entry = Entry.of(action, tenant=tenant, actor=actor, request_id=request_id,
                          trace_id=trace_id, sandbox=sandbox, iteration=iteration, suite=suite,
                          host=host, outcome=outcome, details=details)
-        return (await self._writer.submit_async((entry,)))[0]
+        return (await self.arecord_many((entry,)))[0]
 
     def record_many(self, entries: Sequence[Entry]) -> list[int]:
         """Append `Entry.of(...)`s in order, in one transaction (one wait for the disk: e.g.
         a scheduler pass's state changes, or api.request with the exec.start it causes);
-        their seqs once all are on disk. AuditUnavailable: none was written."""
-        return self._writer.submit(entries).result() if entries else []
+        their seqs once all are on disk. AuditUnavailable: refuse the action (after a
+        timeout the records may still be written: as intents of an action that never was)."""
+        if not entries:
+            return []
+        done = self._writer.submit(entries)
+        try:
+            return done.result(timeout=self.wait_s)
+        except TimeoutError:
+            done.cancel()
+            raise self._late() from None
 
     async def arecord_many(self, entries: Sequence[Entry]) -> list[int]:
         """`record_many` for a coroutine."""
         if not entries:
             return []
-        return await self._writer.submit_async(entries)
+        try:
+            async with asyncio.timeout(self.wait_s):
+                return await self._writer.submit_async(entries)
+        except TimeoutError:
+            raise self._late() from None
+
+    def _late(self) -> AuditUnavailable:
+        return AuditUnavailable(f"audit unavailable: the audit trail {self.paths.db} did not "
+                                f"answer within {self.wait_s:g} s; the action is refused")
 
     def close(self) -> None:
         """Append what is waiting, sign the head, close the file. Idempotent; records after

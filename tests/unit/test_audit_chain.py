@@ -386,3 +386,32 @@ def test_more_records_together_than_one_insert_holds(audit, tmp_path):
     assert audit.record_many(entries) == list(range(1, n + 1))
     audit.close()
     assert verify(tmp_path).ok
+
+
+def test_a_trail_locked_past_the_busy_timeout_refuses_appends(tmp_path):
+    audit = Audit(tmp_path, busy_timeout_s=0.1)
+    holder = sqlite3.connect(AuditPaths.of(tmp_path).db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+        with pytest.raises(AuditUnavailable, match="database is locked"):
+            note(audit)
+        holder.execute("ROLLBACK")
+        assert note(audit) == [1]
+    finally:
+        holder.close()
+        audit.close()
+
+
+def test_a_record_not_on_disk_within_the_wait_is_refused(tmp_path):
+    audit = Audit(tmp_path, busy_timeout_s=5.0, wait_s=0.1)
+    holder = sqlite3.connect(AuditPaths.of(tmp_path).db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(AuditUnavailable, match=r"did not answer within 0\.1 s"):
+            note(audit)
+        with pytest.raises(AuditUnavailable, match=r"did not answer within 0\.1 s"):
+            asyncio.run(audit.arecord("api.request", tenant="", actor="", request_id=""))
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+        audit.close()
