@@ -20,6 +20,7 @@ SCENARIOS = {
     "suites50": "50 suites at once on this host: throttled vs everything admitted at once",
     "campaign": "a small pytest suite N times: pooled+restore vs a fresh boot each",
     "soak": "the scheduler under chaos (processes killed, hosts removed): nothing lost",
+    "audit": "audit trail: append latency under concurrent appends, verify records/s",
 }
 
 

@@ -62,6 +62,8 @@ class Gateway:
     async def _serve(self) -> None:
         import uvicorn
 
+        from tryfleet.audit import Audit
+
         from .app import create_app
         from .calls import FleetCalls
         from .keys import KeyStore
@@ -69,6 +71,7 @@ class Gateway:
 
         app = create_app(FleetCalls(), KeyStore(self.ledger_path, self.data_dir),
                          Policies(self.data_dir), self.ledger_path)
+        app.state.audit = Audit(self.data_dir)  # appends fail closed; reads for /v1/audit
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_keep_alive=30)
         self._server = server = uvicorn.Server(config)

@@ -23,6 +23,7 @@ from tryfleet.scheduler.sandboxes import SandboxBook
 from . import e2b, problems
 from .keys import KeyStore
 from .policy import Policies
+from .routes import audit as audit_routes
 from .routes import fleet as fleet_routes
 from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
@@ -105,6 +106,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(keys_routes.router)
+    app.include_router(audit_routes.router)
     app.include_router(sandboxes.router)
     app.include_router(sandbox_files.router)
     app.include_router(iteration_routes.router)

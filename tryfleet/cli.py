@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep N VMs of this image and size ready on this host, e.g. base=2 "
                          "(pools also grow with demand, within a quarter of the host's memory)")
     sub.add_parser("down", help="stop what `tryfleet up` started, and nothing else")
+    from .commands import audit  # its parser: ls, trace, verify, export
+
+    audit.add_parser(sub)
     status = sub.add_parser("status", help="hosts, limits and iteration counts")
     status.add_argument("--json", action="store_true", help="print JSON")
     ps = sub.add_parser("ps", help="iterations that are queued or running")
@@ -198,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return host.info(data_dir, args.uri, args.json) if args.host_command == "info" \
             else host.reap(data_dir, args.uri)
+    if args.command == "audit":
+        from .commands import audit
+
+        return audit.main(args, data_dir)
     if args.command in ("up", "down", "status", "ps", "logs", "cancel"):
         from .commands import fleetcmds
 
