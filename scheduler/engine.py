@@ -200,8 +200,8 @@ class Engine:
                request_id: str = "", key_id: str = "") -> list[str]:
         """Record the tenant's iterations and queue them; their ids (the tenant's own). The
         limits they name are held while they run; their sizes are set_limit's business."""
-        self.core.check_fits(its)
         self._check_switches(its, suite, tenant, key_id)
+        self.core.check_fits(its)
         rows = self.ledger.submit_rows(its, suite, tenant, request_id=request_id,
                                        key_id=key_id, max_iterations=max_iterations,
                                        max_wall_s=max_wall_s)
