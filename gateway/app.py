@@ -29,6 +29,7 @@ from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
 from .routes import meta, sandbox_files, sandboxes
 from .routes import suites as suite_routes
+from .routes import switches as switch_routes
 
 MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -112,6 +113,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.include_router(iteration_routes.router)
     app.include_router(suite_routes.router)
     app.include_router(fleet_routes.router)
+    app.include_router(switch_routes.router)
     e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
     _mount_mcp(app)
     app.add_middleware(RequestIds)
