@@ -89,6 +89,11 @@ class SwitchBook:
                          "lifted_at IS NULL", (level.value, target)).fetchone()
         return None if row is None else switch_of(dict(row))
 
+    def in_force(self, level: Level, target: str) -> Switch | None:
+        """The switch in force on (level, target), if any: one indexed read."""
+        with self._lock:
+            return self._in_force(self._db, level, target)
+
     def active(self) -> list[Switch]:
         """The switches in force, oldest first."""
         return self._select("WHERE lifted_at IS NULL ORDER BY id")

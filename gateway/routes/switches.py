@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tryfleet.errors import NotFound
 from tryfleet.scheduler.sandboxes import SandboxBook
 from tryfleet.scheduler.switch_book import SwitchBook
+from tryfleet.scheduler.switches import Level
 
 from ..auth import Admin
 from ..keys import KeyStore, Principal
@@ -124,6 +125,15 @@ def _book(request: Request) -> SwitchBook:
     return book
 
 
+def frozen_sandbox(request: Request, sid: str, what: str) -> None:
+    """Frozen when a switch is in force on sandbox `sid` itself: nothing new (`what`: a
+    command, a file written) starts in it, while what runs there goes on. A tenant's, a key's
+    or everything's freeze leaves work in open sandboxes alone."""
+    found = _book(request).in_force(Level.SANDBOX, sid)
+    if found is not None:
+        raise found.refusal(f"{what} in sandbox {sid}")
+
+
 async def _record(request: Request, action: str, who: Principal, tenant: str,
                   details: dict[str, Any]) -> None:
     """The audit record, before the act (AuditUnavailable: 503, nothing done)."""
@@ -199,4 +209,4 @@ async def lift_by_id(switch_id: Annotated[int, Path(ge=1)], who: Admin, request:
     return await _lift(request, who, body)
 
 
-__all__ = ["FlipIn", "FlipOut", "SwitchList", "SwitchOut", "Target", "router"]
+__all__ = ["FlipIn", "FlipOut", "SwitchList", "SwitchOut", "Target", "frozen_sandbox", "router"]

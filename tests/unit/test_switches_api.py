@@ -180,3 +180,22 @@ def test_the_cli_freezes_lists_and_thaws_a_tenant(served, tenant, capsys):
     assert main(["thaw", "--tenant", name, *api]) == 0
     assert main(["switches", "--json", *api]) == 0
     assert name not in capsys.readouterr().out.split("starts again", 1)[1]
+
+
+def test_a_frozen_sandbox_runs_no_new_command_but_can_still_be_read(served, tenant):
+    _, key = tenant
+    box = call(served, "POST", "/v1/sandboxes", key, json=BOX).json()
+    r = call(served, "POST", "/v1/switches", json={"level": "sandbox", "target": box["id"]})
+    assert r.status_code == 201, r.text
+    refused = call(served, "POST", f"/v1/sandboxes/{box['id']}/exec", key, json={"argv": ["true"]})
+    assert (refused.status_code, refused.json()["type"]) == (403, "urn:tryfleet:problem:frozen")
+    listed = call(served, "GET", f"/v1/sandboxes/{box['id']}/files/list?path=/root", key)
+    assert listed.status_code == 200, listed.text
+    e2b = httpx.post(f"{served.url}/files?path=/root/a.txt", content=b"x", timeout=60,
+                     headers={"E2b-Sandbox-Id": box["id"], "X-API-KEY": key})
+    assert e2b.status_code == 403 and "frozen by switch" in e2b.json()["message"]
+    r = call(served, "DELETE", f"/v1/switches/{r.json()['switch']['id']}")
+    assert r.status_code == 200, r.text
+    ran = call(served, "POST", f"/v1/sandboxes/{box['id']}/exec", key, json={"argv": ["true"]})
+    assert ran.status_code == 200, ran.text
+    call(served, "DELETE", f"/v1/sandboxes/{box['id']}", key)
