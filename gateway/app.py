@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tryfleet import __version__
 from tryfleet.scheduler.sandboxes import SandboxBook
+from tryfleet.scheduler.switch_book import SwitchBook
 
 from . import e2b, problems
 from .keys import KeyStore
@@ -104,6 +105,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.state.fleet, app.state.keys, app.state.policies = fleet, keys, policies
     app.state.ledger_path = ledger_path
     app.state.sandboxes = SandboxBook(ledger_path)  # reads: who owns a sandbox, where it runs
+    app.state.switch_book = SwitchBook(ledger_path)  # reads: the kill switches in force
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(keys_routes.router)

@@ -22,7 +22,7 @@ main commands:
   tryfleet up                            start a fleet on this host (Ray, node agent, scheduler)
   tryfleet batch SPECS.jsonl --suite S   run a file of iterations on the fleet
   tryfleet status | ps | logs ID         watch the fleet and what runs on it
-  tryfleet cancel ID | --suite S | --all stop iterations (--all: the kill switch)
+  tryfleet cancel ID | --suite S | --all stop the iterations there are now
   tryfleet key create --tenant T         make an API key (also: key ls, key revoke ID)
   tryfleet freeze|kill --tenant T        kill switches, kept until `tryfleet thaw` (also
                                          --iteration --sandbox --suite --key --host --all)

@@ -119,9 +119,7 @@ def _tenant_of(request: Request, body: Target) -> str:
 
 
 def _book(request: Request) -> SwitchBook:
-    book: SwitchBook | None = getattr(request.app.state, "switch_book", None)
-    if book is None:
-        book = request.app.state.switch_book = SwitchBook(request.app.state.ledger_path)
+    book: SwitchBook = request.app.state.switch_book
     return book
 
 
