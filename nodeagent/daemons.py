@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,29 @@ def _note(line: str) -> None:
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tryfleet supervisor: {line}\n")
 
 
+def answering() -> bool:
+    """Whether libvirtd answers on qemu:///system."""
+    return subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+                          capture_output=True).returncode == 0
+
+
+def ensure(timeout_s: float = 30.0) -> None:
+    """libvirtd answering on qemu:///system: started here when it is not and this process may
+    start it (root, libvirtd installed); HypervisorUnavailable, saying what to do, otherwise."""
+    from .errors import HypervisorUnavailable
+
+    if shutil.which("virsh") and answering():
+        return
+    if os.geteuid() != 0 or not shutil.which("libvirtd"):
+        raise HypervisorUnavailable(
+            "libvirtd is not running on this host; start it with `bash scripts/setup.sh` "
+            "(or as root: `python -m tryfleet.nodeagent.daemons start`)")
+    try:
+        start(timeout_s)
+    except (SystemExit, OSError, subprocess.CalledProcessError) as err:
+        raise HypervisorUnavailable(f"could not start libvirtd: {err}") from err
+
+
 def start(timeout_s: float = 30.0) -> None:
     if not _running("virtlogd"):
         subprocess.run(["virtlogd", "-d"], check=True)
@@ -82,9 +106,7 @@ def start(timeout_s: float = 30.0) -> None:
                          stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ok = subprocess.run(["virsh", "-c", "qemu:///system", "version"],
-                            capture_output=True).returncode == 0
-        if ok:
+        if answering():
             return
         time.sleep(0.3)
     raise SystemExit(f"libvirtd did not answer on qemu:///system within {timeout_s:.0f}s; "

@@ -79,6 +79,12 @@ class Files:
         got = self._box._api.json("GET", self._box._path("/files/list"), params={"path": path})
         return list(got["entries"])
 
+    def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove the file at path (a directory with everything in it: recursive=True);
+        NotFound if there is none."""
+        self._box._api.request("DELETE", self._box._path("/files"),
+                               params={"path": path, "recursive": str(recursive).lower()})
+
 
 class Sandbox:
     """A VM held for up to timeout_s: open it (a `with` block, or open() and close()), run

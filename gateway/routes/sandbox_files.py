@@ -164,6 +164,22 @@ async def read_stream(node: NodeCall, path: str, size: int) -> AsyncIterator[byt
     return rest()
 
 
+@router.delete("/{sid}/files", status_code=204, summary="Remove a file (a directory: "
+               "with recursive=true)", responses=documented(400, 401, 403, 404, 409, 422, 503))
+async def remove(box: OpenBox, request: Request, path: GuestPath,
+                 recursive: Annotated[bool, Query(description="a directory and all in it")]
+                 = False) -> None:
+    where = _path(path)
+    if where == "/":
+        raise Problem(400, "bad-path", "the root directory cannot be removed")
+    node = _caller(request, box)
+    info = unpack(FileInfo, await node("sandbox_stat", where))
+    if info.type is FileType.DIR and not recursive:
+        raise Problem(409, "is-a-directory", f"{path!r} is a directory: remove it with "
+                      "recursive=true")
+    await node("sandbox_remove", where, recursive)
+
+
 @router.get("/{sid}/files/list", summary="List a directory",
             responses=documented(400, 401, 403, 404, 422, 503))
 async def list_files(box: ReadableBox, request: Request, path: GuestPath,

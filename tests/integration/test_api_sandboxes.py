@@ -178,6 +178,17 @@ def test_files_round_trip_byte_for_byte_and_list(fleet, acme, box):
         ("blob.bin", "file", len(blob)), ("hello.txt", "file", len(text))]
 
 
+def test_a_removed_file_is_gone_and_a_directory_needs_recursive(fleet, acme, box):
+    url = f"/v1/sandboxes/{box['id']}/files"
+    fleet.http.put(url, params={"path": "/root/rm/a.txt"}, content=b"a", headers=acme)
+    assert fleet.http.delete(url, params={"path": "/root/rm"}, headers=acme).status_code == 409
+    assert fleet.http.delete(url, params={"path": "/root/rm/a.txt"},
+                             headers=acme).status_code == 204
+    assert fleet.http.get(url, params={"path": "/root/rm/a.txt"}, headers=acme).status_code == 404
+    assert fleet.http.delete(url, params={"path": "/root/rm/a.txt"},
+                             headers=acme).status_code == 404
+
+
 def test_extend_moves_the_expiry(fleet, acme, box):
     r = fleet.http.post(f"/v1/sandboxes/{box['id']}/timeout", json={"timeout_s": 900},
                         headers=acme)
@@ -194,6 +205,7 @@ def test_another_tenants_key_gets_404_for_every_route(fleet, box):
         ("PUT", f"/v1/sandboxes/{sid}/files", {"params": {"path": "/tmp/x"}, "content": b"x"}),
         ("GET", f"/v1/sandboxes/{sid}/files", {"params": {"path": "/etc/hostname"}}),
         ("GET", f"/v1/sandboxes/{sid}/files/list", {"params": {"path": "/"}}),
+        ("DELETE", f"/v1/sandboxes/{sid}/files", {"params": {"path": "/etc/hostname"}}),
         ("POST", f"/v1/sandboxes/{sid}/timeout", {"json": {"timeout_s": 5}}),
         ("DELETE", f"/v1/sandboxes/{sid}", {}),
     ]

@@ -30,6 +30,7 @@ def parse_limits(values: list[str]) -> dict[str, int]:
 
 def up(args: argparse.Namespace, data_dir: Path) -> int:
     from tryfleet import cluster
+    from tryfleet.nodeagent import daemons
     from tryfleet.nodeagent.errors import BadRequest as NodeBadRequest
     from tryfleet.nodeagent.node import PoolTarget
 
@@ -37,6 +38,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
         limits = parse_limits(args.limit)
         for target in args.pool:
             PoolTarget.parse(target)  # a typo fails here, before anything starts
+        daemons.ensure()  # this host's node agent needs libvirtd: before Ray starts
         if args.address:
             cluster.join(args.address)
             address = args.address
