@@ -4,6 +4,7 @@ bodies and unknown targets, a frozen tenant refused on the tryfleet API, the E2B
 alike until thawed, the audit trail written first (and the flip refused without it), and the
 CLI through the SDK."""
 
+import itertools
 import json
 
 import httpx
@@ -17,6 +18,7 @@ from .servedapi import served_api
 
 BOX = {"image": "base", "mem_mib": 256}
 ITERATION = {"id": "i-1", "image": "base", "command": ["true"]}
+TENANTS = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,9 @@ def thaw(served, tenant):
 
 
 @pytest.fixture
-def tenant(served, request):
+def tenant(served):
     """A fresh tenant with a key (sandbox, batch), thawed at the end whatever happened."""
-    name = "t" + str(abs(hash(request.node.name)) % 10**8)
+    name = f"tenant-{next(TENANTS)}"
     key = served.key(name)
     yield name, key
     call(served, "POST", "/v1/switches/lift", json={"level": "tenant", "target": name})
