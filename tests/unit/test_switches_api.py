@@ -201,3 +201,18 @@ def test_a_frozen_sandbox_runs_no_new_command_but_can_still_be_read(served, tena
     ran = call(served, "POST", f"/v1/sandboxes/{box['id']}/exec", key, json={"argv": ["true"]})
     assert ran.status_code == 200, ran.text
     call(served, "DELETE", f"/v1/sandboxes/{box['id']}", key)
+
+
+def test_e2bs_sdk_runs_no_new_command_in_a_frozen_sandbox(served, tenant):
+    e2b = pytest.importorskip("e2b")
+    _, key = tenant
+    sbx = e2b.Sandbox.create(timeout=120, api_key=key, api_url=served.url,
+                             sandbox_url=served.url)
+    try:
+        r = call(served, "POST", "/v1/switches", json={"level": "sandbox",
+                                                       "target": sbx.sandbox_id})
+        assert r.status_code == 201, r.text
+        with pytest.raises(e2b.SandboxException, match="frozen by switch"):
+            sbx.commands.run("true")
+    finally:
+        sbx.kill()
