@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tryfleet import __version__
 from tryfleet.scheduler.sandboxes import SandboxBook
+from tryfleet.scheduler.switch_book import SwitchBook
 
 from . import e2b, problems
 from .keys import KeyStore
@@ -29,6 +30,7 @@ from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
 from .routes import meta, sandbox_files, sandboxes
 from .routes import suites as suite_routes
+from .routes import switches as switch_routes
 
 MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -103,6 +105,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.state.fleet, app.state.keys, app.state.policies = fleet, keys, policies
     app.state.ledger_path = ledger_path
     app.state.sandboxes = SandboxBook(ledger_path)  # reads: who owns a sandbox, where it runs
+    app.state.switch_book = SwitchBook(ledger_path)  # reads: the kill switches in force
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(keys_routes.router)
@@ -112,6 +115,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.include_router(iteration_routes.router)
     app.include_router(suite_routes.router)
     app.include_router(fleet_routes.router)
+    app.include_router(switch_routes.router)
     e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
     _mount_mcp(app)
     app.add_middleware(RequestIds)

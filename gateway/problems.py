@@ -22,6 +22,7 @@ from tryfleet.errors import (
     BadRequest,
     CannotPlace,
     FleetUnavailable,
+    Frozen,
     InfrastructureError,
     NoRoom,
     NotFound,
@@ -64,6 +65,8 @@ def of_error(err: TryfleetError) -> Problem:
     if isinstance(err, QuotaExceeded):
         return Problem(429, "quota-exceeded", detail, limit=err.limit, value=err.value,
                        headers={"Retry-After": "5"})
+    if isinstance(err, Frozen):  # a kill switch: names it, who flipped it, when and why
+        return Problem(403, "frozen", detail, rule=err.rule, switch=err.switch)
     if isinstance(err, PolicyDenied):
         return Problem(403, "policy-denied", detail, rule=err.rule)
     if isinstance(err, NotFound):

@@ -46,6 +46,7 @@ from .events import (
     Lease,
     LeaseClosed,
     LeaseExtended,
+    LeaseFrozen,
     LeaseGranted,
     LeaseOpened,
     LeaseOverQuota,
@@ -61,12 +62,16 @@ from .events import (
     StopEverywhere,
     StopOnHost,
     Submitted,
+    SwitchOff,
+    SwitchOn,
     Tick,
 )
 from .metrics import Metrics
 from .placement import Demand, HostView, Reservations, Verdict, place
 from .records import Iteration, Row
 from .retry import Budget, Retry, retry_policy
+from .switches import Switches
+from .switching import Switching
 
 DEFAULT_DISK_MIB = 1024
 
@@ -104,6 +109,8 @@ class SchedulerState:
     leases: dict[str, Lease] = field(default_factory=dict)
     budgets: dict[str, tuple[float, float]] = field(default_factory=dict)  # suite key -> wall
     policy: Policy = field(default_factory=Policy)
+    switches: Switches = field(default_factory=Switches)  # the kill switches in force
+    held: set[str] = field(default_factory=set)  # queued, out of the backlog under a switch
 
     def flying(self, iid: str, attempt: int) -> bool:
         w = self.work.get(iid)
@@ -118,7 +125,7 @@ def candidate(row: Row) -> Candidate:
                      demand_of(row.iteration))
 
 
-class Core:
+class Core(Switching):
     def __init__(self, policy: Policy | None = None,
                  timer: Callable[[], float] | None = None) -> None:
         self.state = SchedulerState(policy=policy or Policy())
@@ -129,11 +136,12 @@ class Core:
     def _queue(self, w: Work) -> None:
         w.host = None
         self.state.work[w.row.key] = w
-        self.state.backlog.add(w.cand)
+        self._hold_or_queue(w)
 
     def _fly(self, w: Work, host: str, attempt: int) -> None:
         s = self.state
         s.backlog.discard(w.row.key)
+        s.held.discard(w.row.key)
         w.host, w.attempt = host, attempt
         s.reservations.reserve(w.row.key, host, w.cand.demand)  # idempotent: placement's own
         s.usage.add(w.cand)
@@ -148,6 +156,7 @@ class Core:
     def _end(self, w: Work) -> None:
         self._land(w)
         self.state.backlog.discard(w.row.key)
+        self.state.held.discard(w.row.key)
         del self.state.work[w.row.key]
 
     # ---- events ----------------------------------------------------------------------------
@@ -181,6 +190,10 @@ class Core:
                 return []
             case HostSandboxes():
                 return self._host_sandboxes(event)
+            case SwitchOn():
+                return self._switch_on(event)
+            case SwitchOff():
+                return self._switch_off(event)
             case Tick():
                 return [*self._expire(event.now), *self._pass()]
         raise TypeError(f"not a scheduler event: {event!r}")
@@ -199,6 +212,8 @@ class Core:
                     cancel=row.cancel_requested)
 
     def _recovered(self, ev: Recovered) -> list[Action]:
+        for sw in ev.switches:
+            self.state.switches.add(sw)
         for name, created_at, max_wall_s in ev.suites:
             self.state.budgets[name] = (created_at, max_wall_s)
         actions: list[Action] = []
@@ -221,6 +236,9 @@ class Core:
             else:  # in flight when the scheduler stopped: held until its host is asked
                 self.state.work[row.key] = w
                 self._fly(w, row.host or "", row.attempt)
+        for sw in self.state.switches:  # a kill holds across restarts: again, on what is left
+            if sw.killing:
+                actions += self._kill(sw)
         return actions
 
     def _host_attempts(self, ev: HostAttempts) -> list[Action]:
@@ -287,22 +305,7 @@ class Core:
         return list(work.values())
 
     def _cancel(self, ev: CancelRequested) -> list[Action]:
-        actions: list[Action] = []
-        flying: list[Work] = []
-        for w in self._matches(ev):
-            if w.host is None:
-                actions.append(Finish(w.row.key, w.attempt, Ended.CANCELLED, ev.reason,
-                                      queued=True))
-                self._end(w)
-            elif not w.cancel:
-                w.cancel = True
-                flying.append(w)
-        if flying:
-            actions.append(MarkCancelled(tuple(w.row.key for w in flying), ev.reason))
-            by_host: dict[str, list[tuple[str, int]]] = defaultdict(list)
-            for w in flying:
-                by_host[w.host or ""].append((w.row.key, w.attempt))
-            actions += [StopOnHost(h, tuple(keys)) for h, keys in by_host.items()]
+        actions = self._stop_work(self._matches(ev), ev.reason)
         if ev.scope is Scope.EVERYTHING:
             actions.append(StopEverywhere())
         return actions
@@ -312,15 +315,19 @@ class Core:
         s = self.state
         if ev.lease_id in s.leases:
             return [LeaseGranted(ev.lease_id, s.leases[ev.lease_id].host)]
+        switch = s.switches.over_sandbox(ev.tenant, ev.key_id)
+        if switch is not None:
+            return [LeaseFrozen(ev.lease_id, switch)]
         over = self._over_quota(ev)
         if over is not None:
             return [over]
         if not s.hosts:  # none has reported yet (a start): not "never"
             return [LeaseRefused(ev.lease_id, False, "no hosts in the fleet yet")]
-        decision = place(ev.demand, [s.reservations.apply(v) for v in s.hosts.values()])
+        decision = place(ev.demand, list(self._views().values()))
         if decision.verdict is Verdict.PLACED and decision.host is not None:
             s.reservations.reserve(ev.lease_id, decision.host, ev.demand)
-            s.leases[ev.lease_id] = Lease(decision.host, ev.demand, ev.expires_at, ev.tenant)
+            s.leases[ev.lease_id] = Lease(decision.host, ev.demand, ev.expires_at, ev.tenant,
+                                          ev.key_id)
             return [LeaseGranted(ev.lease_id, decision.host)]
         return [LeaseRefused(ev.lease_id, decision.verdict is Verdict.NEVER, decision.explain())]
 
@@ -386,7 +393,7 @@ class Core:
         s = self.state
         if not s.backlog:
             return []
-        views = {n: s.reservations.apply(v) for n, v in s.hosts.items()}
+        views = self._views()
         # Every iteration takes at least one cpu: no more can start in this pass than there
         # are free cpus, so admission looks at no more than that from each suite.
         room = sum(max(0, v.cpus - v.used_cpus) for v in views.values()
@@ -409,7 +416,8 @@ class Core:
             if decision.verdict is Verdict.PLACED and decision.host is not None:
                 placed[c.id] = decision.host
                 s.reservations.reserve(c.id, decision.host, c.demand)
-                views[decision.host] = s.reservations.apply(s.hosts[decision.host])
+                views[decision.host] = replace(s.reservations.apply(s.hosts[decision.host]),
+                                               draining=False)  # a drained host is never chosen
             elif decision.verdict is Verdict.NEVER:
                 never[c.id] = decision.explain()
             if self._timer:
@@ -470,9 +478,9 @@ def _copy(usage: Usage) -> Usage:
 __all__ = [
     "Abandon", "Action", "Budget", "CancelRequested", "CloseSandbox", "Core", "Event",
     "Finish", "HostAttempts", "HostLost", "HostSandboxes", "HostsSeen", "Launch", "Lease",
-    "LeaseClosed", "LeaseExtended", "LeaseGranted", "LeaseOpened", "LeaseOverQuota",
+    "LeaseClosed", "LeaseExtended", "LeaseFrozen", "LeaseGranted", "LeaseOpened", "LeaseOverQuota",
     "LeaseRefused", "MarkCancelled", "OutcomesCollected", "Quota", "RecordPlacements",
     "Recovered", "Requeue", "Retry",
     "SchedulerState", "Scope", "StartOnHost", "StopEverywhere", "StopOnHost", "Submitted",
-    "Tick", "demand_of", "retry_policy",
+    "SwitchOff", "SwitchOn", "Tick", "demand_of", "retry_policy",
 ]

@@ -31,6 +31,8 @@ from .metrics import Metrics
 from .placement import Demand
 from .records import Iteration, qualified
 from .sandboxes import SandboxBook, SandboxRecord
+from .switch_book import SwitchBook
+from .switches import Level, Strength, Switch
 
 log = logging.getLogger("tryfleet.scheduler")
 HOST_REFRESH_S = 1.0
@@ -57,6 +59,7 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self.sandboxes = SandboxBook(Path(ledger_path))
+        self.switches = SwitchBook(Path(ledger_path))
         self.opening: set[str] = set()  # sandboxes granted whose host is opening their VM
         self._opening_seen: set[str] | None = None  # while hosts are asked what they hold
         self._changed: asyncio.Event | None = None
@@ -105,7 +108,8 @@ class Engine:
         rows, budgets = self.ledger.recover()
         leases = tuple((r.id, lease_of(r)) for r in self.sandboxes.open_records())
         self.feed(c.HostsSeen(tuple(self.hosts.views())))
-        self.feed(c.Recovered(tuple(rows), tuple(budgets), leases))
+        self.feed(c.Recovered(tuple(rows), tuple(budgets), leases,
+                              tuple(self.switches.active())))
         on_hosts = {w.host for w in self.core.state.work.values() if w.host is not None}
         known = await asyncio.gather(*(self.dispatch.known(h) for h in on_hosts))
         for host, here in zip(on_hosts, known, strict=True):
@@ -159,8 +163,9 @@ class Engine:
                     raise LedgerDisagrees(f"placements of {refused[:5]} refused")
             elif isinstance(a, c.StartOnHost):
                 self.dispatch.start(a.host, a.launches)
-            elif isinstance(a, c.StopOnHost):
-                self._spawn(self.dispatch.cancel(a.host, a.attempts, self.core.state.flying))
+            elif isinstance(a, c.StopOnHost):  # settled: ended here, stopped there regardless
+                self._spawn(self.dispatch.cancel(a.host, a.attempts, _always if a.settled
+                                                 else self.core.state.flying))
             elif isinstance(a, c.StopEverywhere):
                 self._spawn(self.dispatch.cancel_all())
             elif isinstance(a, c.CloseSandbox):
@@ -195,6 +200,7 @@ class Engine:
                request_id: str = "", key_id: str = "") -> list[str]:
         """Record the tenant's iterations and queue them; their ids (the tenant's own). The
         limits they name are held while they run; their sizes are set_limit's business."""
+        self._check_switches(its, suite, tenant, key_id)
         self.core.check_fits(its)
         rows = self.ledger.submit_rows(its, suite, tenant, request_id=request_id,
                                        key_id=key_id, max_iterations=max_iterations,
@@ -203,6 +209,32 @@ class Engine:
         self.feed(c.Submitted(tuple(rows), qualified(tenant, suite), created_at, wall))
         self.poke()
         return [r.id for r in rows]
+
+    def _check_switches(self, its: list[Iteration], suite: str, tenant: str,
+                        key_id: str) -> None:
+        """Frozen when a kill switch covers the submission (its tenant, suite, key, one of its
+        iteration ids, or everything): nothing of it is recorded."""
+        over = self.core.state.switches.over_work
+        for it in its:
+            sw = over(tenant, qualified(tenant, suite), qualified(tenant, it.id or ""), key_id)
+            if sw is not None:
+                raise sw.refusal(f"submitting to suite {suite!r} of tenant {tenant!r}")
+
+    # ---- kill switches (on disk first, then the core acts) ----------------------------------
+    def flip(self, level: Level, target: str, strength: Strength, reason: str,
+             by: str) -> tuple[Switch, bool, list[c.Action]]:
+        """The switch in force after it, whether it is new, and what the core did (a kill's
+        stops)."""
+        switch, new = self.switches.flip(level, target, strength, reason, by)
+        actions = self.feed(c.SwitchOn(switch)) if new else []
+        self.poke()
+        return switch, new, actions
+
+    def lift(self, level: Level, target: str, by: str, reason: str = "") -> Switch:
+        switch = self.switches.lift(level, target, by, reason)
+        self.feed(c.SwitchOff(level, target))
+        self.poke()
+        return switch
 
     def set_limit(self, name: str, value: int | None, by: str = "") -> dict[str, int]:
         """Size a fleet-wide shared-resource limit (None: unlimited), on disk first; the
@@ -224,12 +256,13 @@ class Engine:
                                        if isinstance(a, c.StopOnHost))}
 
     def lease(self, lease_id: str, demand: Demand, timeout_s: float, tenant: str = "",
-              quota: c.Quota | None = None
-              ) -> c.LeaseGranted | c.LeaseRefused | c.LeaseOverQuota:
+              quota: c.Quota | None = None, key_id: str = ""
+              ) -> c.LeaseGranted | c.LeaseRefused | c.LeaseOverQuota | c.LeaseFrozen:
         """Hold capacity for an interactive sandbox: placed like an iteration, not queued."""
         (reply,) = self.feed(c.LeaseOpened(lease_id, demand, time.time() + timeout_s, tenant,
-                                           quota or c.Quota()))
-        assert isinstance(reply, (c.LeaseGranted, c.LeaseRefused, c.LeaseOverQuota))
+                                           quota or c.Quota(), key_id))
+        assert isinstance(reply, (c.LeaseGranted, c.LeaseRefused, c.LeaseOverQuota,
+                                  c.LeaseFrozen))
         return reply
 
     def extend(self, lease_id: str, expires_at: float) -> None:
@@ -277,4 +310,8 @@ class Engine:
 
 def lease_of(r: SandboxRecord) -> c.Lease:
     return c.Lease(r.host, Demand(r.cpus, r.mem_mib, r.disk_mib or c.DEFAULT_DISK_MIB, r.image),
-                   r.expires_at, r.tenant)
+                   r.expires_at, r.tenant, r.key_id)
+
+
+def _always(iid: str, attempt: int) -> bool:
+    return True

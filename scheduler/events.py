@@ -13,6 +13,7 @@ from tryfleet.wire import State as Ended
 
 from .placement import Demand, HostView
 from .records import Row
+from .switches import Level, Switch
 
 
 @dataclass(slots=True)
@@ -21,6 +22,7 @@ class Lease:
     demand: Demand
     expires_at: float
     tenant: str
+    key_id: str = ""  # the API key that opened it
 
 
 # ---- events ----------------------------------------------------------------------------------
@@ -37,11 +39,13 @@ class Submitted:
 @dataclass(frozen=True, slots=True)
 class Recovered:
     """After a (re)start: every row the ledger holds that has not ended, the suites with
-    wall budgets as (suite key, created_at, max_wall_s), and the sandboxes' leases by id."""
+    wall budgets as (suite key, created_at, max_wall_s), the sandboxes' leases by id, and the
+    kill switches in force."""
 
     rows: tuple[Row, ...]
     suites: tuple[tuple[str, float, float], ...] = ()
     leases: tuple[tuple[str, Lease], ...] = ()
+    switches: tuple[Switch, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ class LeaseOpened:
     expires_at: float
     tenant: str = ""
     quota: Quota = Quota()
+    key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,22 @@ class HostSandboxes:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchOn:
+    """An admin flipped a kill switch (recorded in the ledger first); it replaces the one in
+    force on the same target, if any."""
+
+    switch: Switch
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchOff:
+    """An admin lifted the switch on (level, target)."""
+
+    level: Level
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes (wall clock, seconds since the epoch): budgets and leases expire, and a
     scheduling pass admits and places what can start now."""
@@ -136,7 +157,8 @@ class Tick:
 
 
 Event = (Submitted | Recovered | HostsSeen | HostAttempts | OutcomesCollected | HostLost
-         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | HostSandboxes | Tick)
+         | CancelRequested | LeaseOpened | LeaseExtended | LeaseClosed | HostSandboxes
+         | SwitchOn | SwitchOff | Tick)
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -165,6 +187,7 @@ class StartOnHost:
 class StopOnHost:
     host: str
     attempts: tuple[tuple[str, int], ...]
+    settled: bool = False  # ended here already (a killed host's work, retried elsewhere)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +259,14 @@ class LeaseOverQuota:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseFrozen:
+    """Refused: a kill switch covers the tenant, the key or everything."""
+
+    lease_id: str
+    switch: Switch
+
+
+@dataclass(frozen=True, slots=True)
 class CloseSandbox:
     """A lease ended without its owner closing it (expired, or its host was lost)."""
 
@@ -246,7 +277,7 @@ class CloseSandbox:
 
 Action = (RecordPlacements | StartOnHost | StopOnHost | StopEverywhere | MarkCancelled
           | Finish | Requeue | Abandon | LeaseGranted | LeaseRefused | LeaseOverQuota
-          | CloseSandbox)
+          | LeaseFrozen | CloseSandbox)
 
 
 __all__ = [
@@ -264,6 +295,7 @@ __all__ = [
     "Lease",
     "LeaseClosed",
     "LeaseExtended",
+    "LeaseFrozen",
     "LeaseGranted",
     "LeaseOpened",
     "LeaseOverQuota",
@@ -279,5 +311,7 @@ __all__ = [
     "StopEverywhere",
     "StopOnHost",
     "Submitted",
+    "SwitchOff",
+    "SwitchOn",
     "Tick",
 ]

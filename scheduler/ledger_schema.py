@@ -57,7 +57,26 @@ CREATE TABLE IF NOT EXISTS {name} (
     PRIMARY KEY (tenant, name)
 )"""
 
+# Kill switches (switches.py): one row per flip, never deleted; lifting one fills its lifted_*
+# columns, so the history stays. At most one switch is in force per target.
+SWITCHES = """
+CREATE TABLE IF NOT EXISTS switches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    level TEXT NOT NULL,
+    target TEXT NOT NULL,
+    strength TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    flipped_by TEXT NOT NULL,
+    flipped_at REAL NOT NULL,
+    lifted_by TEXT,
+    lifted_at REAL,
+    lift_reason TEXT
+)"""
+SWITCHES_IN_FORCE = ("CREATE UNIQUE INDEX IF NOT EXISTS switches_in_force ON "
+                     "switches(level, target) WHERE lifted_at IS NULL")
+
 TABLES = [
+    SWITCHES,
     ITERATIONS.format(name="iterations"),
     """CREATE TABLE IF NOT EXISTS attempts (
     iteration_key TEXT NOT NULL,
@@ -81,6 +100,7 @@ TABLES = [
 
 # Made once the tables have their current shape (an old database is migrated first).
 INDEXES = [
+    SWITCHES_IN_FORCE,
     "CREATE INDEX IF NOT EXISTS iterations_state ON iterations(state, priority, seq)",
     "CREATE INDEX IF NOT EXISTS iterations_id ON iterations(id)",
     "CREATE INDEX IF NOT EXISTS iterations_tenant_seq ON iterations(tenant, seq)",
@@ -168,4 +188,4 @@ def _suites_by_tenant(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE suites_keyed RENAME TO suites")
 
 
-__all__ = ["INDEXES", "TABLES", "columns", "create", "migrate"]
+__all__ = ["INDEXES", "SWITCHES", "SWITCHES_IN_FORCE", "TABLES", "columns", "create", "migrate"]

@@ -34,6 +34,7 @@ from . import core as c
 from .engine import Engine
 from .placement import Demand
 from .sandboxes import CLOSED, SandboxRecord, StateFilter
+from .switches import Level
 
 log = logging.getLogger("tryfleet.scheduler")
 OPEN_TIMEOUT_S = 900.0  # a host may have to build the image first
@@ -109,7 +110,7 @@ class SandboxOps:
         wait_s = 0.0 if wait_s == 0 else _seconds("wait_s", wait_s, MAX_WAIT_S)
         meta, quota = _metadata(metadata), quota_of(limits)
         sid = new_sandbox_id()
-        host = await self._grant(sid, tenant, demand, timeout_s, quota, wait_s)
+        host = await self._grant(sid, tenant, demand, timeout_s, quota, wait_s, key_id)
         rec = SandboxRecord(sid, tenant, image, cpus, mem_mib, disk_mib, host, "open",
                             time.time(), time.time() + timeout_s, key_id, request_id,
                             metadata=meta)
@@ -127,13 +128,16 @@ class SandboxOps:
         return self.book.get(sid)
 
     async def _grant(self, sid: str, tenant: str, demand: Demand, timeout_s: float,
-                     quota: c.Quota, wait_s: float) -> str:
-        """The host that took the lease, waiting up to wait_s for room."""
+                     quota: c.Quota, wait_s: float, key_id: str) -> str:
+        """The host that took the lease, waiting up to wait_s for room; Frozen under a kill
+        switch of the tenant, the key or everything."""
         deadline = time.monotonic() + wait_s
         while True:
-            got = self.engine.lease(sid, demand, timeout_s, tenant, quota)
+            got = self.engine.lease(sid, demand, timeout_s, tenant, quota, key_id)
             if isinstance(got, c.LeaseGranted):
                 return got.host
+            if isinstance(got, c.LeaseFrozen):
+                raise got.switch.refusal(f"opening a sandbox for tenant {tenant!r}")
             if isinstance(got, c.LeaseOverQuota):
                 raise QuotaExceeded(got.why, got.limit, got.value)
             what = (f"a sandbox of {demand.image} ({demand.cpus} cpus, {demand.mem_mib} MiB, "
@@ -196,6 +200,9 @@ class SandboxOps:
         """expires_at = now + timeout_s, here and on its host (whose own timer follows)."""
         timeout_s = _seconds("timeout_s", timeout_s, 366 * 86400)
         rec = self._open_one(sid, tenant)
+        frozen = self.engine.core.state.switches.get(Level.SANDBOX, sid)
+        if frozen is not None:  # a frozen sandbox ends at its timeout (its commands go on)
+            raise frozen.refusal(f"extending sandbox {sid}")
         ep = self.engine.hosts.endpoint(rec.host)
         try:
             if ep is None:
@@ -241,6 +248,8 @@ class SandboxOps:
                     lease_id, "default", demand.image, demand.cpus, demand.mem_mib,
                     demand.disk_mib, got.host, "open", time.time(), time.time() + timeout_s))
             return {"verdict": "placed", "host": got.host, "why": ""}
+        if isinstance(got, c.LeaseFrozen):
+            raise got.switch.refusal("opening a sandbox")
         assert isinstance(got, c.LeaseRefused)
         return {"verdict": "never" if got.never else "wait", "host": None, "why": got.why}
 

@@ -38,6 +38,7 @@ from .records import (
 )
 from .sandbox_ops import SandboxOps
 from .sandboxes import StateFilter
+from .switch_ops import SwitchOps
 
 log = logging.getLogger("tryfleet.scheduler")
 
@@ -54,6 +55,7 @@ class Scheduler:
                              tenant_cap)
         self.ledger = self.engine.ledger
         self.sandboxes = SandboxOps(self.engine)
+        self.switch_ops = SwitchOps(self.engine)
         self._starting: asyncio.Task[None] | None = None
         self.started_at = time.time()
         kick_self("ping")  # the loop starts as soon as this actor is up, also after a restart
@@ -126,6 +128,25 @@ class Scheduler:
         admin's act, kept in the ledger across restarts. The limits in force after it."""
         await self._ensure_started()
         return self.engine.set_limit(name, value, by)
+
+    # ---- kill switches (admins; switches.py says what each level and strength does) --------
+    async def flip_switch(self, level: str, target: str, strength: str, reason: str, by: str,
+                          tenant: str | None = None) -> dict[str, Any]:
+        """Flip a freeze or a kill on (level, target), kept in the ledger until lifted;
+        tenant qualifies an iteration id or a suite. {"switch", "created", and what a kill
+        stopped now}. NotFound for a target nobody knows."""
+        await self._ensure_started()
+        return self.switch_ops.flip(level, target, strength, reason, by, tenant)
+
+    async def lift_switch(self, level: str, target: str, by: str, reason: str = "",
+                          tenant: str | None = None) -> dict[str, Any]:
+        """The switch on (level, target), lifted (NotFound when none is in force there)."""
+        await self._ensure_started()
+        return self.switch_ops.lift(level, target, by, reason, tenant)
+
+    async def switches(self, history: bool = False) -> list[dict[str, Any]]:
+        """The switches in force (oldest first), or (history) every one, newest first."""
+        return self.switch_ops.list(history)
 
     async def limits(self) -> dict[str, int]:
         return dict(self.engine.policy.limits)

@@ -31,6 +31,7 @@ _WHERE = {
     "ExecResult": "tryfleet.sandbox",
     "Fleet": "tryfleet.fleet",
     "FleetUnavailable": "tryfleet.errors",
+    "Frozen": "tryfleet.errors",
     "InfrastructureError": "tryfleet.errors",
     "Iteration": "tryfleet.scheduler.records",
     "IterationDetail": "tryfleet.scheduler.records",
@@ -48,9 +49,9 @@ _WHERE = {
 
 __all__ = [
     "AccessDenied", "Attempt", "BadRequest", "CannotPlace", "ExecResult", "Fleet",
-    "FleetUnavailable", "InfrastructureError", "Iteration", "IterationDetail", "LiveOutput",
-    "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "Result", "Sandbox", "TryfleetError",
-    "WaitTimeout", "__version__", "connect",
+    "FleetUnavailable", "Frozen", "InfrastructureError", "Iteration", "IterationDetail",
+    "LiveOutput", "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "Result", "Sandbox",
+    "TryfleetError", "WaitTimeout", "__version__", "connect",
 ]
 
 

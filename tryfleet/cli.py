@@ -22,8 +22,10 @@ main commands:
   tryfleet up                            start a fleet on this host (Ray, node agent, scheduler)
   tryfleet batch SPECS.jsonl --suite S   run a file of iterations on the fleet
   tryfleet status | ps | logs ID         watch the fleet and what runs on it
-  tryfleet cancel ID | --suite S | --all stop iterations (--all: the kill switch)
+  tryfleet cancel ID | --suite S | --all stop the iterations there are now
   tryfleet key create --tenant T         make an API key (also: key ls, key revoke ID)
+  tryfleet freeze|kill --tenant T        kill switches, kept until `tryfleet thaw` (also
+                                         --iteration --sandbox --suite --key --host --all)
   tryfleet mcp                           MCP tools over stdio, for an agent's MCP client
   tryfleet down                          stop what `tryfleet up` started
 
@@ -113,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--skip-invalid", action="store_true",
                        help="run the valid lines even if some are malformed")
     _key_parser(sub)
+    from .commands import switches  # freeze, kill, thaw, switches
+
+    switches.add_parsers(sub, _api_flags)
     mcp = sub.add_parser("mcp", help="serve tryfleet's MCP tools over stdio (an agent's MCP "
                                      "client starts this)")
 
@@ -217,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import keys
 
         return keys.key(args, data_dir)
+    if args.command in ("freeze", "kill", "thaw", "switches"):
+        from .commands import switches
+
+        return switches.main(args, data_dir)
     if args.command == "mcp":
         from .commands import mcp
 

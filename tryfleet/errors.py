@@ -73,6 +73,18 @@ class PolicyDenied(TryfleetError, PermissionError):
         self.rule = rule
 
 
+class Frozen(PolicyDenied):
+    """A kill switch an admin flipped covers what was asked (a freeze or a kill of its
+    iteration, sandbox, suite, tenant, key, host, or everything): nothing new starts under it
+    until a human lifts it. The message names the switch, who flipped it, when and why;
+    `switch` holds it as JSON (id, level, target, strength, reason, flipped_by, flipped_at)."""
+
+    def __init__(self, message: str, switch: Mapping[str, Any] | None = None) -> None:
+        # Defaults, so that it unpickles whole: it crosses Ray from the scheduler.
+        self.switch = dict(switch or {})
+        super().__init__(message, f"switch:{self.switch.get('id', '?')}")
+
+
 class FleetUnavailable(TryfleetError, ConnectionError):
     """The fleet could not be started, reached or stopped; the message says what to do."""
 
@@ -86,5 +98,6 @@ class AccessDenied(TryfleetError, PermissionError):
         self.scopes = scopes
 
 
-__all__ = ["AccessDenied", "BadRequest", "CannotPlace", "FleetUnavailable", "InfrastructureError",
-           "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "TryfleetError", "WaitTimeout"]
+__all__ = ["AccessDenied", "BadRequest", "CannotPlace", "FleetUnavailable", "Frozen",
+           "InfrastructureError", "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded",
+           "TryfleetError", "WaitTimeout"]

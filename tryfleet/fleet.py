@@ -27,6 +27,7 @@ import httpx
 from . import local
 from .errors import AccessDenied, BadRequest, FleetUnavailable, NotFound, WaitTimeout
 from .http import Api, problem_error
+from .kill_switches import Switches
 from .sandbox import ExecResult, Sandbox
 from .scheduler.records import (
     TERMINAL,
@@ -136,6 +137,7 @@ class Fleet:
         self.api = Api(url, api_key, timeout_s=timeout_s, retry_s=retry_s,
                        transport=transport, sleep=sleep)
         self.keys = Keys(self.api)
+        self.switches = Switches(self.api)  # kill switches (admins)
         self._on_close = on_close
         self._me: dict[str, Any] | None = None
 

@@ -34,6 +34,7 @@ from tryfleet.errors import (
     BadRequest,
     CannotPlace,
     FleetUnavailable,
+    Frozen,
     InfrastructureError,
     NoRoom,
     NotFound,
@@ -76,6 +77,8 @@ _BY_SLUG: dict[str, Callable[[str, Mapping[str, Any]], TryfleetError]] = {
     "method-not-allowed": lambda d, p: BadRequest(d),
     "cannot-place": lambda d, p: CannotPlace(d, str(p.get("reason") or "")),
     "policy-denied": lambda d, p: PolicyDenied(d, str(p.get("rule") or "")),
+    "frozen": lambda d, p: Frozen(d, p.get("switch") if isinstance(p.get("switch"), dict)
+                                  else None),
     "quota-exceeded": lambda d, p: QuotaExceeded(d, str(p.get("limit") or ""),
                                                  p.get("value") or 0),
     "no-room": lambda d, p: NoRoom(d),

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
-from tryfleet.errors import BadRequest, NotFound, TryfleetError
+from tryfleet.errors import BadRequest, NotFound, PolicyDenied, TryfleetError
 from tryfleet.scheduler.sandboxes import OPEN, SandboxRecord
 from tryfleet.wire import ExecReply, ExecRequest, SandboxGone, guest_path_problem, pack, unpack
 
@@ -197,6 +197,8 @@ def rpc_error(err: TryfleetError) -> ConnectError:
         return ConnectError(Code.NOT_FOUND, str(err))
     if isinstance(err, BadRequest):
         return ConnectError(Code.INVALID_ARGUMENT, str(err))
+    if isinstance(err, PolicyDenied):  # a kill switch on the sandbox
+        return ConnectError(Code.PERMISSION_DENIED, str(err))
     return ConnectError(Code.INTERNAL, f"tryfleet could not do this in the sandbox: {err}")
 
 

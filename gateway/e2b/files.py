@@ -21,6 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from tryfleet.wire import FileInfo, FileType, unpack
 
 from ..routes.sandbox_files import read_stream, write_stream
+from ..routes.switches import frozen_sandbox
 from .common import ApiError, E2BRoute
 from .connect import Code
 from .envd import HttpTarget, Target
@@ -53,6 +54,7 @@ async def download(target: HttpTarget, path: GuestPath = None) -> StreamingRespo
 
 @router.post("/files")
 async def upload(target: HttpTarget, request: Request, path: GuestPath = None) -> JSONResponse:
+    frozen_sandbox(request, target.box.id, "writing files")
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind == b"multipart/form-data":
         boundary = options.get(b"boundary")

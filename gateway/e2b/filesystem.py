@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from tryfleet.errors import NotFound, TryfleetError
 from tryfleet.wire import FileInfo, FileType, Listing, unpack
 
+from ..routes.switches import frozen_sandbox
 from . import connect, protojson
 from .common import E2BRoute
 from .connect import Code, ConnectError
@@ -94,6 +95,7 @@ async def _move(t: Target, msg: dict[str, Any]) -> dict[str, Any]:
 Method = Callable[[Target, dict[str, Any]], Awaitable[dict[str, Any]]]
 METHODS: dict[str, Method] = {"Stat": _stat, "ListDir": _list_dir, "MakeDir": _make_dir,
                               "Remove": _remove, "Move": _move}
+CHANGES = ("MakeDir", "Remove", "Move")
 WATCHERS = ("WatchDir", "CreateWatcher", "GetWatcherEvents", "RemoveWatcher")
 
 
@@ -110,6 +112,8 @@ async def filesystem(method: str, target: RpcTarget, request: Request) -> Respon
         raise ConnectError(Code.UNIMPLEMENTED, f"filesystem.Filesystem has no method {method!r}")
     msg = await connect.unary_request(request)
     try:
+        if method in CHANGES:
+            frozen_sandbox(request, target.box.id, "changing files")
         return connect.unary_answer(await handler(target, msg))
     except TryfleetError as err:
         raise rpc_error(err) from None

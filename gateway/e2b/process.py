@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 
 from tryfleet.errors import TryfleetError
 
+from ..routes.switches import frozen_sandbox
 from . import connect, protojson
 from .common import E2BRoute
 from .connect import Code, ConnectError
@@ -165,10 +166,13 @@ def failed_stream(err: ConnectError) -> Response:
 
 async def _start(t: Target, request: Request) -> Response:
     try:
+        frozen_sandbox(request, t.box.id, "a new command")
         spec = await spec_of(t, await connect.single_message(request))
         timeout_s = connect.timeout_s(request)
     except ConnectError as err:
         return failed_stream(err)
+    except TryfleetError as err:
+        return failed_stream(rpc_error(err))
     events = processes(request).start(t, spec, timeout_s)
     return connect.stream_answer(frames(events, keepalive_of(request)))
 

@@ -40,6 +40,7 @@ from .. import problems
 from ..auth import needs, tenant_of
 from ..keys import Principal, Scope
 from ..problems import Problem, documented
+from .switches import frozen_sandbox
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -180,6 +181,14 @@ def check_path(path: str, what: str = "path") -> str:
 
 
 async def open_box(sid: SandboxId, who: Caller, request: Request) -> SandboxRecord:
+    """The caller's open sandbox to start work in (a command, a file written): 404 otherwise,
+    Frozen under a kill switch on the sandbox itself."""
+    rec = open_record(request, sid, who)
+    frozen_sandbox(request, sid, "new work")
+    return rec
+
+
+def open_record(request: Request, sid: str, who: Principal) -> SandboxRecord:
     """The caller's open sandbox (404 otherwise), from one read of the ledger."""
     rec = book(request).get(sid, seen_by(who))
     if rec.state != "open":
@@ -191,7 +200,7 @@ async def open_box(sid: SandboxId, who: Caller, request: Request) -> SandboxReco
 
 
 async def readable_box(sid: SandboxId, who: Reader, request: Request) -> SandboxRecord:
-    return await open_box(sid, who, request)
+    return open_record(request, sid, who)
 
 
 OpenBox = Annotated[SandboxRecord, Depends(open_box)]

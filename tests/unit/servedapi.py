@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -32,6 +33,7 @@ class Served:
     keys: KeyStore
     scheduler: Scheduler
     data_dir: Path
+    app: Any  # the FastAPI app (its state: audit, keys, ...)
 
     def key(self, tenant: str, *scopes: str) -> str:
         """A new key of tenant (default scopes: sandbox and batch)."""
@@ -62,7 +64,7 @@ def served_api(tmp_path: Path, limits: dict[str, int] | None = None) -> Iterator
             assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
             time.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield Served(f"http://127.0.0.1:{port}", admin, keys, sched, data)
+        yield Served(f"http://127.0.0.1:{port}", admin, keys, sched, data, app)
     finally:
         server.should_exit = True
         thread.join(30)

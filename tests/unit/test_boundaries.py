@@ -14,7 +14,17 @@ from tests.unit.builders import banned_imports, imported_names
 from tryfleet import wire
 from tryfleet.nodeagent.actor import NodeActor
 from tryfleet.nodeagent.simhost import SimHosts, SimHostSpec
-from tryfleet.scheduler import admission, backlog, core, events, metrics, placement, retry
+from tryfleet.scheduler import (
+    admission,
+    backlog,
+    core,
+    events,
+    metrics,
+    placement,
+    retry,
+    switches,
+    switching,
+)
 
 SCHEDULER_DIR = pathlib.Path(tryfleet.scheduler.__file__).parent
 NODE_SIDE = {"tryfleet.nodeagent", "tryfleet.images"}
@@ -38,7 +48,8 @@ def test_the_import_check_sees_full_dotted_and_relative_names(tmp_path):
             "sqlite3"} <= found
 
 
-@pytest.mark.parametrize("module", [core, events, retry, placement, admission, backlog, metrics])
+@pytest.mark.parametrize("module", [core, events, retry, placement, admission, backlog, metrics,
+                                    switches, switching])
 def test_pure_scheduler_modules_import_no_runtime(module):
     assert banned_imports(module) == set()
 

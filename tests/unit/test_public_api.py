@@ -16,8 +16,8 @@ ROOT = pathlib.Path(tryfleet.__file__).parents[1]  # this checkout, whatever is 
 def test_the_public_names_are_pinned():
     assert tryfleet.__all__ == [
         "AccessDenied", "Attempt", "BadRequest", "CannotPlace", "ExecResult", "Fleet",
-        "FleetUnavailable", "InfrastructureError", "Iteration", "IterationDetail", "LiveOutput",
-        "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "Result", "Sandbox",
+        "FleetUnavailable", "Frozen", "InfrastructureError", "Iteration", "IterationDetail",
+        "LiveOutput", "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded", "Result", "Sandbox",
         "TryfleetError", "WaitTimeout", "__version__", "connect",
     ]
 
@@ -28,7 +28,7 @@ def test_every_public_name_resolves():
 
 
 def test_every_error_is_a_tryfleet_error():
-    errors = ["AccessDenied", "BadRequest", "CannotPlace", "FleetUnavailable",
+    errors = ["AccessDenied", "BadRequest", "CannotPlace", "FleetUnavailable", "Frozen",
               "InfrastructureError", "NoRoom", "NotFound", "PolicyDenied", "QuotaExceeded",
               "WaitTimeout"]
     for name in errors:
