@@ -36,6 +36,7 @@ from .scheduler.records import (
     LiveOutput,
     Result,
 )
+from .secretsapi import Secrets
 
 SUBMIT_CHUNK = 500  # iterations sent in one POST /v1/batches
 PAGE = 200  # rows asked for per page of a listing
@@ -136,6 +137,7 @@ class Fleet:
         self.api = Api(url, api_key, timeout_s=timeout_s, retry_s=retry_s,
                        transport=transport, sleep=sleep)
         self.keys = Keys(self.api)
+        self.secrets = Secrets(self.api)  # admins: tenants' secrets
         self._on_close = on_close
         self._me: dict[str, Any] | None = None
 
