@@ -23,6 +23,8 @@ UMASK = 0o077
 # What may stay readable by others: the images QEMU boots (and their folders, for it to pass
 # through). Paths relative to the data directory.
 QEMU_DIRS = ("images", "run", "snapshots", "tmp")
+IMAGE_DIRS = ("images", "tmp")  # their files are the image store's business (images/store.py)
+PUBLIC_FILES = ("audit.pub",)  # the audit trail's public key: anyone may check signatures
 SQLITE_SIDES = ("-wal", "-shm", "-journal")
 
 
@@ -46,6 +48,16 @@ def write_private(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def private_db(path: Path) -> None:
+    """A SQLite database file made 0600 before SQLite opens it (SQLite then makes its -wal
+    and -shm files with the database's mode), or an existing one put right."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        private_file(path)
 
 
 def private_file(path: Path) -> None:
@@ -76,18 +88,23 @@ def set_private_umask() -> None:
 def harden(data_dir: Path) -> None:
     """Put the data directory right: 0711 for itself and the folders QEMU passes through,
     group and other bits off every other directory (kept logs, secrets, ...) and off every
-    file but the disks, kernels and initrds QEMU opens (which libvirt hands to its user)."""
+    file but the disks, kernels and initrds QEMU opens (which libvirt hands to its user) and
+    what the image store keeps readable on purpose (golden images and their builds: no
+    tenant's data)."""
     if not data_dir.is_dir():
         return
-    data_dir.chmod(TRAVERSE_MODE)
+    _strip(data_dir, TRAVERSE_MODE)
     for root, dirs, files in os.walk(data_dir):
         here = Path(root)
         rel = here.relative_to(data_dir).parts
         qemu_way = bool(rel) and rel[0] in QEMU_DIRS
         for d in dirs:
-            _strip(here / d, TRAVERSE_MODE if qemu_way or d in QEMU_DIRS else DIR_MODE)
+            _strip(here / d, TRAVERSE_MODE if qemu_way or (not rel and d in QEMU_DIRS)
+                   else DIR_MODE)
+        if rel and rel[0] in IMAGE_DIRS:
+            continue
         for f in files:
-            if not qemu_way or not _is_disk(f):
+            if not (qemu_way and _is_disk(f)) and f not in PUBLIC_FILES:
                 _strip(here / f, None)
 
 
@@ -113,5 +130,5 @@ def _strip(path: Path, dir_mode: int | None) -> None:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "QEMU_DIRS", "TRAVERSE_MODE", "UMASK", "harden",
-           "private_dir", "private_file", "private_umask", "set_private_umask",
+           "private_db", "private_dir", "private_file", "private_umask", "set_private_umask",
            "write_private"]
