@@ -280,6 +280,15 @@ async def exec_job(body: ExecBody, encoding: Annotated[Encoding | None, Query(
 Job = Annotated[ExecJob, Depends(exec_job)]
 
 
+async def exposed(job: Job, box: OpenBox, who: Caller, request: Request) -> ExecRequest:
+    """The command with its secrets, checked as a dependency: a refusal is a problem
+    before a stream starts, never an error event in it."""
+    return await job.for_box(request, who, box)
+
+
+Exposed = Annotated[ExecRequest, Depends(exposed)]
+
+
 # ---- routes: the sandboxes -------------------------------------------------------------------
 @router.post("", status_code=201, summary="Open a sandbox",
              responses=documented(400, 401, 403, 404, 422, 429, 503))
@@ -362,8 +371,7 @@ async def delete(sid: SandboxId, who: Caller, request: Request) -> Response:
 # ---- routes: commands ------------------------------------------------------------------------
 @router.post("/{sid}/exec", summary="Run a command; its result once it ended",
              responses=documented(400, 401, 403, 404, 422, 503))
-async def exec_(job: Job, box: OpenBox, who: Caller, request: Request) -> ExecResult:
-    req = await job.for_box(request, who, box)
+async def exec_(job: Job, box: OpenBox, req: Exposed, request: Request) -> ExecResult:
     r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(req)))
     values = mask_values(request, box.tenant)
     return ExecResult(exit_code=r.exit_code, signal=r.signal,
@@ -381,9 +389,8 @@ async def exec_(job: Job, box: OpenBox, who: Caller, request: Request) -> ExecRe
              "the output comes (text or base64 per `encoding`); `exit` (the result without "
              "the output); `error` (a problem) if it fails midway. Comments keep a silent "
              "stream alive.", responses=documented(400, 401, 403, 404, 422, 503))
-async def exec_stream(job: Job, box: OpenBox, request: Request, who: Caller
+async def exec_stream(job: Job, box: OpenBox, request: Request, req: Exposed
                       ) -> AsyncIterator[ServerSentEvent]:
-    req: ExecRequest = await job.for_box(request, who, box)  # refused before the stream
     yield ServerSentEvent(event="started", data={"sandbox": box.id, "argv": list(req.argv)})
     text = job.encoding == "text"
     decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]

@@ -133,6 +133,14 @@ def test_a_secret_the_policy_does_not_allow_is_a_403_naming_secrets(served, box)
     assert r.status_code == 403 and r.json()["rule"] == "secrets"
 
 
+def test_a_stream_naming_a_secret_the_policy_does_not_allow_is_a_403_not_a_stream(served,
+                                                                                   box):
+    with http(served, served.key("acme")) as c:
+        r = c.post(f"/v1/sandboxes/{box}/exec/stream", json={"argv": ["true"],
+                                                             "secrets": ["OTHER_TOKEN"]})
+    assert r.status_code == 403 and r.json()["rule"] == "secrets"
+
+
 def test_a_secret_the_tenant_does_not_hold_is_a_404_naming_it(served, box):
     with http(served, served.key("acme")) as c:
         r = c.post(f"/v1/sandboxes/{box}/exec", json={"argv": ["true"],
