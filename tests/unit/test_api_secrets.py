@@ -191,3 +191,15 @@ def test_secret_ls_lists_names_and_rm_removes(served, admin, capsys):
     assert main(["secret", "ls", "--tenant", "acme", *flags]) == 0
     out = capsys.readouterr().out
     assert "CI_TOKEN" in out and "CI_GONE" not in out and VALUE not in out
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_secret_set_refuses_to_read_a_value_typed_at_a_terminal(served, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", Terminal("typed\n"))
+    code = main(["secret", "set", "--tenant", "acme", "CI_TYPED", "--url", served.url,
+                 "--api-key", served.admin])
+    assert code != 0 and "pipe it in" in capsys.readouterr().err
