@@ -15,6 +15,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tryfleet.errors import BadRequest, FleetUnavailable
+from tryfleet.private import harden, set_private_umask
 from tryfleet.selfstart import kick_self
 from tryfleet.wire import NAMESPACE
 
@@ -34,6 +35,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Gateway:
     def __init__(self, data_dir: str, ledger_path: str, listen: str) -> None:
         self.data_dir, self.ledger_path = Path(data_dir), Path(ledger_path)
+        set_private_umask()  # what this process makes (audit.db, secrets) is its owner's
+        harden(self.data_dir)  # and what older versions left readable is put right
         self.host, self.port = parse_listen(listen)
         self._serving: asyncio.Task[None] | None = None
         self._server: Any = None

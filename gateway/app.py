@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tryfleet import __version__
 from tryfleet.scheduler.sandboxes import SandboxBook
 from tryfleet.scheduler.switch_book import SwitchBook
+from tryfleet.secretstore import SecretStore
 
 from . import e2b, problems
 from .keys import KeyStore
@@ -29,6 +30,7 @@ from .routes import fleet as fleet_routes
 from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
 from .routes import meta, sandbox_files, sandboxes
+from .routes import secrets as secret_routes
 from .routes import suites as suite_routes
 from .routes import switches as switch_routes
 
@@ -106,9 +108,11 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.state.ledger_path = ledger_path
     app.state.sandboxes = SandboxBook(ledger_path)  # reads: who owns a sandbox, where it runs
     app.state.switch_book = SwitchBook(ledger_path)  # reads: the kill switches in force
+    app.state.secrets = SecretStore(policies.path.parent)  # both in the data directory
     problems.install(app)
     app.include_router(meta.router)
     app.include_router(keys_routes.router)
+    app.include_router(secret_routes.router)
     app.include_router(audit_routes.router)
     app.include_router(sandboxes.router)
     app.include_router(sandbox_files.router)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tryfleet.errors import BadRequest, NotFound
+from tryfleet.private import private_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -123,6 +124,7 @@ class KeyStore:
     def __init__(self, ledger_path: Path, data_dir: Path) -> None:
         self._secret = server_secret(data_dir)
         self._lock = threading.Lock()
+        private_db(ledger_path)
         self._db = sqlite3.connect(str(ledger_path), timeout=30, isolation_level=None,
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row

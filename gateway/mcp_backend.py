@@ -118,7 +118,8 @@ class GatewayBackend:
                 json.dumps(dict(body))), None)
             box = await sandboxes.open_box(sid, who, request)
             # closed early (the tool call was cancelled), the route's stream stops the command
-            stream: Any = sandboxes.exec_stream(job, box, request)  # an async generator
+            req = await job.for_box(request, who, box)  # its secrets, where policy allows
+            stream: Any = sandboxes.exec_stream(job, box, request, req)  # an async generator
             async with contextlib.aclosing(stream) as events:
                 async for ev in events:
                     if ev.event in ("stdout", "stderr"):

@@ -11,10 +11,14 @@ validate is refused with the line and field at fault, and the last good one stay
     max_sandboxes = 20             # at once
     max_vcpus_in_use = 32          # sandboxes and running iterations together
     max_mem_mib_in_use = 65536
+    interactive = true             # whether it may open sandboxes at all
+    secrets = []                   # names or glob patterns of its secrets it may expose
+    network = "none"               # the only value for now: no network in a VM
 
     [tenant.acme]                  # only what differs from [default]
     images = ["base"]
     max_cpus = 1
+    secrets = ["GITHUB_*"]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import re
 import threading
 import time
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,9 @@ class TenantPolicy:
     max_sandboxes: int = 50
     max_vcpus_in_use: int = 256
     max_mem_mib_in_use: int = 1 << 20
+    interactive: bool = True
+    secrets: tuple[str, ...] = ()
+    network: str = "none"
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
@@ -70,7 +78,22 @@ class TenantPolicy:
                                    f"{rule} = {most:g}", rule)
 
 
+    def check_interactive(self, what: str = "sandbox") -> None:
+        """PolicyDenied unless the tenant may open sandboxes."""
+        if not self.interactive:
+            raise PolicyDenied(f"{what}: this tenant may not open interactive sandboxes "
+                               "(interactive = false)", "interactive")
+
+    def check_secrets(self, names: Iterable[str], what: str) -> None:
+        """PolicyDenied naming the first secret the tenant may not expose."""
+        for name in names:
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.secrets):
+                raise PolicyDenied(f"{what}: secret {name!r} may not be exposed by this "
+                                   f"tenant (secrets = {list(self.secrets)})", "secrets")
+
+
 _FIELDS = {f.name: f for f in fields(TenantPolicy)}
+NETWORKS = ("none",)  # the next issue adds egress rules
 
 
 def _line_of(text: str, section: str, key: str | None) -> int:
@@ -99,10 +122,20 @@ def _section(raw: Any, base: TenantPolicy, text: str, name: str) -> TenantPolicy
         where = f"line {_line_of(text, name, key)}: [{name}] {key}"
         if key not in _FIELDS:
             raise PolicyError(f"{where}: unknown field; known: {', '.join(sorted(_FIELDS))}")
-        if key == "images":
+        if key in ("images", "secrets"):
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise PolicyError(f"{where}: must be a list of image names or glob patterns")
+                what = key.removesuffix("s")
+                raise PolicyError(f"{where}: must be a list of {what} names or glob patterns")
             values[key] = tuple(value)
+        elif key == "interactive":
+            if not isinstance(value, bool):
+                raise PolicyError(f"{where}: must be true or false, got {value!r}")
+            values[key] = value
+        elif key == "network":
+            if value not in NETWORKS:
+                raise PolicyError(f"{where}: must be \"none\" (no network; egress rules "
+                                  f"come later), got {value!r}")
+            values[key] = value
         elif key == "max_timeout_s":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise PolicyError(f"{where}: must be a number of seconds > 0, got {value!r}")
@@ -171,4 +204,4 @@ class Policies:
         return self._tenants.get(tenant, self._default)
 
 
-__all__ = ["POLICY_FILE", "Policies", "PolicyError", "TenantPolicy", "parse"]
+__all__ = ["NETWORKS", "POLICY_FILE", "Policies", "PolicyError", "TenantPolicy", "parse"]

@@ -27,7 +27,9 @@ ROOTFS, KERNEL, INITRD, MANIFEST = "rootfs.qcow2", "vmlinuz", "initrd.img", "man
 CURRENT = "current"  # images/<name>/current: the digest the last build of <name> stands for
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 STALE_RE = re.compile(r"^(?:[0-9a-f]{64}\.(?:tmp|old)|build-.+)-(\d+)$")
-DIR_MODE, FILE_MODE = 0o755, 0o644
+# Directories QEMU passes through (never lists); golden images readable by it, whatever
+# user libvirt runs it as. Images hold no tenant data.
+DIR_MODE, FILE_MODE = 0o711, 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +195,7 @@ class ImageStore:
 
 
 def make_dirs(path: Path) -> Path:
-    """mkdir -p with every directory it creates world-readable (0755, whatever the umask)."""
+    """mkdir -p with every directory it creates passable by QEMU (0711, whatever the umask)."""
     missing = [p for p in [path, *path.parents] if not p.exists()]
     for p in reversed(missing):
         p.mkdir(exist_ok=True)

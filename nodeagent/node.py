@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tryfleet.images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
+from tryfleet.private import harden, private_dir
 from tryfleet.wire import Capacity, Pressure
 
 from .clone import Cloner
@@ -95,6 +96,8 @@ class NodeAgent:
         self.cloner = Cloner()
         self.run_dir = config.data_dir / "run"
         self.logs_dir = config.data_dir / "logs"
+        harden(config.data_dir)  # outputs, kept logs and records: their owner's only
+        private_dir(self.logs_dir)
         self.owner = register_owner(self.run_dir)
         self.reaped = ReapReport((), ())
         if reap_on_start:
@@ -203,7 +206,7 @@ class NodeAgent:
     def _new_sandbox(self, name: str, on_destroy: Callable[[Sandbox], None] | None = None
                      ) -> Sandbox:
         vm_dir = self.owner.dir / f"vm-{next(self._seq)}"
-        vm_dir.mkdir(mode=0o755)
+        vm_dir.mkdir(mode=0o711)  # QEMU reaches its overlay (0600, libvirt hands it over)
 
         def forget(box: Sandbox) -> None:
             self._forget(box)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from tryfleet.private import write_private
+
 from .errors import HypervisorError
 from .hypervisor import DOMAIN_PREFIX, Hypervisor
 from .snapshots import SLOT_PREFIX
@@ -39,18 +41,18 @@ class ReapReport:
 
 def register_owner(run_dir: Path) -> Owner:
     run_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(run_dir, 0o755)
+    os.chmod(run_dir, 0o711)  # QEMU passes through to overlays; nobody lists them
     me = psutil.Process()
     while True:
         owner_id = secrets.token_hex(4)
         path = run_dir / owner_id
         try:
-            path.mkdir(mode=0o755)
+            path.mkdir(mode=0o711)
             break
         except FileExistsError:
             continue
     info = {"pid": me.pid, "create_time": me.create_time()}
-    (path / OWNER_FILE).write_text(json.dumps(info))
+    write_private(path / OWNER_FILE, json.dumps(info).encode())
     return Owner(owner_id, path)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tryfleet.private import private_dir
+
 from .errors import NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .hypervisor import Hypervisor
@@ -82,7 +84,7 @@ class Sandbox:
         # Restored VMs share their slot's name: the directory tells them apart.
         dest = self._logs_dir / f"{self.name}.{self.vm_dir.name}"
         try:
-            dest.mkdir(parents=True, exist_ok=True)
+            private_dir(dest)  # the console holds what the guest printed
             (dest / "console.log").write_bytes(_tail(self.console_log, CONSOLE_TAIL_BYTES))
             if self._xml:
                 (dest / "domain.xml").write_text(self._xml)

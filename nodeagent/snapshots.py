@@ -22,6 +22,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from tryfleet.private import TRAVERSE_MODE, private_dir
+
 from .hypervisor import DOMAIN_PREFIX
 
 SLOT_PREFIX = f"{DOMAIN_PREFIX}snap-"
@@ -160,11 +162,12 @@ class Snapshots:
         """A fresh slot directory to boot and save into; `finish` or `abandon` it."""
         with self._lock:
             folder = self._key_dir(key)
-            folder.mkdir(parents=True, exist_ok=True)
+            for way in (self.root, folder):  # QEMU passes through; nobody lists them
+                private_dir(way, TRAVERSE_MODE)
             index = 0
             while (folder / str(index)).exists():
                 index += 1
-            (folder / str(index)).mkdir()
+            (folder / str(index)).mkdir(mode=TRAVERSE_MODE)
             self._making[key] = self._making.get(key, 0) + 1
             return Slot(key, index, folder / str(index), self.accel)
 

@@ -10,6 +10,7 @@ scheduler's business: the dispatcher reports outcomes and lost hosts through cal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,11 +29,23 @@ RETRY_PAUSE_S = 0.5
 CANCEL_RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # pauses before asking a host again to cancel
 
 
-def start_request(lc: Launch) -> StartRequest:
+SecretEnv = Callable[[str, Sequence[str]], Sequence[tuple[str, str]]]
+
+
+def no_secrets(tenant: str, names: Sequence[str]) -> Sequence[tuple[str, str]]:
+    return ()
+
+
+def start_request(lc: Launch, secret_env: SecretEnv = no_secrets) -> StartRequest:
     """The attempt is known on its host by the iteration's key (unique across tenants); its
-    Ids carry the tenant's own names and the request that submitted it, for the host's logs."""
+    Ids carry the tenant's own names and the request that submitted it, for the host's logs.
+    The secrets it names join its env here, on their way to the host (and nowhere else)."""
     row = lc.row
-    return StartRequest(row.key, lc.attempt, row.iteration.to_spec(), Ids(
+    spec = row.iteration.to_spec()
+    if row.iteration.secrets:
+        env = dict(spec.env) | dict(secret_env(row.tenant, row.iteration.secrets))
+        spec = dataclasses.replace(spec, env=tuple(sorted(env.items())))
+    return StartRequest(row.key, lc.attempt, spec, Ids(
         tenant=row.tenant, suite=row.suite, iteration=row.id, attempt=lc.attempt,
         trace_id=row.trace_id, host=lc.host, request_id=row.request_id))
 
@@ -40,8 +53,10 @@ def start_request(lc: Launch) -> StartRequest:
 class Dispatcher:
     def __init__(self, hosts: Hosts,
                  on_outcomes: Callable[[str, list[Outcome]], None],
-                 on_lost: Callable[[str, str], None]) -> None:
+                 on_lost: Callable[[str, str], None],
+                 secret_env: SecretEnv = no_secrets) -> None:
         self.hosts = hosts
+        self.secret_env = secret_env  # (tenant, names) -> their (name, value)s
         self.on_outcomes = on_outcomes  # (host, outcomes); raises if they were not recorded
         self.on_lost = on_lost  # (host, why): settle everything that was on it
         self._collectors: dict[str, tuple[Endpoint, asyncio.Task[None]]] = {}
@@ -64,7 +79,8 @@ class Dispatcher:
         if ep is not None:
             self.calls["start_many"] += 1
             try:
-                ref = ep.call("start_many", pack([start_request(lc) for lc in launches]))
+                ref = ep.call("start_many", pack([start_request(lc, self.secret_env)
+                                                 for lc in launches]))
             except ray.exceptions.RayError:
                 ref = None
             self.ensure_collector(host)

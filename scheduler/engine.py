@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tryfleet.secretstore import SecretStore
 from tryfleet.wire import Outcome
 
 from . import core as c
@@ -27,6 +28,7 @@ from .admission import Policy, PressureLimits
 from .dispatch import Dispatcher
 from .hosts import Hosts
 from .ledger import Ledger
+from .masked import masked_outcome
 from .metrics import Metrics
 from .placement import Demand
 from .records import Iteration, qualified
@@ -49,7 +51,10 @@ class Engine:
                  suite_cap: int | None = None, tenant_cap: int | None = None) -> None:
         self.ledger = Ledger(Path(ledger_path))
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
-        self.dispatch = Dispatcher(self.hosts, self._on_outcomes, self._on_lost)
+        # secrets live beside the ledger, in the data directory (head only)
+        self.secrets = SecretStore(Path(ledger_path).parent)
+        self.dispatch = Dispatcher(self.hosts, self._on_outcomes, self._on_lost,
+                                   self._secret_env)
         # `limits` are defaults: a size an admin set (set_limit, kept in the ledger) wins.
         sizes = {**(limits or {}), **self.ledger.limits()}
         self.core = c.Core(Policy(limits=sizes, default_suite_cap=suite_cap,
@@ -189,7 +194,18 @@ class Engine:
         task.add_done_callback(self.tasks.discard)
 
     def _on_outcomes(self, host: str, outcomes: list[Outcome]) -> None:
-        self.feed(c.OutcomesCollected(host, tuple(outcomes)))
+        self.feed(c.OutcomesCollected(host, tuple(masked_outcome(o, self.secrets)
+                                                  for o in outcomes)))
+
+    def _secret_env(self, tenant: str, names: Sequence[str]) -> list[tuple[str, str]]:
+        """The values of the secrets an attempt names; one removed since it was submitted is
+        left out (the command sees it unset), with a warning."""
+        have = {s.name for s in self.secrets.list(tenant)}
+        gone = [n for n in names if n not in have]
+        if gone:
+            log.warning("secrets %s of tenant %s were removed: an attempt starts without "
+                        "them", ", ".join(gone), tenant)
+        return list(self.secrets.values(tenant, [n for n in names if n in have]).items())
 
     def _on_lost(self, host: str, why: str) -> None:
         self.feed(c.HostLost(host, why))

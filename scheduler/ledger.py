@@ -26,6 +26,7 @@ from pathlib import Path
 import msgpack
 
 from tryfleet.errors import BadRequest, TryfleetError
+from tryfleet.private import private_db
 
 from . import ledger_reads as reads
 from . import ledger_schema
@@ -54,6 +55,7 @@ class Ledger(Reads):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        private_db(path)  # every iteration's output: its owner's only
         self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row

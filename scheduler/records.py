@@ -77,10 +77,16 @@ class Iteration:
     priority: int = 0
     cwd: str | None = None
     id: str | None = None
+    # the tenant's secrets exposed as environment variables: names only, their values are
+    # read on the head when an attempt starts (never in the ledger)
+    secrets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "limits", tuple(self.limits))
+        object.__setattr__(self, "secrets", tuple(self.secrets))
+        if not all(isinstance(n, str) and n for n in self.secrets):
+            raise InvalidIteration("secrets must be a list of secret names")
         if not self.command or not all(isinstance(a, str) for a in self.command):
             raise InvalidIteration("command must be a non-empty list of strings (argv)")
         check_name("image", self.image)
@@ -111,6 +117,7 @@ class Iteration:
             "env": dict(self.env), "timeout_s": float(self.timeout_s), "cpus": self.cpus,
             "mem_mib": self.mem_mib, "disk_mib": self.disk_mib, "limits": list(self.limits),
             "retries": self.retries, "priority": self.priority, "cwd": self.cwd, "id": self.id,
+            **({"secrets": list(self.secrets)} if self.secrets else {}),
         }
 
     def to_spec(self) -> IterationSpec:

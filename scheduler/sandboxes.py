@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tryfleet.errors import BadRequest, NotFound
+from tryfleet.private import private_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -86,6 +87,7 @@ class SandboxBook:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        private_db(path)
         self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
                                    check_same_thread=False)
         self._db.row_factory = sqlite3.Row

@@ -25,6 +25,7 @@ from tryfleet.wire import AttemptKey, Output, pack, unpack
 from .core import DEFAULT_DISK_MIB, Scope
 from .engine import Engine
 from .ledger_reads import AmbiguousId
+from .masked import masked_live
 from .placement import Demand
 from .records import (
     IN_FLIGHT,
@@ -320,8 +321,13 @@ class Scheduler:
             reply["stdout"], reply["stderr"] = self.ledger.output(
                 row.id, out_offset, err_offset, row.tenant) or (b"", b"")
         elif row.state in IN_FLIGHT and row.host:
-            live = await self._live_output(row.host, row.key, row.attempt, out_offset,
-                                           err_offset)
+            host = row.host
+
+            async def read(out_at: int, err_at: int) -> tuple[bytes, bytes] | None:
+                return await self._live_output(host, row.key, row.attempt, out_at, err_at)
+
+            live = await masked_live(self.engine.secrets.mask_values(row.tenant), read,
+                                     out_offset, err_offset)
             if live is not None:
                 reply["stdout"], reply["stderr"] = live
         return reply

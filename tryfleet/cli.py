@@ -26,6 +26,7 @@ main commands:
   tryfleet key create --tenant T         make an API key (also: key ls, key revoke ID)
   tryfleet freeze|kill --tenant T        kill switches, kept until `tryfleet thaw` (also
                                          --iteration --sandbox --suite --key --host --all)
+  tryfleet secret set --tenant T NAME    store a secret, its value from stdin (also: ls, rm)
   tryfleet mcp                           MCP tools over stdio, for an agent's MCP client
   tryfleet down                          stop what `tryfleet up` started
 
@@ -88,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     from .commands import audit  # its parser: ls, trace, verify, export
 
     audit.add_parser(sub)
+    from .commands import secrets  # its parser: set, ls, rm
+
+    secrets.add_parser(sub, _api_flags)
     status = sub.add_parser("status", help="hosts, limits and iteration counts")
     status.add_argument("--json", action="store_true", help="print JSON")
     ps = sub.add_parser("ps", help="iterations that are queued or running")
@@ -218,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .commands import batch
 
         return batch.batch(args, data_dir)
+    if args.command == "secret":
+        from .commands import secrets
+
+        return secrets.main(args, data_dir)
     if args.command == "key":
         from .commands import keys
 

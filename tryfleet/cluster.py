@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tryfleet.errors import FleetUnavailable
 from tryfleet.nodeagent.actor import start_node_actor
+from tryfleet.private import TRAVERSE_MODE, private_dir, write_private
 from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
 from tryfleet.wire import NAMESPACE, NODE_ACTOR_PREFIX
 
@@ -94,10 +95,10 @@ def start_head(data_dir: Path, bind: str | None = None, port: int = RAY_PORT,
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise FleetUnavailable(f"`ray start --head` failed: {proc.stderr.strip()[-2000:]}")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / STATE_FILE).write_text(json.dumps(
+    private_dir(data_dir, TRAVERSE_MODE)  # QEMU passes through to images; nobody lists it
+    write_private(data_dir / STATE_FILE, json.dumps(
         {"address": address, "started_head": True, "temp_dir": ray_temp_dir(port),
-         "started_at": time.time()}))
+         "started_at": time.time()}).encode())
     return address
 
 
@@ -123,7 +124,7 @@ def open_front_door(data_dir: Path, listen: str, detached: bool = True
     gateway, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
     st = state(data_dir)
     if detached and st is not None:
-        (data_dir / STATE_FILE).write_text(json.dumps({**st, "api_url": url}))
+        write_private(data_dir / STATE_FILE, json.dumps({**st, "api_url": url}).encode())
     return gateway, url, key
 
 

@@ -37,6 +37,7 @@ from .scheduler.records import (
     LiveOutput,
     Result,
 )
+from .secretsapi import Secrets
 
 SUBMIT_CHUNK = 500  # iterations sent in one POST /v1/batches
 PAGE = 200  # rows asked for per page of a listing
@@ -138,6 +139,7 @@ class Fleet:
                        transport=transport, sleep=sleep)
         self.keys = Keys(self.api)
         self.switches = Switches(self.api)  # kill switches (admins)
+        self.secrets = Secrets(self.api)  # admins: tenants' secrets
         self._on_close = on_close
         self._me: dict[str, Any] | None = None
 

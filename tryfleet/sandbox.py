@@ -7,7 +7,7 @@ bytes exactly."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -43,8 +43,11 @@ def _b64(data: bytes) -> str:
 
 
 def _exec_body(argv: list[str], env: Mapping[str, str] | None, cwd: str | None,
-               stdin: bytes | None, timeout_s: float | None) -> dict[str, Any]:
+               stdin: bytes | None, timeout_s: float | None,
+               secrets: Sequence[str] = ()) -> dict[str, Any]:
     body: dict[str, Any] = {"argv": list(argv), "env": dict(env or {}), "encoding": "base64"}
+    if secrets:
+        body["secrets"] = list(secrets)
     if cwd is not None:
         body["cwd"] = cwd
     if stdin is not None:
@@ -141,20 +144,23 @@ class Sandbox:
 
     def exec(self, argv: list[str], env: Mapping[str, str] | None = None,
              cwd: str | None = None, stdin: bytes | None = None,
-             timeout_s: float | None = None) -> ExecResult:
-        """Run argv to its end: exit_code, signal, stdout and stderr (bytes), ..."""
+             timeout_s: float | None = None, secrets: Sequence[str] = ()) -> ExecResult:
+        """Run argv to its end: exit_code, signal, stdout and stderr (bytes), ...
+        `secrets`: names of the tenant's secrets to expose as environment variables (their
+        values come back masked)."""
         wait = (timeout_s if timeout_s is not None else self.timeout_s) + EXEC_SLACK_S
         reply = self._api.json("POST", self._path("/exec"), timeout_s=wait,
-                               json=_exec_body(argv, env, cwd, stdin, timeout_s))
+                               json=_exec_body(argv, env, cwd, stdin, timeout_s, secrets))
         return ExecResult.of(reply, self._api.last_request_id)
 
     def exec_stream(self, argv: list[str], env: Mapping[str, str] | None = None,
                     cwd: str | None = None, timeout_s: float | None = None,
-                    stdin: bytes | None = None) -> Iterator[tuple[str, Any]]:
+                    stdin: bytes | None = None, secrets: Sequence[str] = ()
+                    ) -> Iterator[tuple[str, Any]]:
         """Yields ("stdout" | "stderr", bytes) as the command prints, then ("exit",
         ExecResult) (its output bodies empty: they came before). A dropped connection raises
         FleetUnavailable: the command's outcome is then unknown."""
-        body = _exec_body(argv, env, cwd, stdin, timeout_s)
+        body = _exec_body(argv, env, cwd, stdin, timeout_s, secrets)
         try:
             with self._api.stream("POST", self._path("/exec/stream"), json=body,
                                   read_timeout_s=SSE_READ_TIMEOUT_S) as events:

@@ -21,7 +21,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from tryfleet.errors import TryfleetError
+from tryfleet.masking import StreamMasker
 
+from ..exposure import mask_values
 from ..routes.switches import frozen_sandbox
 from . import connect, protojson
 from .common import E2BRoute
@@ -129,6 +131,25 @@ async def with_keepalives(events: AsyncIterator[Event], every_s: float
             await task
 
 
+async def masked(events: AsyncIterator[Event], values: tuple[bytes, ...]
+                 ) -> AsyncIterator[Event]:
+    """The events with the tenant's secret values masked out of the output (a value split
+    across two outputs too: what may be its start waits for the next, or for the end)."""
+    maskers = {1: StreamMasker(values), 2: StreamMasker(values)}
+    async for ev in events:
+        if isinstance(ev, Output) and values:
+            shown = maskers[ev.stream].feed(ev.data)
+            if shown:
+                yield Output(ev.stream, shown)
+            continue
+        if isinstance(ev, Ended):
+            for stream, masker in maskers.items():
+                rest = masker.flush()
+                if rest:
+                    yield Output(stream, rest)
+        yield ev
+
+
 async def frames(events: AsyncIterator[Event], keepalive_s: float) -> AsyncIterator[bytes]:
     """The stream's messages, then its end (with the error that ended it, if one did)."""
     error: ConnectError | None = None
@@ -173,7 +194,8 @@ async def _start(t: Target, request: Request) -> Response:
         return failed_stream(err)
     except TryfleetError as err:
         return failed_stream(rpc_error(err))
-    events = processes(request).start(t, spec, timeout_s)
+    events = masked(processes(request).start(t, spec, timeout_s),
+                    mask_values(request, t.box.tenant))
     return connect.stream_answer(frames(events, keepalive_of(request)))
 
 
@@ -182,8 +204,8 @@ async def _connect(t: Target, request: Request) -> Response:
         which = selector_of(await connect.single_message(request))
     except ConnectError as err:
         return failed_stream(err)
-    return connect.stream_answer(frames(processes(request).connect(t, which),
-                                        keepalive_of(request)))
+    events = masked(processes(request).connect(t, which), mask_values(request, t.box.tenant))
+    return connect.stream_answer(frames(events, keepalive_of(request)))
 
 
 async def _stream_input(t: Target, request: Request) -> Response:

@@ -72,6 +72,10 @@ class IterationIn(Strict):
     retries: int = Field(0, ge=0, le=100, description="re-runs of a failing command")
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)
     cwd: str | None = Field(None, max_length=4096)
+    secrets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]] = Field(
+        default_factory=list, max_length=64, description="the tenant's secrets to expose as "
+        "environment variables of the same names, where its policy allows; their values are "
+        "masked in output")
 
     def to_wire(self) -> dict[str, Any]:
         """As the scheduler takes it (records.Iteration.to_wire)."""

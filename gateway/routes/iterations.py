@@ -23,8 +23,10 @@ from tryfleet.scheduler.records import IN_FLIGHT, TERMINAL, Row
 
 from ..auth import needs, tenant_of
 from ..encoding import Encoding, encode
+from ..guard import enforce
 from ..keys import Principal, Scope
 from ..ledger import read_tenant, view, watch
+from ..policy import TenantPolicy
 from ..problems import Problem, documented, not_found
 from .iteration_models import (
     BatchIn,
@@ -81,10 +83,22 @@ async def _submit(request: Request, who: Principal, asked: str | None, suite: st
                   max_wall_s: float | None = None, expect_limits: dict[str, int] | None = None
                   ) -> tuple[str, list[str]]:
     tenant = tenant_of(who, asked)
-    policy = request.app.state.policies.for_tenant(tenant)
-    for n, it in enumerate(its, 1):
-        policy.check(image=it.image, cpus=it.cpus, mem_mib=it.mem_mib, disk_mib=it.disk_mib,
-                     timeout_s=it.timeout_s, what=f"iteration {n} ({it.id or 'no id'})")
+    def allowed(policy: TenantPolicy) -> None:
+        for n, it in enumerate(its, 1):
+            what = f"iteration {n} ({it.id or 'no id'})"
+            policy.check(image=it.image, cpus=it.cpus, mem_mib=it.mem_mib,
+                         disk_mib=it.disk_mib, timeout_s=it.timeout_s, what=what)
+            policy.check_secrets(it.secrets, what)
+
+    await enforce(request, who, tenant, allowed)
+    named = sorted({n for it in its for n in it.secrets})
+    if named:  # each held now (404 naming those missing); read again when an attempt starts
+        request.app.state.secrets.values(tenant, named)
+    for it in its:
+        clash = sorted(set(it.env) & set(it.secrets))
+        if clash:
+            raise Problem(400, "bad-request", f"iteration {it.id or ''}: {', '.join(clash)} "
+                          "is both in env and a secret named in secrets: give it once")
     ids = await request.app.state.fleet.sched(
         "submit", [it.to_wire() for it in its], suite, tenant, expect_limits, max_iterations,
         max_wall_s, request.state.request_id, who.key_id)

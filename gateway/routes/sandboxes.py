@@ -15,6 +15,7 @@ import base64
 import binascii
 import codecs
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from tryfleet.errors import TryfleetError
+from tryfleet.errors import PolicyDenied, TryfleetError
+from tryfleet.masking import mask
 from tryfleet.scheduler.sandboxes import SandboxBook, SandboxRecord
 from tryfleet.wire import (
     ExecChunk,
@@ -38,7 +40,10 @@ from tryfleet.wire import (
 
 from .. import problems
 from ..auth import needs, tenant_of
+from ..exposure import expose, mask_values, stream_maskers
+from ..guard import enforce
 from ..keys import Principal, Scope
+from ..policy import TenantPolicy
 from ..problems import Problem, documented
 from .switches import frozen_sandbox
 
@@ -55,6 +60,8 @@ MetaValue = Annotated[str, StringConstraints(max_length=1024)]
 Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_CHARS, pattern=r"^[^\x00]*$")]
 EnvKey = Annotated[str, StringConstraints(min_length=1, max_length=256,
                                           pattern=r"^[^=\x00]+$")]
+SecretName = Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                              pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 SandboxId = Annotated[str, Path(min_length=1, max_length=64, description="the sandbox's id")]
 _use, _read = needs(Scope.SANDBOX), needs(Scope.SANDBOX, Scope.READ)
 Caller = Annotated[Principal, Depends(_use)]
@@ -117,6 +124,9 @@ class ExecBody(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=MAX_EXEC_S)
     encoding: Encoding | None = Field(None, description="of stdout and stderr: text (UTF-8, "
                                       "invalid bytes as U+FFFD) or base64 (lossless)")
+    secrets: list[SecretName] = Field(default_factory=list, max_length=64, description=(
+        "the tenant's secrets to expose as environment variables of the same names, where "
+        "its policy allows; their values are masked in output"))
 
     @model_validator(mode="after")
     def _one_stdin(self) -> ExecBody:
@@ -233,6 +243,16 @@ def encode(data: bytes, encoding: Encoding) -> str:
 class ExecJob:
     request: ExecRequest
     encoding: Encoding
+    secrets: tuple[str, ...] = ()
+
+    async def for_box(self, request: Request, who: Principal, box: SandboxRecord
+                      ) -> ExecRequest:
+        """The command with the secrets it names in its env (policy checked)."""
+        if not self.secrets:
+            return self.request
+        env = await expose(request, who, box.tenant, self.secrets, self.request.env,
+                           f"sandbox {box.id}")
+        return dataclasses.replace(self.request, env=env)
 
 
 def utf8(what: str, *values: str) -> None:
@@ -262,10 +282,20 @@ async def exec_job(body: ExecBody, encoding: Annotated[Encoding | None, Query(
         stdin = body.stdin.encode("utf-8", "replace")
     req = ExecRequest(tuple(body.argv), tuple(sorted(body.env.items())), body.cwd, stdin,
                       body.timeout_s)
-    return ExecJob(request=req, encoding=body.encoding or encoding or "text")
+    return ExecJob(request=req, encoding=body.encoding or encoding or "text",
+                   secrets=tuple(body.secrets))
 
 
 Job = Annotated[ExecJob, Depends(exec_job)]
+
+
+async def exposed(job: Job, box: OpenBox, who: Caller, request: Request) -> ExecRequest:
+    """The command with its secrets, checked as a dependency: a refusal is a problem
+    before a stream starts, never an error event in it."""
+    return await job.for_box(request, who, box)
+
+
+Exposed = Annotated[ExecRequest, Depends(exposed)]
 
 
 # ---- routes: the sandboxes -------------------------------------------------------------------
@@ -285,9 +315,12 @@ async def open_for(request: Request, who: Principal, tenant: str, image: str, cp
     """A sandbox opened for `tenant` by the caller: its policy checked here (PolicyDenied),
     its quotas in the scheduler, atomically (QuotaExceeded); recorded with the caller's key
     and the request's id."""
-    policy = request.app.state.policies.for_tenant(tenant)
-    policy.check(image=image, cpus=cpus, mem_mib=mem_mib, disk_mib=disk_mib,
-                 timeout_s=timeout_s, what="sandbox")
+    def allowed(policy: TenantPolicy) -> None:
+        policy.check_interactive()
+        policy.check(image=image, cpus=cpus, mem_mib=mem_mib, disk_mib=disk_mib,
+                     timeout_s=timeout_s, what="sandbox")
+
+    policy = await enforce(request, who, tenant, allowed)
     limits = {"max_sandboxes": policy.max_sandboxes,
               "max_vcpus_in_use": policy.max_vcpus_in_use,
               "max_mem_mib_in_use": policy.max_mem_mib_in_use}
@@ -326,10 +359,12 @@ async def extend_for(request: Request, who: Principal, sid: str,
                      timeout_s: float) -> SandboxRecord:
     """The caller's sandbox closed timeout_s from now (within its tenant's max_timeout_s)."""
     rec = book(request).get(sid, seen_by(who))
-    most = request.app.state.policies.for_tenant(rec.tenant).max_timeout_s
-    if timeout_s > most:
-        raise Problem(403, "policy-denied", f"sandbox: timeout_s {timeout_s:g} is over "
-                      f"this tenant's max_timeout_s = {most:g}", rule="max_timeout_s")
+    def allowed(policy: TenantPolicy) -> None:
+        if timeout_s > policy.max_timeout_s:
+            raise PolicyDenied(f"sandbox: timeout_s {timeout_s:g} is over this tenant's "
+                               f"max_timeout_s = {policy.max_timeout_s:g}", "max_timeout_s")
+
+    await enforce(request, who, rec.tenant, allowed)
     got = await request.app.state.fleet.sched("extend_sandbox", sid, timeout_s, seen_by(who))
     return SandboxRecord(**got)
 
@@ -345,11 +380,13 @@ async def delete(sid: SandboxId, who: Caller, request: Request) -> Response:
 # ---- routes: commands ------------------------------------------------------------------------
 @router.post("/{sid}/exec", summary="Run a command; its result once it ended",
              responses=documented(400, 401, 403, 404, 422, 503))
-async def exec_(job: Job, box: OpenBox, request: Request) -> ExecResult:
-    r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(job.request)))
+async def exec_(job: Job, box: OpenBox, req: Exposed, request: Request) -> ExecResult:
+    r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(req)))
+    values = mask_values(request, box.tenant)
     return ExecResult(exit_code=r.exit_code, signal=r.signal,
-                      stdout=encode(r.stdout, job.encoding),
-                      stderr=encode(r.stderr, job.encoding), encoding=job.encoding,
+                      stdout=encode(mask(r.stdout, values), job.encoding),
+                      stderr=encode(mask(r.stderr, values), job.encoding),
+                      encoding=job.encoding,
                       stdout_truncated=r.stdout_truncated,
                       stderr_truncated=r.stderr_truncated, timed_out=r.timed_out,
                       duration_s=r.duration_s)
@@ -361,12 +398,12 @@ async def exec_(job: Job, box: OpenBox, request: Request) -> ExecResult:
              "the output comes (text or base64 per `encoding`); `exit` (the result without "
              "the output); `error` (a problem) if it fails midway. Comments keep a silent "
              "stream alive.", responses=documented(400, 401, 403, 404, 422, 503))
-async def exec_stream(job: Job, box: OpenBox, request: Request
+async def exec_stream(job: Job, box: OpenBox, request: Request, req: Exposed
                       ) -> AsyncIterator[ServerSentEvent]:
-    req: ExecRequest = job.request
     yield ServerSentEvent(event="started", data={"sandbox": box.id, "argv": list(req.argv)})
     text = job.encoding == "text"
     decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
+    maskers = stream_maskers(request, box.tenant)
     exec_id, ended = secrets.token_hex(8), False
     try:
         async for raw in request.app.state.fleet.node_stream(
@@ -375,15 +412,18 @@ async def exec_stream(job: Job, box: OpenBox, request: Request
             if chunk.reply is not None:
                 ended = True
                 for n, decoder in enumerate(decoders):
-                    rest = decoder.decode(b"", final=True) if text else ""
+                    tail = maskers[n].flush()
+                    rest = decoder.decode(tail, final=True) if text else encode(tail,
+                                                                                "base64")
                     if rest:
                         yield ServerSentEvent(event=("stdout", "stderr")[n],
                                               data={"data": rest})
                 yield ServerSentEvent(event="exit", data=_exit(chunk.reply, job.encoding))
                 return
             if chunk.stream in (1, 2):
-                data = decoders[chunk.stream - 1].decode(chunk.data) if text \
-                    else encode(chunk.data, "base64")
+                shown = maskers[chunk.stream - 1].feed(chunk.data)
+                data = decoders[chunk.stream - 1].decode(shown) if text \
+                    else encode(shown, "base64")
                 if data:
                     yield ServerSentEvent(event=("stdout", "stderr")[chunk.stream - 1],
                                           data={"data": data})

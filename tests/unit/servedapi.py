@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from tryfleet.audit import Audit
 from tryfleet.gateway.app import create_app
 from tryfleet.gateway.keys import KeyStore, Scope
 from tryfleet.gateway.policy import Policies
@@ -43,7 +44,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def served_api(tmp_path: Path, limits: dict[str, int] | None = None) -> Iterator[Served]:
+def served_api(tmp_path: Path, limits: dict[str, int] | None = None,
+               audit: bool = False) -> Iterator[Served]:
+    """audit: with an audit trail in the data directory (app.state.audit), as the gateway's."""
     data = tmp_path / "data"
     data.mkdir()
     ledger = data / "ledger.db"
@@ -54,6 +57,9 @@ def served_api(tmp_path: Path, limits: dict[str, int] | None = None) -> Iterator
     keys = KeyStore(ledger, data)
     _, admin = keys.create("default", frozenset({Scope.ADMIN}), created_by="test")
     app = create_app(InProcessFleet(sched, node), keys, Policies(data), ledger)
+    trail = Audit(data) if audit else None
+    if trail is not None:
+        app.state.audit = trail
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -70,6 +76,8 @@ def served_api(tmp_path: Path, limits: dict[str, int] | None = None) -> Iterator
         thread.join(30)
         node.shutdown()
         keys.close()
+        if trail is not None:
+            trail.close()
 
 
 __all__ = ["Served", "served_api"]

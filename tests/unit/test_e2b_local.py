@@ -35,6 +35,9 @@ max_sandboxes = 1
 
 [tenant.strict]
 images = ["other"]
+
+[tenant.batchonly]
+interactive = false
 """
 
 
@@ -263,6 +266,19 @@ def test_quota_and_policy_are_the_tenants(fleet):
         Sandbox.create(**opts(fleet, fleet.key("strict")))
     with pytest.raises(AuthenticationException, match="not valid"):
         Sandbox.create(**opts(fleet, "tf_000000000000_" + "x" * 43))
+
+
+def test_a_tenant_without_interactive_sandboxes_is_refused_naming_the_rule(fleet):
+    with pytest.raises(SandboxException, match=r"403.*interactive"):
+        Sandbox.create(**opts(fleet, fleet.key("batchonly")))
+
+
+def test_a_secret_value_a_command_prints_comes_back_masked(fleet, sbx):
+    from tryfleet.secretstore import SecretStore
+
+    SecretStore(fleet.data).set("acme", "E2B_SECRET", "e2b-s3cret-value")
+    got = sbx.commands.run("printf 'e2b-s3cret'; sleep 0.1; echo '-value!'")
+    assert got.stdout == "*" * len("e2b-s3cret-value") + "!\n"
 
 
 def test_what_tryfleet_does_not_do_is_refused_by_name(acme, sbx):

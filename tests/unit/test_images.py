@@ -244,7 +244,7 @@ def test_clean_stale_removes_dead_builds_only(store):
     assert ours.exists() and not stale.exists() and not work.exists()
 
 
-def test_commit_makes_the_build_complete_and_world_readable(store):
+def test_commit_makes_the_build_complete_readable_by_qemu_and_unlisted(store):
     staging = store.staging_dir("base", "f" * 64)
     for f in ("rootfs.qcow2", "vmlinuz", "initrd.img"):
         (staging / f).write_bytes(b"data")
@@ -254,7 +254,7 @@ def test_commit_makes_the_build_complete_and_world_readable(store):
     image = store.commit(staging, "base", "f" * 64, replace=False)
     assert not staging.exists() and image.path.name == "f" * 64
     assert stat.S_IMODE(image.kernel.stat().st_mode) == 0o644
-    assert stat.S_IMODE(image.path.stat().st_mode) == 0o755
+    assert stat.S_IMODE(image.path.stat().st_mode) == 0o711  # passed through, never listed
 
 
 def test_workspace_is_removed_even_on_failure(store):

@@ -27,6 +27,7 @@ def served(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRYFLEET_ACCEL", "tcg")
         with served_api(tmp_path_factory.mktemp("mcp")) as s:
+            (s.data_dir / "policy.toml").write_text('[default]\nsecrets = ["MCP_*"]\n')
             yield s
 
 
@@ -167,6 +168,23 @@ def test_the_tenants_policy_holds_as_for_the_api(served, acme):
 
     refused = using(over_http(served.url, acme), work)
     assert "max_cpus" in refused and "[policy-denied, HTTP 403]" in refused
+
+
+def test_a_secret_named_in_run_command_is_set_and_comes_back_masked(served, acme):
+    from tryfleet.secretstore import SecretStore
+
+    SecretStore(served.data_dir).set("acme", "MCP_TOKEN", "mcp-s3cret")
+
+    async def work(c):
+        box = await tool(c, "create_sandbox", mem_mib=256)
+        try:
+            return await tool(c, "run_command", sandbox_id=box["id"],
+                              command='echo "<$MCP_TOKEN>"', secrets=["MCP_TOKEN"])
+        finally:
+            await tool(c, "destroy_sandbox", sandbox_id=box["id"])
+
+    ran = using(over_http(served.url, acme), work)
+    assert ran["stdout"] == "<" + "*" * len("mcp-s3cret") + ">\n"
 
 
 # ---- tryfleet mcp over stdio -----------------------------------------------------------------

@@ -36,6 +36,11 @@ EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^=\x00]
 ENV_HELP = "environment variables added for the command, NAME -> value"
 Env = Annotated[dict[EnvName, Arg], Field(max_length=256, description=ENV_HELP)]
 MaybeEnv = Annotated[dict[EnvName, Arg] | None, Field(max_length=256, description=ENV_HELP)]
+SECRETS_HELP = ("names of your tenant's secrets to set as environment variables of the same "
+                "names (where its policy allows); their values are masked in output")
+SecretName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+SecretNames = Annotated[list[SecretName], Field(max_length=64, description=SECRETS_HELP)]
+MaybeSecrets = Annotated[list[SecretName] | None, Field(max_length=64, description=SECRETS_HELP)]
 Metadata = Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)],
                           Annotated[str, Field(max_length=1024)]] | None,
                      Field(max_length=64, description="your labels, key -> value (kept with "
@@ -95,6 +100,7 @@ class IterationSpec(BaseModel):
         default_factory=dict, max_length=256,
         description="binary files: absolute path -> content as base64")
     env: Env = Field(default_factory=dict)
+    secrets: SecretNames = Field(default_factory=list)
     cwd: str | None = Field(default=None, max_length=4096, pattern=r"^/",
                             description="working directory (default /root)")
     timeout_s: float = Field(default=600.0, gt=0, le=MAX_EXEC_S,
@@ -121,6 +127,8 @@ class IterationSpec(BaseModel):
             "limits": list(self.limits), "retries": self.retries}
         if self.cwd is not None:
             body["cwd"] = self.cwd
+        if self.secrets:
+            body["secrets"] = list(self.secrets)
         return body
 
 

@@ -45,6 +45,7 @@ from .models import (
     Image,
     IterationSpec,
     MaybeEnv,
+    MaybeSecrets,
     Metadata,
     SandboxId,
     SandboxInfo,
@@ -119,6 +120,7 @@ class Tools:
             max_output_chars: Annotated[int, Field(ge=0, le=1_000_000, description=(
                 "the most characters of stdout, and of stderr, in the result; longer output "
                 "keeps its start and its end"))] = 20_000,
+            secrets: MaybeSecrets = None,
     ) -> CommandResult:
         """Run a command in a sandbox and wait for it to end: its exit_code, stdout and stderr.
         Output is also sent as progress notifications while it runs (`stdout: ...`,
@@ -127,9 +129,14 @@ class Tools:
         start and end, with a note of what was left out). A non-zero exit_code is a result,
         not an error. Each call is a fresh process: `cd` or
         exported variables do not carry over (use cwd and env)."""
+        if secrets and user not in (None, "root"):  # its env is reset for the user's
+            raise ToolError("secrets reach commands run as root only: leave out user, or "
+                            "run `su` yourself in the command")
         argv, extra = as_user(argv_of(command), dict(env or {}), user, cwd)
         body: dict[str, Any] = {"argv": argv, "env": extra, "encoding": "text",
                                 "timeout_s": float(timeout_s)}
+        if secrets:
+            body["secrets"] = list(secrets)
         if cwd is not None:
             body["cwd"] = cwd
         caps = {"stdout": Capture(max_output_chars), "stderr": Capture(max_output_chars)}

@@ -1,0 +1,99 @@
+"""Secret values masked out of output: every byte of every occurrence becomes `*`.
+
+The mask keeps the output's length, so every byte offset the API gives out (output read past
+offsets, live from a host and then from the ledger, capped at the same size) means the same
+in masked output as in the raw output. Overlapping occurrences are all masked.
+
+A stream is masked as it comes (`StreamMasker`): a value split across chunks is caught by
+holding back the end of each chunk that could be the start of a value (at most the longest
+value's length less one byte) until the next chunk, or the end, says what it is.
+
+    m = StreamMasker([b"hunter22"])
+    m.feed(b"pass: hun") + m.feed(b"ter22\\n") + m.flush()  # b"pass: ********\\n"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+MASK = ord("*")
+
+
+def _marks(data: bytes, values: Iterable[bytes]) -> tuple[bytearray, int]:
+    """`data` with every occurrence of a value masked, and where the last one ends (0: none)."""
+    out, last_end = bytearray(data), 0
+    for value in values:
+        if not value:
+            continue
+        at = data.find(value)
+        while at >= 0:
+            end = at + len(value)
+            out[at:end] = bytes([MASK]) * len(value)
+            last_end = max(last_end, end)
+            at = data.find(value, at + 1)
+    return out, last_end
+
+
+def mask(data: bytes, values: Sequence[bytes]) -> bytes:
+    """`data` with every occurrence of each of `values` masked (same length)."""
+    if not values or not data:
+        return data
+    return bytes(_marks(data, values)[0])
+
+
+def partial_tail(data: bytes, values: Iterable[bytes], start: int = 0) -> int:
+    """How many bytes at the end of data[start:] are the start of a value (a proper prefix of
+    one), which the next chunk may complete: the longest such tail."""
+    longest = 0
+    for value in values:
+        most = min(len(value) - 1, len(data) - start)
+        for n in range(most, longest, -1):
+            if data.endswith(value[:n]):
+                longest = n
+                break
+    return longest
+
+
+class StreamMasker:
+    """Masks one stream chunk by chunk; what it returns, joined, is mask(whole stream)."""
+
+    def __init__(self, values: Sequence[bytes]) -> None:
+        self.values = tuple(v for v in values if v)
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """What of the stream so far is now known masked (maybe less than given)."""
+        if not self.values:
+            return data
+        buf = self._held + data
+        masked, last_end = _marks(buf, self.values)
+        keep = partial_tail(buf, self.values, last_end)
+        cut = len(buf) - keep
+        self._held = buf[cut:]
+        return bytes(masked[:cut])
+
+    def flush(self) -> bytes:
+        """The held-back end, at the stream's end (no value can complete it any more)."""
+        rest, self._held = self._held, b""
+        return rest
+
+
+def masked_window(data: bytes, start: int, offset: int, values: Sequence[bytes],
+                  done: bool) -> bytes:
+    """Output from `offset` masked, given data read from `start` (<= offset, so a value that
+    began before offset is seen whole); unless done, less the end that may be the start of
+    a value (the caller reads from there next time)."""
+    if not values:
+        return data[offset - start:]
+    masked, last_end = _marks(data, values)
+    cut = len(data)
+    if not done:
+        cut -= partial_tail(data, values, max(last_end, offset - start))
+    return bytes(masked[offset - start:max(cut, offset - start)])
+
+
+def longest(values: Sequence[bytes]) -> int:
+    return max((len(v) for v in values), default=0)
+
+
+__all__ = ["StreamMasker", "longest", "mask", "masked_window", "partial_tail"]
