@@ -22,8 +22,8 @@ def masked_outcome(o: Outcome, store: SecretStore) -> Outcome:
     if error is not None:
         error = mask(error.encode("utf-8", "surrogatepass"), values).decode(
             "utf-8", "surrogatepass")
-    return replace(o, stdout=mask(o.stdout, values), stderr=mask(o.stderr, values),
-                   error=error)
+    return replace(o, stdout=mask(o.stdout, values, cut=o.stdout_truncated),
+                   stderr=mask(o.stderr, values, cut=o.stderr_truncated), error=error)
 
 
 Read = Callable[[int, int], Awaitable[tuple[bytes, bytes] | None]]

@@ -34,11 +34,31 @@ def _marks(data: bytes, values: Iterable[bytes]) -> tuple[bytearray, int]:
     return out, last_end
 
 
-def mask(data: bytes, values: Sequence[bytes]) -> bytes:
-    """`data` with every occurrence of each of `values` masked (same length)."""
+def mask(data: bytes, values: Sequence[bytes], cut: bool = False) -> bytes:
+    """`data` with every occurrence of each of `values` masked (same length). cut: data was
+    cut out of a longer output (truncated), so a value may have been cut in two at either
+    end: what starts with the end of a value, or ends with the start of one, is masked too."""
     if not values or not data:
         return data
-    return bytes(_marks(data, values)[0])
+    out, last_end = _marks(data, values)
+    if cut:
+        tail = partial_tail(data, values, last_end)
+        out[len(data) - tail:] = bytes([MASK]) * tail
+        head = partial_head(data, values)
+        out[:head] = bytes([MASK]) * head
+    return bytes(out)
+
+
+def partial_head(data: bytes, values: Iterable[bytes]) -> int:
+    """How many bytes at the start of data are the end of a value (a proper suffix of one),
+    which a cut before data may have separated from its start: the longest such head."""
+    longest = 0
+    for value in values:
+        for n in range(min(len(value) - 1, len(data)), longest, -1):
+            if data.startswith(value[-n:]):
+                longest = n
+                break
+    return longest
 
 
 def partial_tail(data: bytes, values: Iterable[bytes], start: int = 0) -> int:
@@ -96,4 +116,4 @@ def longest(values: Sequence[bytes]) -> int:
     return max((len(v) for v in values), default=0)
 
 
-__all__ = ["StreamMasker", "longest", "mask", "masked_window", "partial_tail"]
+__all__ = ["StreamMasker", "longest", "mask", "masked_window", "partial_head", "partial_tail"]

@@ -384,8 +384,8 @@ async def exec_(job: Job, box: OpenBox, req: Exposed, request: Request) -> ExecR
     r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(req)))
     values = mask_values(request, box.tenant)
     return ExecResult(exit_code=r.exit_code, signal=r.signal,
-                      stdout=encode(mask(r.stdout, values), job.encoding),
-                      stderr=encode(mask(r.stderr, values), job.encoding),
+                      stdout=encode(mask(r.stdout, values, r.stdout_truncated), job.encoding),
+                      stderr=encode(mask(r.stderr, values, r.stderr_truncated), job.encoding),
                       encoding=job.encoding,
                       stdout_truncated=r.stdout_truncated,
                       stderr_truncated=r.stderr_truncated, timed_out=r.timed_out,

@@ -84,3 +84,15 @@ def test_any_chunking_gives_what_masking_the_whole_gives():
         cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 6))))
         chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
         assert stream(values, chunks) == mask(data, values), (data, cuts)
+
+
+def test_output_cut_in_the_middle_of_a_value_masks_the_part_it_kept():
+    assert mask(b"token: hunt", [b"hunter22"], cut=True) == b"token: ****"
+
+
+def test_output_whose_start_was_cut_off_masks_the_end_of_a_value_it_begins_with():
+    assert mask(b"er22 done", [b"hunter22"], cut=True) == b"**** done"
+
+
+def test_output_not_cut_keeps_an_end_that_only_looks_like_the_start_of_a_value():
+    assert mask(b"token: hunt", [b"hunter22"]) == b"token: hunt"
