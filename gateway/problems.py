@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from tryfleet.errors import (
     BadRequest,
@@ -129,6 +130,36 @@ def _not_json(request: Request, err: RequestValidationError) -> bool:
     return not json_type and any(tuple(e.get("loc", ())) == ("body",) for e in err.errors())
 
 
+def _of_http(request: Request, err: StarletteHTTPException) -> Problem:
+    """The problem a Starlette/FastAPI HTTP exception is, its headers kept."""
+    headers = dict(err.headers or {})
+    if err.status_code == 405:
+        # Allow lists every method of the resource (RFC 9110), not only those of the first
+        # route whose path matched: GET and DELETE /v1/sandboxes/{sid} are two routes
+        headers["Allow"] = ", ".join(_allowed(request))
+    if err.status_code == 400 and err.detail == _UNPARSED:
+        # a body FastAPI could not even decode (not UTF-8, say); a JSON syntax error is a 422
+        return Problem(400, "bad-request", "the body could not be read as JSON: send UTF-8 "
+                       "JSON with Content-Type: application/json", headers=headers)
+    slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
+            413: "too-large"}.get(err.status_code, "http-error")
+    return Problem(err.status_code, slug, str(err.detail), headers=headers)
+
+
+_UNPARSED = "There was an error parsing the body"  # FastAPI's detail (fastapi/routing.py)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path (asked of the routes
+    themselves, which also answer for the routers included in the app)."""
+    routes = request.app.router.routes
+    return [m for m in _METHODS
+            if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, err: Problem) -> JSONResponse:
@@ -149,9 +180,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
-            err.status_code, "http-error")
-        return response(request, Problem(err.status_code, slug, str(err.detail)))
+        return response(request, _of_http(request, err))
 
     @app.exception_handler(TryfleetError)
     async def _ours(request: Request, err: TryfleetError) -> JSONResponse:
