@@ -9,6 +9,7 @@ tryfleet's own errors map to a status by their family (errors.py); bad input of 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -160,7 +161,41 @@ def _allowed(request: Request) -> list[str]:
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
+def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document made true to what the app answers, for every operation: its 422
+    is a problem (FastAPI documents its own HTTPValidationError there, which this app never
+    sends), and one that takes a body may answer 400 (a body that is not even text)."""
+    problem = documented(400, 422)
+    for operation in _operations(doc):
+        answers = operation.setdefault("responses", {})
+        if "422" in answers:
+            answers["422"] = problem[422]
+        if "requestBody" in operation:
+            answers.setdefault("400", problem[400])
+    schemas = doc.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in json.dumps(doc.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return doc
+
+
+def _operations(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+    return [op for item in doc.get("paths", {}).values() for m, op in item.items()
+            if m in methods]
+
+
 def install(app: FastAPI) -> None:
+    """The problem handlers, and the app's OpenAPI document completed (complete_openapi)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_openapi(plain())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, err: Problem) -> JSONResponse:
         return response(request, err)
@@ -196,5 +231,5 @@ def install(app: FastAPI) -> None:
                                          "request; the request id says where in its logs"))
 
 
-__all__ = ["MEDIA_TYPE", "Problem", "ProblemBody", "body", "documented", "forbidden", "install",
-           "not_found", "of_error", "response", "unauthorized"]
+__all__ = ["MEDIA_TYPE", "Problem", "ProblemBody", "body", "complete_openapi", "documented",
+           "forbidden", "install", "not_found", "of_error", "response", "unauthorized"]

@@ -1,4 +1,7 @@
-"""What the gateway answers when FastAPI or Starlette refuse a request before any route runs."""
+"""What the gateway answers when FastAPI or Starlette refuse a request before any route runs,
+and what /openapi.json says of errors: every error is problem+json, documented as such."""
+
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,3 +42,30 @@ def test_a_body_that_is_not_text_is_a_400_bad_request_problem(api):
     assert r.headers["content-type"] == MEDIA_TYPE
     assert r.json()["type"] == "urn:tryfleet:problem:bad-request"
     assert "UTF-8 JSON" in r.json()["detail"]
+
+
+def _errors(doc):
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for status, answer in op["responses"].items():
+                if status[0] in "45":
+                    yield f"{method.upper()} {path} {status}", answer
+
+
+def test_every_documented_error_is_problem_json_422_included(api):
+    doc = api.get("/openapi.json").json()
+    errors = dict(_errors(doc))
+    assert "POST /v1/keys 422" in errors and "GET /v1/me 401" in errors
+    for where, answer in errors.items():
+        assert list(answer["content"]) == [MEDIA_TYPE], where
+        assert set(answer["content"][MEDIA_TYPE]["schema"]["required"]) >= {
+            "type", "title", "status", "detail"}, where
+    assert "HTTPValidationError" not in json.dumps(doc)
+
+
+def test_every_operation_with_a_json_body_documents_the_400_of_an_unreadable_one(api):
+    doc = api.get("/openapi.json").json()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if "requestBody" in op:
+                assert "400" in op["responses"], f"{method.upper()} {path}"
