@@ -9,6 +9,7 @@ tryfleet's own errors map to a status by their family (errors.py); bad input of 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from tryfleet.errors import (
     BadRequest,
@@ -132,7 +134,71 @@ def _not_json(request: Request, err: RequestValidationError) -> bool:
     return not json_type and any(tuple(e.get("loc", ())) == ("body",) for e in err.errors())
 
 
+def _of_http(request: Request, err: StarletteHTTPException) -> Problem:
+    """The problem a Starlette/FastAPI HTTP exception is, its headers kept."""
+    headers = dict(err.headers or {})
+    if err.status_code == 405:
+        # Allow lists every method of the resource (RFC 9110), not only those of the first
+        # route whose path matched: GET and DELETE /v1/sandboxes/{sid} are two routes
+        headers["Allow"] = ", ".join(_allowed(request))
+    if err.status_code == 400 and err.detail == _UNPARSED:
+        # a body FastAPI could not even decode (not UTF-8, say); a JSON syntax error is a 422
+        return Problem(400, "bad-request", "the body could not be read as JSON: send UTF-8 "
+                       "JSON with Content-Type: application/json", headers=headers)
+    slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
+            413: "too-large"}.get(err.status_code, "http-error")
+    return Problem(err.status_code, slug, str(err.detail), headers=headers)
+
+
+_UNPARSED = "There was an error parsing the body"  # FastAPI's detail (fastapi/routing.py)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path (asked of the routes
+    themselves, which also answer for the routers included in the app)."""
+    routes = request.app.router.routes
+    return [m for m in _METHODS
+            if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document made true to what the app answers, for every operation: its 422
+    is a problem (FastAPI documents its own HTTPValidationError there, which this app never
+    sends), and one that takes a body may answer 400 (a body that is not even text)."""
+    problem = documented(400, 422)
+    for operation in _operations(doc):
+        answers = operation.setdefault("responses", {})
+        if "422" in answers:
+            answers["422"] = problem[422]
+        if "requestBody" in operation:
+            answers.setdefault("400", problem[400])
+    schemas = doc.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in json.dumps(doc.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return doc
+
+
+def _operations(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+    return [op for item in doc.get("paths", {}).values() for m, op in item.items()
+            if m in methods]
+
+
 def install(app: FastAPI) -> None:
+    """The problem handlers, and the app's OpenAPI document completed (complete_openapi)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_openapi(plain())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, err: Problem) -> JSONResponse:
         return response(request, err)
@@ -152,9 +218,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(
-            err.status_code, "http-error")
-        return response(request, Problem(err.status_code, slug, str(err.detail)))
+        return response(request, _of_http(request, err))
 
     @app.exception_handler(TryfleetError)
     async def _ours(request: Request, err: TryfleetError) -> JSONResponse:
@@ -170,5 +234,5 @@ def install(app: FastAPI) -> None:
                                          "request; the request id says where in its logs"))
 
 
-__all__ = ["MEDIA_TYPE", "Problem", "ProblemBody", "body", "documented", "forbidden", "install",
-           "not_found", "of_error", "response", "unauthorized"]
+__all__ = ["MEDIA_TYPE", "Problem", "ProblemBody", "body", "complete_openapi", "documented",
+           "forbidden", "install", "not_found", "of_error", "response", "unauthorized"]

@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 
 from ..auth import Admin
 from ..keys import KeyInfo, KeyStore, parse_scopes
+from ..problems import documented
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=documented(401, 403, 422))
 MAX_EXPIRY_S = 10 * 365 * 86400
 
 
@@ -56,7 +57,7 @@ def _store(request: Request) -> KeyStore:
     return store
 
 
-@router.post("", status_code=201, summary="Make a key (admin)")
+@router.post("", status_code=201, summary="Make a key (admin)", responses=documented(400))
 async def create(body: KeyCreate, who: Admin, request: Request) -> NewKey:
     expires = None if body.expires_in_s is None else time.time() + body.expires_in_s
     info, token = _store(request).create(body.tenant, parse_scopes(body.scopes),
@@ -71,12 +72,14 @@ async def list_keys(who: Admin, request: Request,
     return KeyList(items=[_key(k) for k in _store(request).list(tenant)])
 
 
-@router.get("/{key_id}", summary="One key, without its secret (admin)")
+@router.get("/{key_id}", summary="One key, without its secret (admin)",
+            responses=documented(404))
 async def get(key_id: str, who: Admin, request: Request) -> Key:
     return _key(_store(request).get(key_id))
 
 
-@router.delete("/{key_id}", status_code=204, summary="Revoke a key at once (admin)")
+@router.delete("/{key_id}", status_code=204, summary="Revoke a key at once (admin)",
+               responses=documented(404))
 async def revoke(key_id: str, who: Admin, request: Request) -> Response:
     _store(request).revoke(key_id, by=f"key:{who.key_id}")
     return Response(status_code=204)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from ..auth import Anyone
+from ..problems import documented
 
 router = APIRouter()
 
@@ -25,6 +26,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/v1/me", tags=["meta"], summary="The key's id, tenant and scopes")
+@router.get("/v1/me", tags=["meta"], summary="The key's id, tenant and scopes",
+            responses=documented(401))
 async def me(who: Anyone) -> Me:
     return Me(key_id=who.key_id, tenant=who.tenant, scopes=sorted(who.scopes))
