@@ -192,7 +192,7 @@ async def lift(body: Target, who: Admin, request: Request) -> SwitchOut:
     return await _lift(request, who, body)
 
 
-@router.delete("/{switch_id}", summary="Lift switch ID (admin)",
+@router.delete("/{switch_id:int}", summary="Lift switch ID (admin)",
                responses=documented(401, 403, 404, 422, 503))
 async def lift_by_id(switch_id: Annotated[int, Path(ge=1)], who: Admin, request: Request,
                      reason: Annotated[str, Query(max_length=1000)] = "",
