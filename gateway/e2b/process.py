@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 
 from tryfleet.errors import TryfleetError
 
+from ..auditing import Command, call_of, command_started
 from . import connect, protojson
 from .common import E2BRoute
 from .connect import Code, ConnectError
@@ -169,8 +170,23 @@ async def _start(t: Target, request: Request) -> Response:
         timeout_s = connect.timeout_s(request)
     except ConnectError as err:
         return failed_stream(err)
-    events = processes(request).start(t, spec, timeout_s)
+    cmd = await command_started(call_of(request), t.box, (spec.cmd, *spec.args), cwd=spec.cwd,
+                                user=t.user, env=spec.envs, via="e2b")
+    events = audited(cmd, processes(request).start(t, spec, timeout_s))
     return connect.stream_answer(frames(events, keepalive_of(request)))
+
+
+async def audited(cmd: Command, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """The events of a process started here, its output digested, its end recorded
+    (exec.end) when this stream sees it (a process followed no more ends unseen)."""
+    async for ev in events:
+        if isinstance(ev, Output):
+            cmd.output(ev.stream, ev.data)
+        elif isinstance(ev, Ended):
+            signal = None if ev.exited else ev.status.removeprefix("signal: ")
+            cmd.ended(ev.exit_code if ev.exited else None, signal, timed_out=ev.timed_out,
+                      error=ev.error or "")
+        yield ev
 
 
 async def _connect(t: Target, request: Request) -> Response:
