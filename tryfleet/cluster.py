@@ -215,7 +215,8 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
     if detached:
         options["lifetime"] = "detached"
-    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)))
+    sched: Any = ray.remote(Scheduler).options(**options).remote(
+        str(ledger_path(data_dir)), audit_dir=str(data_dir))  # it records in the audit trail
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:

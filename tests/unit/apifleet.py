@@ -78,7 +78,7 @@ def api_fleet(tmp_path: Path, audit: bool = False) -> Iterator[Api]:
     data.mkdir()
     ledger = data / "ledger.db"
     node = NodeActor(str(data / "node"), HOST, fake=True)
-    sched = Scheduler(str(ledger))
+    sched = Scheduler(str(ledger), audit_dir=str(data) if audit else None)
     sched.engine.hosts.discover = lambda: []  # type: ignore[method-assign]
     sched.engine.hosts.agents = {NODE_ACTOR_PREFIX + HOST: Threaded(node)}
     trail = Audit(data) if audit else None
@@ -91,5 +91,6 @@ def api_fleet(tmp_path: Path, audit: bool = False) -> Iterator[Api]:
     finally:
         node.shutdown()
         keys.close()
-        if trail is not None:
-            trail.close()
+        for opened in (trail, sched.engine.audit):
+            if opened is not None:
+                opened.close()
