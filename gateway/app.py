@@ -104,7 +104,8 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
                               "AI-agent fleets. Every /v1 call needs an API key: "
                               "`Authorization: Bearer <key>`. Errors are "
                               "application/problem+json (RFC 9457).")
-    app.state.fleet, app.state.keys, app.state.policies = fleet, keys, policies
+    app.state.keys, app.state.policies = keys, policies
+    app.state.fleet = fleet if audit is None else auditing.FleetSettling(fleet)
     app.state.ledger_path = ledger_path
     app.state.audit = audit
     app.state.sandboxes = SandboxBook(ledger_path)  # reads: who owns a sandbox, where it runs

@@ -1,20 +1,24 @@
 """What the gateway writes to the audit trail, and when: one `Call` per API request.
 
-    api.request   once the caller is known (its key checked), before the route acts; for a
-                  request refused without a valid key, tenant "" and actor "anonymous"
+    api.request   before the request acts: written with its first record (an exec's
+                  exec.start: one transaction, one wait for the disk), or alone before it
+                  calls the scheduler or a node, or before the first byte of its answer; with
+                  the key's tenant and id once the key is checked, else tenant "" and actor
+                  "anonymous" (a request refused without a valid key)
     ...           what the route does: sandbox.close, exec.start, file.write, policy.deny ...
-    api.response  its status, just before the last bytes of the answer leave
+    api.response  its status, with what became of its actions (exec.end), queued as the last
+                  bytes of the answer leave (not waited for: nothing comes after it;
+                  /v1/audit's reads wait for such records first)
 
 Every record of a request carries its tenant, actor (`key:<id>`), request id and trace id (the
 W3C `traceparent` header's, if the caller sent one). A record that must precede an action is
-awaited before the action; when it cannot be written (AuditUnavailable) the action is refused,
-and the request answers 503 "audit unavailable". What became of an action (exec.end) is held
-back and written with api.response in one transaction: it precedes nothing, and one wait for
-the disk is cheaper than two.
+on disk before the action; when it cannot be written (AuditUnavailable) the action is refused,
+and the request answers 503 "audit unavailable".
 
 `AuditCalls` is the ASGI middleware that makes the Call of each request (request.state and a
-context variable hold it); the routes reach it with `call_of(request)`. A gateway built without
-an audit trail (`create_app(audit=None)`, for the benchmark's comparison) records nothing.
+context variable hold it); the routes reach it with `call_of(request)`; `FleetSettling` wraps
+the app's fleet. A gateway built without an audit trail (`create_app(audit=None)`, for the
+benchmark's comparison) records nothing.
 """
 
 from __future__ import annotations
@@ -72,7 +76,12 @@ def route_of(scope: Scope) -> str:
 
 @dataclass(slots=True)
 class Call:
-    """One API request as the audit trail sees it. `audit` None: nothing is recorded."""
+    """One API request as the audit trail sees it. `audit` None: nothing is recorded.
+
+    api.request waits to be written with the request's first record (one transaction, one
+    wait for the disk: an exec's api.request and exec.start), or alone before anything else
+    leaves the gateway for it: a call to the scheduler or a node (`FleetSettling`) or the
+    first byte of its answer (`AuditCalls`)."""
 
     audit: Audit | None
     request_id: str
@@ -81,7 +90,7 @@ class Call:
     scope: Scope | None = None
     tenant: str = ""
     actor: str = "anonymous"
-    admitted: bool = False
+    requested: bool = False  # api.request is on disk
     status: int | None = None
     responded: bool = False
     later: list[Entry] = field(default_factory=list)  # outcomes, written with api.response
@@ -91,12 +100,27 @@ class Call:
                                    "request_id": self.request_id, "trace_id": self.trace_id,
                                    **fields})
 
+    def _request_entry(self) -> list[Entry]:
+        if self.requested:
+            return []
+        route = "" if self.scope is None else route_of(self.scope)
+        return [self._entry("api.request", {"details": {"method": self.method,
+                                                        "route": route}})]
+
     async def record(self, action: str, **fields: Any) -> None:
-        """Append one record before the action it records; AuditUnavailable: refuse the
-        action."""
+        """Append one record (after api.request, if not yet written) before the action it
+        records; AuditUnavailable: refuse the action."""
         if self.audit is None:
             return
-        await self.audit.arecord_many([self._entry(action, fields)])
+        await self.audit.arecord_many([*self._request_entry(), self._entry(action, fields)])
+        self.requested = True
+
+    async def settle(self) -> None:
+        """api.request on disk (if it is not yet): before the request acts elsewhere."""
+        if self.audit is None or self.requested:
+            return
+        await self.audit.arecord_many(self._request_entry())
+        self.requested = True
 
     def afterwards(self, action: str, **fields: Any) -> None:
         """An outcome: written with api.response (or at once, outside a request)."""
@@ -104,41 +128,34 @@ class Call:
             return
         entry = self._entry(action, fields)
         if self.scope is None:  # no response to wait for: on its own
-            _detach(self.audit.arecord_many([entry]))
+            _detach(self._append([entry]))
         else:
             self.later.append(entry)
 
-    async def admit(self, who: Principal | None) -> None:
-        """The caller known (None: refused without a valid key): api.request, once."""
-        if who is not None:
-            self.tenant, self.actor = who.tenant, f"key:{who.key_id}"
-        if self.admitted:
-            return
-        await self.record("api.request", details=self._request_details())
-        self.admitted = True
+    def admit(self, who: Principal) -> None:
+        """The caller known: its tenant and key on every record of the request from now on
+        (api.request among them, written with the first: see the class's docstring)."""
+        self.tenant, self.actor = who.tenant, f"key:{who.key_id}"
 
-    def _request_details(self) -> dict[str, Any]:
-        route = "" if self.scope is None else route_of(self.scope)
-        return {"method": self.method, "route": route}
-
-    async def respond(self, status: int) -> None:
-        """api.response, with the outcomes held back, in one transaction (and api.request
-        before them when the request never named a caller)."""
+    def respond(self, status: int) -> None:
+        """api.response, with the outcomes held back, in one transaction, queued as the
+        answer's last bytes leave (not waited for: nothing comes after it)."""
         if self.audit is None or self.responded:
             return
         self.responded = True
-        entries = []
-        if not self.admitted:
-            self.admitted = True
-            entries.append(self._entry("api.request", {"details": self._request_details()}))
-        entries += self.later
-        self.later = []
-        entries.append(self._entry("api.response", {"outcome": str(status),
-                                                    "details": {"status": status}}))
+        entries = [*self._request_entry(), *self.later,
+                   self._entry("api.response", {"outcome": str(status),
+                                                "details": {"status": status}})]
+        self.requested, self.later = True, []
+        _detach(self._append(entries))
+
+    async def _append(self, entries: list[Entry]) -> None:
+        assert self.audit is not None
         try:
             await self.audit.arecord_many(entries)
         except AuditUnavailable as err:  # the answer is out already: say so in the log
-            log.error("request %s answered %d unrecorded: %s", self.request_id, status, err)
+            log.error("request %s: %d records of what it did not written: %s",
+                      self.request_id, len(entries), err)
 
 
 def _detach(coro: Any) -> None:
@@ -149,6 +166,43 @@ def _detach(coro: Any) -> None:
 
 
 _tasks: set[asyncio.Task[Any]] = set()
+
+
+async def drained() -> None:
+    """Every record queued without waiting (api.response, exec.end) on disk, or failed: a
+    read of the trail then sees what the answers before it did."""
+    if _tasks:
+        await asyncio.gather(*list(_tasks), return_exceptions=True)
+
+
+class FleetSettling:
+    """The app's fleet (FleetCalls), each call to the scheduler or a node made after the
+    current request's api.request is on disk, so the records they make come after it."""
+
+    def __init__(self, fleet: Any) -> None:
+        self.fleet = fleet
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fleet, name)
+
+    async def sched(self, method: str, *args: Any) -> Any:
+        await _settle_current()
+        return await self.fleet.sched(method, *args)
+
+    async def node(self, host: str, method: str, *args: Any) -> Any:
+        await _settle_current()
+        return await self.fleet.node(host, method, *args)
+
+    async def node_stream(self, host: str, method: str, *args: Any) -> AsyncIterator[bytes]:
+        await _settle_current()
+        async for item in self.fleet.node_stream(host, method, *args):
+            yield item
+
+
+async def _settle_current() -> None:
+    call = _current.get()
+    if call is not None:
+        await call.settle()
 
 
 def call_of(request: Any) -> Call:
@@ -165,7 +219,7 @@ def call_of(request: Any) -> Call:
                 getattr(state, "request_id", "") or "")
     who = getattr(state, "principal", None)
     if isinstance(who, Principal):
-        call.tenant, call.actor, call.admitted = who.tenant, f"key:{who.key_id}", True
+        call.tenant, call.actor = who.tenant, f"key:{who.key_id}"
     setattr(state, STATE_KEY, call)
     return call
 
@@ -197,23 +251,34 @@ class AuditCalls:
         state[STATE_KEY] = call
         token = _current.set(call)
 
+        refused = False
+
         async def send_recorded(message: Message) -> None:
+            nonlocal refused
+            if refused:  # an answer replaced by 503 (below): its own bytes go nowhere
+                return
             if message["type"] == "http.response.start":
+                try:  # nothing of an answer leaves before its request is on record
+                    await call.settle()
+                except AuditUnavailable as err:
+                    refused = True
+                    await _unavailable(scope, send, str(err), state.get("request_id"))
+                    return
                 call.status = int(message["status"])
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                await call.respond(call.status or 0)
+                call.respond(call.status or 0)
             await send(message)
 
         try:
             await self.app(scope, receive, send_recorded)
         except AuditUnavailable as err:
-            if call.status is not None:
+            if call.status is not None or refused:
                 raise
-            await _unavailable(scope, send_recorded, str(err), state.get("request_id"))
+            await _unavailable(scope, send, str(err), state.get("request_id"))
         finally:
             _current.reset(token)
             if not call.responded:  # the client went away first, or the app raised
-                _detach(call.respond(call.status or 500))
+                call.respond(call.status or 500)
 
 
 async def _unavailable(scope: Scope, send: Send, detail: str, rid: str | None) -> None:
@@ -324,6 +389,6 @@ async def policy_checked(call: Call, tenant: str) -> AsyncIterator[None]:
         raise
 
 
-__all__ = ["STATE_KEY", "UNAUDITED", "AuditCalls", "Call", "Command", "FileMove", "call_of",
-           "command_started", "current", "policy_checked", "route_of", "sandbox_closing",
-           "trace_id_of"]
+__all__ = ["STATE_KEY", "UNAUDITED", "AuditCalls", "Call", "Command", "FileMove",
+           "FleetSettling", "call_of", "command_started", "current", "drained",
+           "policy_checked", "route_of", "sandbox_closing", "trace_id_of"]

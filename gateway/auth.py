@@ -36,7 +36,7 @@ async def principal(request: Request) -> Principal:
     if who is None:
         raise unauthorized("the key is not valid: unknown, revoked or expired")
     request.state.principal = who
-    await call_of(request).admit(who)  # api.request, before the route acts
+    call_of(request).admit(who)  # its key on the request's audit records
     return who
 
 

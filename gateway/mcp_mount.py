@@ -54,9 +54,9 @@ class KeyVerifier:
         who = self.keys.verify(token)
         if who is None:
             return None
-        call = current()  # the /mcp request's: api.request, before a tool acts
+        call = current()  # the /mcp request's: its key on the request's audit records
         if call is not None:
-            await call.admit(who)
+            call.admit(who)
         return AccessToken(token=token, client_id=who.key_id, scopes=sorted(who.scopes),
                            claims={"tenant": who.tenant})
 

@@ -177,7 +177,7 @@ def _sandbox_id(request: Request) -> str:
 async def rpc_target(request: Request) -> Target:
     sid = _sandbox_id(request)
     who = _caller(request, sid)
-    await call_of(request).admit(who)  # api.request, before the call acts
+    call_of(request).admit(who)  # its key on the request's audit records
     return Target(request, _open_box(request, sid, who), who,
                   user_of(_basic_user(request)), rpc=True)
 
@@ -186,7 +186,7 @@ async def http_target(request: Request, username: Annotated[
         str | None, Query(max_length=64)] = None) -> Target:
     sid = _sandbox_id(request)
     who = _caller(request, sid)
-    await call_of(request).admit(who)
+    call_of(request).admit(who)
     return Target(request, _open_box(request, sid, who), who,
                   user_of(username or _basic_user(request)), rpc=False)
 

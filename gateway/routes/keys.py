@@ -62,6 +62,7 @@ def _store(request: Request) -> KeyStore:
 async def create(body: KeyCreate, who: Admin, request: Request) -> NewKey:
     expires = None if body.expires_in_s is None else time.time() + body.expires_in_s
     call = call_of(request)
+    await call.settle()  # api.request before key.create
     info, token = await run_in_threadpool(  # key.create is on disk first: not in the loop
         _store(request).create, body.tenant, parse_scopes(body.scopes),
         created_by=f"key:{who.key_id}", expires_at=expires, name=body.name,
@@ -83,6 +84,7 @@ async def get(key_id: str, who: Admin, request: Request) -> Key:
 @router.delete("/{key_id}", status_code=204, summary="Revoke a key at once (admin)")
 async def revoke(key_id: str, who: Admin, request: Request) -> Response:
     call = call_of(request)
+    await call.settle()
     await run_in_threadpool(_store(request).revoke, key_id, f"key:{who.key_id}",
                             call.request_id, call.trace_id)
     return Response(status_code=204)

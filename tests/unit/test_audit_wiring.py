@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.waiting import until
 from tryfleet.audit import Audit, AuditUnavailable
 from tryfleet.gateway.auditing import trace_id_of
 from tryfleet.gateway.keys import KeyStore, Scope
@@ -41,7 +42,11 @@ def box(api, acme):
 
 
 def trace(api, resp):
-    return api.audit.trace(resp.headers["x-request-id"])
+    """The request's records, once its api.response is on disk (written as its answer left,
+    not waited for)."""
+    rid = resp.headers["x-request-id"]
+    until(lambda: any(r.action == "api.response" for r in api.audit.trace(rid)), 10)
+    return api.audit.trace(rid)
 
 
 def details(record):
