@@ -178,6 +178,29 @@ def test_a_trail_that_cannot_be_written_runs_nothing(api, acme, box):
     assert unpack(ExecReply, probe).exit_code == 1
 
 
+def test_an_iterations_states_and_command_are_in_its_submitting_requests_trace(api):
+    batch = api.key("acme", Scope.BATCH, Scope.READ)
+    r = api.post("/v1/iterations", headers=batch, json={
+        "suite": "s", "image": "base", "command": ["sh", "-c", "echo hi"]})
+    rid = r.headers["x-request-id"]
+    until(lambda: any(x.outcome == "SUCCEEDED" for x in api.audit.trace(rid)), 30)
+    got = [(x.action, x.outcome) for x in api.audit.trace(rid) if x.action != "api.response"]
+    assert got == [("api.request", ""), ("iteration.state", "submitted"),  # (the response
+                   ("iteration.state", "started"),  # may come anywhere after submitted)
+                   ("iteration.command", "exit:0"), ("iteration.state", "SUCCEEDED")]
+
+
+def test_an_iterations_command_carries_the_digest_its_host_computed(api):
+    batch = api.key("acme", Scope.BATCH, Scope.READ)
+    r = api.post("/v1/iterations", headers=batch, json={
+        "suite": "s", "image": "base", "command": ["sh", "-c", "echo hi"]})
+    rid = r.headers["x-request-id"]
+    (cmd,) = until(lambda: [x for x in api.audit.trace(rid)
+                            if x.action == "iteration.command"], 30)
+    assert (cmd.iteration, cmd.host, details(cmd)["stdout_sha256"]) == (
+        r.json()["id"], "h1", hashlib.sha256(b"hi\n").hexdigest())
+
+
 # ---- keys outside the API --------------------------------------------------------------------
 def test_a_key_is_recorded_before_it_exists_and_not_made_when_it_cannot_be(tmp_path):
     audit = Audit(tmp_path)
