@@ -21,6 +21,7 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, ServerSentEvent,
 
 from tryfleet.scheduler.records import IN_FLIGHT, TERMINAL, Row
 
+from ..auditing import call_of, policy_checked
 from ..auth import needs, tenant_of
 from ..encoding import Encoding, encode
 from ..keys import Principal, Scope
@@ -82,9 +83,11 @@ async def _submit(request: Request, who: Principal, asked: str | None, suite: st
                   ) -> tuple[str, list[str]]:
     tenant = tenant_of(who, asked)
     policy = request.app.state.policies.for_tenant(tenant)
-    for n, it in enumerate(its, 1):
-        policy.check(image=it.image, cpus=it.cpus, mem_mib=it.mem_mib, disk_mib=it.disk_mib,
-                     timeout_s=it.timeout_s, what=f"iteration {n} ({it.id or 'no id'})")
+    async with policy_checked(call_of(request), tenant):  # a denial is audited
+        for n, it in enumerate(its, 1):
+            policy.check(image=it.image, cpus=it.cpus, mem_mib=it.mem_mib,
+                         disk_mib=it.disk_mib, timeout_s=it.timeout_s,
+                         what=f"iteration {n} ({it.id or 'no id'})")
     ids = await request.app.state.fleet.sched(
         "submit", [it.to_wire() for it in its], suite, tenant, expect_limits, max_iterations,
         max_wall_s, request.state.request_id, who.key_id)

@@ -201,6 +201,15 @@ def test_an_iterations_command_carries_the_digest_its_host_computed(api):
         r.json()["id"], "h1", hashlib.sha256(b"hi\n").hexdigest())
 
 
+def test_an_iteration_denied_by_policy_is_recorded_naming_the_rule(api):
+    (api.data_dir / "policy.toml").write_text('[tenant.acme]\nimages = ["base"]\n')
+    api.client.app.state.policies.reload()
+    r = api.post("/v1/iterations", headers=api.key("acme", Scope.BATCH), json={
+        "suite": "s", "image": "other", "command": ["true"]})
+    assert r.status_code == 403
+    assert [(x.action, x.outcome) for x in trace(api, r)][1] == ("policy.deny", "images")
+
+
 # ---- keys outside the API --------------------------------------------------------------------
 def test_a_key_is_recorded_before_it_exists_and_not_made_when_it_cannot_be(tmp_path):
     audit = Audit(tmp_path)
@@ -244,6 +253,17 @@ def test_an_outcome_without_digests_is_digested_from_its_output():
 def test_an_attempt_whose_command_never_ran_records_no_command():
     o = Outcome("acme/i1", 1, State.INFRA_ERROR, "h1", error="no VM")
     assert audit_records.commands([o], lambda key: None) == []
+
+
+def test_a_sandbox_the_scheduler_closes_is_recorded_for_its_tenant_and_request():
+    from tryfleet.scheduler.sandboxes import SandboxRecord
+
+    rec = SandboxRecord("sbx-1", "acme", "base", 1, 512, None, "h1", "open", 0.0, 1.0,
+                        "k1", "req_9")
+    (entry,) = audit_records.of_actions([ev.CloseSandbox("sbx-1", "h1", "its timeout passed")],
+                                        lambda key: None, {"sbx-1": rec}.get)
+    assert (entry.action, entry.tenant, entry.actor, entry.request_id, entry.sandbox) == (
+        "sandbox.close", "acme", "scheduler", "req_9", "sbx-1")
 
 
 def test_the_cores_actions_become_iteration_states_in_order():
