@@ -230,10 +230,11 @@ def current() -> Call | None:
 
 
 class AuditCalls:
-    """ASGI middleware (inside RequestIds, which gives the id): a Call per HTTP request
-    when the app has an audit trail (app.state.audit);
-    api.response written before the answer's last bytes leave; AuditUnavailable raised
-    before an answer began answers 503 "audit unavailable"."""
+    """ASGI middleware (inside RequestIds, which gives the id): a Call per HTTP request when
+    the app has an audit trail (app.state.audit). An answer starts only once its api.request
+    is on disk, and its last bytes queue api.response; an AuditUnavailable raised before an
+    answer started, or met as it starts, answers 503 "audit unavailable" instead (and what
+    the route sends after that raises, so that it goes no further)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -255,13 +256,13 @@ class AuditCalls:
 
         async def send_recorded(message: Message) -> None:
             nonlocal refused
-            if refused:  # an answer replaced by 503 (below): its own bytes go nowhere
-                return
+            if refused:  # an answer replaced by 503: the route goes no further
+                raise AuditUnavailable("audit unavailable: the answer was refused")
             if message["type"] == "http.response.start":
                 try:  # nothing of an answer leaves before its request is on record
                     await call.settle()
                 except AuditUnavailable as err:
-                    refused = True
+                    refused, call.status = True, 503
                     await _unavailable(scope, send, str(err), state.get("request_id"))
                     return
                 call.status = int(message["status"])
@@ -271,9 +272,12 @@ class AuditCalls:
 
         try:
             await self.app(scope, receive, send_recorded)
-        except AuditUnavailable as err:
-            if call.status is not None or refused:
+        except Exception as err:
+            if refused:  # what the route raised once its answer was replaced: answered
+                return
+            if not isinstance(err, AuditUnavailable) or call.status is not None:
                 raise
+            call.status = 503
             await _unavailable(scope, send, str(err), state.get("request_id"))
         finally:
             _current.reset(token)

@@ -159,3 +159,10 @@ def test_an_unwritable_trail_runs_nothing(served, closed):
     # asked of its node directly (the fake guest's home, where a relative path lands)
     probe = served.node.sandbox_exec("h1", sid, pack(ExecRequest(("test", "-e", "ran"))))
     assert unpack(ExecReply, probe).exit_code == 1
+
+
+def test_an_unwritable_trail_answers_a_streamed_exec_503_before_it_starts(served, closed):
+    acme, sid = closed
+    r = httpx.post(f"{served.url}/v1/sandboxes/{sid}/exec/stream", json={"argv": ["true"]},
+                   headers=acme)
+    assert (r.status_code, r.json()["type"]) == (503, "urn:tryfleet:problem:audit-unavailable")

@@ -210,6 +210,12 @@ def test_an_iteration_denied_by_policy_is_recorded_naming_the_rule(api):
     assert [(x.action, x.outcome) for x in trace(api, r)][1] == ("policy.deny", "images")
 
 
+def test_a_read_whose_request_cannot_be_recorded_answers_503(api, acme, box):
+    api.audit.close()
+    r = api.get(f"/v1/sandboxes/{box['id']}", headers=acme)
+    assert (r.status_code, r.json()["type"]) == (503, "urn:tryfleet:problem:audit-unavailable")
+
+
 # ---- keys outside the API --------------------------------------------------------------------
 def test_a_key_is_recorded_before_it_exists_and_not_made_when_it_cannot_be(tmp_path):
     audit = Audit(tmp_path)
