@@ -9,9 +9,9 @@ import json
 import pytest
 
 from tests.waiting import until
-from tryfleet.audit import Audit, AuditUnavailable
+from tryfleet.audit import Audit, AuditUnavailable, Filter
 from tryfleet.gateway.auditing import trace_id_of
-from tryfleet.gateway.keys import KeyStore, Scope
+from tryfleet.gateway.keys import KeyStore, Scope, ensure_local_admin
 from tryfleet.scheduler import audit_records
 from tryfleet.scheduler import events as ev
 from tryfleet.scheduler.records import Iteration, Row
@@ -225,6 +225,17 @@ def test_a_key_is_recorded_before_it_exists_and_not_made_when_it_cannot_be(tmp_p
         keys.create("acme", frozenset({Scope.READ}), created_by="cli:me@here")
     assert keys.list() == []
     keys.close()
+
+
+def test_the_local_admin_key_is_recorded_as_made_at_this_hosts_cli(tmp_path):
+    audit = Audit(tmp_path)
+    keys = KeyStore(tmp_path / "ledger.db", tmp_path, audit=audit)
+    ensure_local_admin(keys, tmp_path)
+    (made,) = audit.select(Filter(action="key.create"))
+    keys.close()
+    audit.close()
+    assert (made.tenant, made.actor.startswith("cli:"), "@" in made.actor) == (
+        "default", True, True)
 
 
 # ---- the scheduler's records -----------------------------------------------------------------
