@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tryfleet.audit.errors import AuditUnavailable
 from tryfleet.wire import Outcome
 
 from . import audit_records
@@ -137,15 +138,18 @@ class Engine:
     # ---- performing the core's actions ------------------------------------------------------
     def feed(self, event: c.Event) -> list[c.Action]:
         """Hand the core an event and perform what it decides; the actions, for the caller to
-        read replies (leases) from. Raises when a ledger write failed."""
+        read replies (leases) from. Raises when a ledger write failed, or the audit records
+        of what it decided could not be written (then nothing of it was performed)."""
         commands = self._commands(event)
         actions = self.core.handle(event)
         try:
             self._record(commands, actions)
             self._perform(actions)
         except Exception as err:
-            log.error("the ledger and the scheduler disagree (%s); rebuilding from the ledger",
-                      err)
+            what = "its audit records could not be written" if isinstance(
+                err, AuditUnavailable) else "the ledger and the scheduler disagree"
+            log.error("a scheduling pass was not performed: %s (%s); rebuilding from the "
+                      "ledger", what, err)
             self._spawn(self._rebuild())
             raise
         finally:

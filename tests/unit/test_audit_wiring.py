@@ -283,6 +283,17 @@ def test_a_sandbox_the_scheduler_closes_is_recorded_for_its_tenant_and_request()
         "sandbox.close", "acme", "scheduler", "req_9", "sbx-1")
 
 
+def test_iterations_whose_submission_cannot_be_recorded_are_not_submitted(tmp_path):
+    from tryfleet.scheduler.engine import Engine
+
+    audit = Audit(tmp_path)
+    engine = Engine(str(tmp_path / "ledger.db"), audit=audit)
+    audit.close()
+    with pytest.raises(AuditUnavailable):
+        engine.submit([Iteration("base", ("true",), id="i1")], "s", "acme")
+    assert engine.ledger.get_row("i1", "acme") is None
+
+
 def test_the_cores_actions_become_iteration_states_in_order():
     r = row()
     actions = [ev.Requeue(r.key, 1, "boom", 1, 0), ev.Finish(r.key, 2, State.SUCCEEDED),
