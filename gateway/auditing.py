@@ -47,7 +47,7 @@ from tryfleet.audit import (
     file_details,
 )
 from tryfleet.audit.record import Entry
-from tryfleet.errors import PolicyDenied
+from tryfleet.errors import PolicyDenied, QuotaExceeded
 
 from .keys import Principal
 
@@ -384,12 +384,14 @@ async def sandbox_closing(call: Call, box: Any, reason: str) -> None:
 
 @contextlib.asynccontextmanager
 async def policy_checked(call: Call, tenant: str) -> AsyncIterator[None]:
-    """A PolicyDenied raised inside is recorded (policy.deny, naming the rule) and raised on."""
+    """A PolicyDenied raised inside, or a QuotaExceeded (the policy's quotas, which the
+    scheduler checks), is recorded (policy.deny, naming the rule) and raised on."""
     try:
         yield
-    except PolicyDenied as err:
-        await call.record("policy.deny", tenant=tenant, outcome=err.rule,
-                          details={"rule": err.rule, "detail": str(err)[:1000]})
+    except (PolicyDenied, QuotaExceeded) as err:
+        rule = err.rule if isinstance(err, PolicyDenied) else err.limit
+        await call.record("policy.deny", tenant=tenant, outcome=rule,
+                          details={"rule": rule, "detail": str(err)[:1000]})
         raise
 
 

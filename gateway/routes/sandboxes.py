@@ -285,9 +285,10 @@ async def open_for(request: Request, who: Principal, tenant: str, image: str, cp
     limits = {"max_sandboxes": policy.max_sandboxes,
               "max_vcpus_in_use": policy.max_vcpus_in_use,
               "max_mem_mib_in_use": policy.max_mem_mib_in_use}
-    got = await request.app.state.fleet.sched(
-        "open_sandbox", tenant, image, cpus, mem_mib, disk_mib, timeout_s, metadata,
-        who.key_id, request.state.request_id, limits, wait_s)
+    async with auditing.policy_checked(auditing.call_of(request), tenant):  # its quotas
+        got = await request.app.state.fleet.sched(
+            "open_sandbox", tenant, image, cpus, mem_mib, disk_mib, timeout_s, metadata,
+            who.key_id, request.state.request_id, limits, wait_s)
     return SandboxRecord(**got)
 
 

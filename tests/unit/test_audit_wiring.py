@@ -150,6 +150,15 @@ def test_a_policy_denial_is_recorded_naming_the_rule(api, acme):
         "policy.deny", "max_cpus", "max_cpus")
 
 
+def test_a_quota_reached_is_recorded_as_a_denial_naming_it(api, acme, box):
+    (api.data_dir / "policy.toml").write_text("[tenant.acme]\nmax_sandboxes = 1\n")
+    api.client.app.state.policies.reload()
+    r = api.post("/v1/sandboxes", json={"timeout_s": 60}, headers=acme)
+    assert r.status_code == 429
+    assert [(x.action, x.outcome) for x in trace(api, r)][1] == ("policy.deny",
+                                                                 "max_sandboxes")
+
+
 def test_a_key_made_and_revoked_through_the_api_is_recorded(api):
     admin = api.key("ops", Scope.ADMIN)
     made = api.post("/v1/keys", json={"tenant": "acme", "scopes": ["read"]}, headers=admin)
