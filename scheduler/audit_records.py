@@ -25,7 +25,7 @@ from tryfleet.audit.record import Entry
 from tryfleet.wire import Outcome, State
 
 from . import events as ev
-from .records import Row
+from .records import TERMINAL, Row
 from .sandboxes import SandboxRecord
 
 ACTOR = "scheduler"
@@ -42,7 +42,8 @@ class Rows:
     def saw(self, event: object) -> None:
         if isinstance(event, (ev.Submitted, ev.Recovered)):
             for row in event.rows:
-                self._rows[row.key] = row
+                if row.state not in TERMINAL:  # (an id submitted again after it ended)
+                    self._rows[row.key] = row
 
     def get(self, key: str) -> Row | None:
         return self._rows.get(key)
