@@ -33,10 +33,14 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class Gateway:
-    def __init__(self, data_dir: str, ledger_path: str, listen: str) -> None:
+    def __init__(self, data_dir: str, ledger_path: str, listen: str,
+                 audit: bool = True) -> None:
+        """audit False: a gateway that records nothing in the audit trail (for the `api`
+        benchmark's comparison of its cost; never what `tryfleet up` starts)."""
         self.data_dir, self.ledger_path = Path(data_dir), Path(ledger_path)
         set_private_umask()  # what this process makes (audit.db, secrets) is its owner's
         harden(self.data_dir)  # and what older versions left readable is put right
+        self.audit = audit
         self.host, self.port = parse_listen(listen)
         self._serving: asyncio.Task[None] | None = None
         self._server: Any = None
@@ -72,9 +76,10 @@ class Gateway:
         from .keys import KeyStore
         from .policy import Policies
 
-        app = create_app(FleetCalls(), KeyStore(self.ledger_path, self.data_dir),
-                         Policies(self.data_dir), self.ledger_path)
-        app.state.audit = Audit(self.data_dir)  # appends fail closed; reads for /v1/audit
+        audit = Audit(self.data_dir) if self.audit else None  # appends fail closed
+        keys = KeyStore(self.ledger_path, self.data_dir, audit=audit)
+        app = create_app(FleetCalls(), keys, Policies(self.data_dir), self.ledger_path,
+                         audit=audit)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_keep_alive=30)
         self._server = server = uvicorn.Server(config)
@@ -93,8 +98,9 @@ def _url_host(host: str) -> str:
 
 
 def start_gateway(data_dir: Path, ledger_path: Path, listen: str = DEFAULT_LISTEN,
-                  detached: bool = True) -> tuple[Any, str]:
-    """The gateway actor on this node (created if missing) and the URL it serves."""
+                  detached: bool = True, audit: bool = True) -> tuple[Any, str]:
+    """The gateway actor on this node (created if missing) and the URL it serves; audit
+    False: one that records nothing in the audit trail (benchmarks only)."""
     parse_listen(listen)
     here = ray.get_runtime_context().get_node_id()
     options: dict[str, Any] = {
@@ -104,7 +110,8 @@ def start_gateway(data_dir: Path, ledger_path: Path, listen: str = DEFAULT_LISTE
     if detached:
         options["lifetime"] = "detached"
     actor: Any = ray.remote(Gateway).options(**options).remote(str(data_dir),
-                                                               str(ledger_path), listen)
+                                                               str(ledger_path), listen,
+                                                               audit)
     got: dict[str, Any] = ray.get(actor.ping.remote(), timeout=60)
     return actor, str(got["url"])
 

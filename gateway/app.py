@@ -18,11 +18,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tryfleet import __version__
+from tryfleet.audit import Audit
 from tryfleet.scheduler.sandboxes import SandboxBook
 from tryfleet.scheduler.switch_book import SwitchBook
 from tryfleet.secretstore import SecretStore
 
-from . import e2b, problems
+from . import auditing, e2b, problems
 from .keys import KeyStore
 from .policy import Policies
 from .routes import audit as audit_routes
@@ -96,16 +97,21 @@ async def _too_large(scope: Scope, send: Send, rid: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path) -> FastAPI:
-    """The app over a fleet (FleetCalls, or a stand-in with the same methods in tests)."""
+def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path,
+               audit: Audit | None = None) -> FastAPI:
+    """The app over a fleet (FleetCalls, or a stand-in with the same methods in tests).
+    With an audit trail, every API call and what it does is recorded there before it is done
+    (auditing.py); without one (None), nothing is, and /v1/audit answers 503."""
     app = FastAPI(title="tryfleet", version=__version__, openapi_url="/openapi.json",
                   docs_url="/docs", redoc_url=None,
                   description="Throwaway micro-VMs for the try-until-it-works loops of "
                               "AI-agent fleets. Every /v1 call needs an API key: "
                               "`Authorization: Bearer <key>`. Errors are "
                               "application/problem+json (RFC 9457).")
-    app.state.fleet, app.state.keys, app.state.policies = fleet, keys, policies
+    app.state.keys, app.state.policies = keys, policies
+    app.state.fleet = fleet if audit is None else auditing.FleetSettling(fleet)
     app.state.ledger_path = ledger_path
+    app.state.audit = audit
     app.state.sandboxes = SandboxBook(ledger_path)  # reads: who owns a sandbox, where it runs
     app.state.switch_book = SwitchBook(ledger_path)  # reads: the kill switches in force
     app.state.secrets = SecretStore(policies.path.parent)  # both in the data directory
@@ -122,6 +128,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.include_router(switch_routes.router)
     e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
     _mount_mcp(app)
+    app.add_middleware(auditing.AuditCalls)  # inside RequestIds: the request id is known
     app.add_middleware(RequestIds)
     return app
 

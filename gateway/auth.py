@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from .auditing import call_of
 from .keys import KeyStore, Principal, Scope, check_tenant
 from .problems import forbidden, unauthorized
 
@@ -35,6 +36,7 @@ async def principal(request: Request) -> Principal:
     if who is None:
         raise unauthorized("the key is not valid: unknown, revoked or expired")
     request.state.principal = who
+    call_of(request).admit(who)  # its key on the request's audit records
     return who
 
 

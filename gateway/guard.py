@@ -13,6 +13,7 @@ from fastapi import Request
 
 from tryfleet.errors import PolicyDenied
 
+from .auditing import call_of
 from .keys import Principal
 from .policy import TenantPolicy
 
@@ -21,13 +22,9 @@ async def record_denial(request: Request, who: Principal, tenant: str,
                         err: PolicyDenied) -> None:
     """A `policy.deny` record of the refusal (none when the app has no audit trail, as in
     tests of the routes alone). AuditUnavailable propagates: the answer is then a 503."""
-    audit = getattr(request.app.state, "audit", None)
-    if audit is None:
-        return
-    await audit.arecord("policy.deny", tenant=tenant, actor=f"key:{who.key_id}",
-                        request_id=getattr(request.state, "request_id", ""),
-                        details={"rule": err.rule, "detail": str(err),
-                                 "route": request.url.path})
+    await call_of(request).record("policy.deny", tenant=tenant, outcome=err.rule,
+                                  details={"rule": err.rule, "detail": str(err)[:1000],
+                                           "route": request.url.path})
 
 
 async def enforce(request: Request, who: Principal, tenant: str,

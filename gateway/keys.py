@@ -23,9 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tryfleet.errors import BadRequest, NotFound
 from tryfleet.private import private_db
+
+if TYPE_CHECKING:
+    from tryfleet.audit import Audit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -120,8 +124,24 @@ def server_secret(data_dir: Path) -> bytes:
     return path.read_bytes()
 
 
+def cli_actor() -> str:
+    """The person at this host's CLI, as the audit trail names an actor: cli:<user>@<host>."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
+
+
 class KeyStore:
-    def __init__(self, ledger_path: Path, data_dir: Path) -> None:
+    """The API keys in the ledger. With an audit trail, a key's creation and revocation are
+    recorded there first (key.create, key.revoke: AuditUnavailable refuses them)."""
+
+    def __init__(self, ledger_path: Path, data_dir: Path, audit: Audit | None = None) -> None:
+        self.audit = audit
         self._secret = server_secret(data_dir)
         self._lock = threading.Lock()
         private_db(ledger_path)
@@ -140,14 +160,21 @@ class KeyStore:
         return hmac.new(self._secret, secret.encode(), hashlib.sha256).hexdigest()
 
     def create(self, tenant: str, scopes: frozenset[Scope], *, created_by: str,
-               expires_at: float | None = None, name: str = "") -> tuple[KeyInfo, str]:
-        """A new key: its record and the token, which is never shown again."""
+               expires_at: float | None = None, name: str = "", request_id: str = "",
+               trace_id: str = "") -> tuple[KeyInfo, str]:
+        """A new key: its record and the token, which is never shown again. created_by: who
+        (key:<id>, cli:<user>@<host>), the actor of its audit record."""
         check_tenant(tenant)
         if expires_at is not None and expires_at <= time.time():
             raise BadRequest("expires_at must be in the future")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         info = KeyInfo(key_id, tenant, tuple(sorted(scopes)), name[:200], time.time(),
                        created_by, expires_at, None)
+        if self.audit is not None:
+            self.audit.record("key.create", tenant=tenant, actor=created_by,
+                              request_id=request_id, trace_id=trace_id, details={
+                                  "key_id": key_id, "scopes": list(info.scopes),
+                                  "name": info.name, "expires_at": expires_at})
         with self._lock:
             self._db.execute(
                 "INSERT INTO api_keys (id, tenant, scopes, name, digest, created_at, "
@@ -204,8 +231,16 @@ class KeyStore:
             raise NotFound(f"no API key {key_id!r}")
         return _info(row)
 
-    def revoke(self, key_id: str, by: str) -> KeyInfo:
-        """Revoked at once; revoking twice keeps the first time."""
+    def revoke(self, key_id: str, by: str, request_id: str = "",
+               trace_id: str = "") -> KeyInfo:
+        """Revoked at once; revoking twice keeps the first time (and records it once)."""
+        info = self.get(key_id)
+        if info.revoked_at is not None:
+            return info
+        if self.audit is not None:
+            self.audit.record("key.revoke", tenant=info.tenant, actor=by,
+                              request_id=request_id, trace_id=trace_id,
+                              details={"key_id": key_id})
         with self._lock:
             self._db.execute("UPDATE api_keys SET revoked_at = ?, revoked_by = ? WHERE id = ? "
                              "AND revoked_at IS NULL", (time.time(), by, key_id))
@@ -233,7 +268,7 @@ def ensure_local_admin(store: KeyStore, data_dir: Path) -> str:
             return token
     except FileNotFoundError:
         pass
-    _, token = store.create("default", frozenset({Scope.ADMIN}), created_by="tryfleet up",
+    _, token = store.create("default", frozenset({Scope.ADMIN}), created_by=cli_actor(),
                             name="local admin key")
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -244,4 +279,4 @@ def ensure_local_admin(store: KeyStore, data_dir: Path) -> str:
 
 
 __all__ = ["ADMIN_KEY_FILE", "KeyInfo", "KeyStore", "Principal", "Scope", "check_tenant",
-           "ensure_local_admin", "parse_scopes", "server_secret"]
+           "cli_actor", "ensure_local_admin", "parse_scopes", "server_secret"]

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tryfleet.mcptools.server import build_server
 
+from .auditing import current
 from .keys import KeyStore, Principal
 from .keys import Scope as KeyScope
 from .mcp_backend import MCP_PATH, GatewayBackend
@@ -53,6 +54,9 @@ class KeyVerifier:
         who = self.keys.verify(token)
         if who is None:
             return None
+        call = current()  # the /mcp request's: its key on the request's audit records
+        if call is not None:
+            call.admit(who)
         return AccessToken(token=token, client_id=who.key_id, scopes=sorted(who.scopes),
                            claims={"tenant": who.tenant})
 

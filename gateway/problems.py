@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from tryfleet.audit.errors import AuditUnavailable
 from tryfleet.errors import (
     BadRequest,
     CannotPlace,
@@ -77,6 +78,9 @@ def of_error(err: TryfleetError) -> Problem:
         return Problem(422, "cannot-place", detail, reason=err.reason)
     if isinstance(err, BadRequest):
         return Problem(400, "bad-request", detail)
+    if isinstance(err, AuditUnavailable):  # fail closed: nothing was done
+        return Problem(503, "audit-unavailable", detail, title="Audit unavailable",
+                       headers={"Retry-After": "5"})
     if isinstance(err, NoRoom):
         return Problem(503, "no-room", detail, headers={"Retry-After": "5"})
     if isinstance(err, (FleetUnavailable, InfrastructureError)):

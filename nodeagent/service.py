@@ -9,6 +9,7 @@ and a call that names another host is refused (wire.WrongHost): one service, one
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -76,7 +77,9 @@ def _outcome(key: AttemptKey, host: str, o: IterationOutcome, stopped: bool) -> 
         stderr_truncated=o.stderr_truncated, started_at=o.started_at, ended_at=o.ended_at,
         duration_s=o.duration_s, error=o.error,
         failure=Failure.INFRA if state is State.INFRA_ERROR else None, vm=o.vm,
-        kept_logs=str(o.kept_logs) if o.kept_logs else None)
+        kept_logs=str(o.kept_logs) if o.kept_logs else None,
+        stdout_bytes=len(o.stdout), stdout_sha256=hashlib.sha256(o.stdout).hexdigest(),
+        stderr_bytes=len(o.stderr), stderr_sha256=hashlib.sha256(o.stderr).hexdigest())
 
 
 class NodeService:

@@ -18,11 +18,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tryfleet.audit.errors import AuditUnavailable
 from tryfleet.secretstore import SecretStore
 from tryfleet.wire import Outcome
 
+from . import audit_records
 from . import core as c
 from .admission import Policy, PressureLimits
 from .dispatch import Dispatcher
@@ -36,6 +38,9 @@ from .sandboxes import SandboxBook, SandboxRecord
 from .switch_book import SwitchBook
 from .switches import Level, Strength, Switch
 
+if TYPE_CHECKING:
+    from tryfleet.audit import Audit
+
 log = logging.getLogger("tryfleet.scheduler")
 HOST_REFRESH_S = 1.0
 LedgerWrite = c.Finish | c.Requeue | c.Abandon | c.MarkCancelled
@@ -48,8 +53,11 @@ class LedgerDisagrees(RuntimeError):
 class Engine:
     def __init__(self, ledger_path: str, limits: dict[str, int] | None = None,
                  pressure: dict[str, float] | None = None, cpu_overcommit: float = 1.0,
-                 suite_cap: int | None = None, tenant_cap: int | None = None) -> None:
+                 suite_cap: int | None = None, tenant_cap: int | None = None,
+                 audit: Audit | None = None) -> None:
         self.ledger = Ledger(Path(ledger_path))
+        self.audit = audit  # None: nothing recorded (audit_records.py says what is)
+        self.rows = audit_records.Rows()
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
         # secrets live beside the ledger, in the data directory (head only)
         self.secrets = SecretStore(Path(ledger_path).parent)
@@ -139,19 +147,50 @@ class Engine:
     # ---- performing the core's actions ------------------------------------------------------
     def feed(self, event: c.Event) -> list[c.Action]:
         """Hand the core an event and perform what it decides; the actions, for the caller to
-        read replies (leases) from. Raises when a ledger write failed."""
+        read replies (leases) from. Raises when a ledger write failed, or the audit records
+        of what it decided could not be written (then nothing of it was performed)."""
+        commands = self._commands(event)
         actions = self.core.handle(event)
         try:
+            self._record(commands, actions)
             self._perform(actions)
         except Exception as err:
-            log.error("the ledger and the scheduler disagree (%s); rebuilding from the ledger",
-                      err)
+            what = "its audit records could not be written" if isinstance(
+                err, AuditUnavailable) else "the ledger and the scheduler disagree"
+            log.error("a scheduling pass was not performed: %s (%s); rebuilding from the "
+                      "ledger", what, err)
             self._spawn(self._rebuild())
             raise
         finally:
             if not isinstance(event, c.LeaseOpened):
                 self._room_may_have_changed()
         return actions
+
+    def _commands(self, event: c.Event) -> list[Any]:
+        """The audit records of the commands an event reports (before the core forgets
+        their rows)."""
+        if self.audit is None:
+            return []
+        self.rows.saw(event)
+        if isinstance(event, c.OutcomesCollected):
+            return audit_records.commands(event.outcomes, self.rows.get)
+        return []
+
+    def _record(self, commands: list[Any], actions: Sequence[c.Action]) -> None:
+        """The pass's records, in one transaction, before any of it is performed;
+        AuditUnavailable (raised) leaves it unperformed: the core is rebuilt."""
+        if self.audit is None:
+            return
+        entries = commands + audit_records.of_actions(actions, self.rows.get,
+                                                      self._sandbox_record)
+        self.audit.record_many(entries)
+        self.rows.ended(actions)
+
+    def _sandbox_record(self, sid: str) -> SandboxRecord | None:
+        try:
+            return self.sandboxes.get(sid)
+        except LookupError:
+            return None
 
     def _perform(self, actions: Sequence[c.Action]) -> None:
         writes: list[LedgerWrite] = []
@@ -218,9 +257,12 @@ class Engine:
         limits they name are held while they run; their sizes are set_limit's business."""
         self._check_switches(its, suite, tenant, key_id)
         self.core.check_fits(its)
-        rows = self.ledger.submit_rows(its, suite, tenant, request_id=request_id,
-                                       key_id=key_id, max_iterations=max_iterations,
-                                       max_wall_s=max_wall_s)
+        audit = self.audit
+        rows = self.ledger.submit_rows(
+            its, suite, tenant, request_id=request_id, key_id=key_id,
+            max_iterations=max_iterations, max_wall_s=max_wall_s,
+            before_commit=None if audit is None else
+            lambda new: audit.record_many(audit_records.submitted(new)))
         created_at, wall = self.ledger.suite_budget(suite, tenant)
         self.feed(c.Submitted(tuple(rows), qualified(tenant, suite), created_at, wall))
         self.poke()

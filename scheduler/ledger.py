@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,11 +116,13 @@ class Ledger(Reads):
     def submit_rows(self, iterations: Sequence[Iteration], suite: str, tenant: str,
                     infra_attempts: int = DEFAULT_INFRA_ATTEMPTS, request_id: str = "",
                     key_id: str = "", max_iterations: int | None = None,
-                    max_wall_s: float | None = None) -> list[Row]:
+                    max_wall_s: float | None = None,
+                    before_commit: Callable[[list[Row]], object] | None = None) -> list[Row]:
         """As submit, returning the rows: new ones as QUEUED, known ids as they stand now.
         request_id and key_id: the API request and key that submitted them. The suite is made
         (with the budget given, if any) in the same transaction: a refused submit leaves
-        nothing, not even an empty suite."""
+        nothing, not even an empty suite. before_commit(new rows): called before the
+        transaction commits (the audit trail's records); what it raises refuses them all."""
         check_name("tenant", tenant)
         check_name("suite", suite)
         now = time.time()
@@ -163,6 +165,8 @@ class Ledger(Reads):
                     count + fresh > budget["max_iterations"]:
                 raise SuiteBudgetExceeded(f"suite {suite!r} allows {budget['max_iterations']} "
                                           f"iterations; {count} recorded, {fresh} more refused")
+            if before_commit is not None:
+                before_commit([r for r in rows if r.seq > seq - fresh])  # the new ones
         return rows
 
     # ---- what the scheduler's core decided (every write fenced by attempt) -----------------

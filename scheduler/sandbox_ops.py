@@ -30,6 +30,7 @@ from tryfleet.errors import (
 )
 from tryfleet.wire import Ids, SandboxOpen, pack
 
+from . import audit_records
 from . import core as c
 from .engine import Engine
 from .placement import Demand
@@ -115,6 +116,8 @@ class SandboxOps:
                             time.time(), time.time() + timeout_s, key_id, request_id,
                             metadata=meta)
         try:
+            if self.engine.audit is not None:  # sandbox.open, before anything opens it
+                await self.engine.audit.arecord_many([audit_records.sandbox_opened(rec)])
             self.book.record(rec)
         except BaseException:
             self.engine.release(sid)
@@ -166,6 +169,7 @@ class SandboxOps:
             cause = _cause(err)
             why = f"{rec.host} could not open it: {type(cause).__name__}: {cause}"
             log.warning("sandbox %s: %s", rec.id, why)
+            self._closed(rec, why)
             self.book.close_record(rec.id, why)
             self.engine.release(rec.id)
             if ep is not None and not isinstance(err, asyncio.CancelledError):
@@ -175,6 +179,16 @@ class SandboxOps:
             if isinstance(err, asyncio.CancelledError):
                 raise
             raise InfrastructureError(f"sandbox {rec.id}: {why}") from None
+
+    def _closed(self, rec: SandboxRecord, why: str) -> None:
+        """sandbox.close of one that never opened (its VM may not exist: not refused)."""
+        if self.engine.audit is None:
+            return
+        try:
+            self.engine.audit.record_many([audit_records.sandbox_closed(rec, rec.id, rec.host,
+                                                                        why)])
+        except TryfleetError as err:
+            log.error("sandbox %s closed unrecorded: %s", rec.id, err)
 
     async def _node(self, host: str, method: str, *args: Any) -> Any:
         """A node call whose failure is logged, not raised (None then)."""

@@ -51,9 +51,17 @@ OUTPUT_TIMEOUT_S = 10.0
 class Scheduler:
     def __init__(self, ledger_path: str, limits: dict[str, int] | None = None,
                  pressure: dict[str, float] | None = None, cpu_overcommit: float = 1.0,
-                 suite_cap: int | None = None, tenant_cap: int | None = None) -> None:
+                 suite_cap: int | None = None, tenant_cap: int | None = None,
+                 audit_dir: str | None = None) -> None:
+        """audit_dir: the data directory whose audit trail records what the scheduler does
+        (iteration states and commands, sandboxes opened and closed); None: none is kept."""
+        audit = None
+        if audit_dir is not None:
+            from tryfleet.audit import Audit
+
+            audit = Audit(audit_dir)
         self.engine = Engine(ledger_path, limits, pressure, cpu_overcommit, suite_cap,
-                             tenant_cap)
+                             tenant_cap, audit)
         self.ledger = self.engine.ledger
         self.sandboxes = SandboxOps(self.engine)
         self.switch_ops = SwitchOps(self.engine)

@@ -113,14 +113,17 @@ def start_front_door(data_dir: Path, listen: str, detached: bool = True) -> tupl
 def open_front_door(data_dir: Path, listen: str, detached: bool = True
                     ) -> tuple[Any, str, str]:
     """As start_front_door, with the gateway's actor handle first: (gateway, url, key)."""
+    from tryfleet.audit import Audit
     from tryfleet.gateway.actor import start_gateway
     from tryfleet.gateway.keys import KeyStore, ensure_local_admin
 
-    store = KeyStore(ledger_path(data_dir), data_dir)
+    audit = Audit(data_dir)  # a new local admin key is recorded (key.create) first
+    store = KeyStore(ledger_path(data_dir), data_dir, audit=audit)
     try:
         key = ensure_local_admin(store, data_dir)
     finally:
         store.close()
+        audit.close()
     gateway, url = start_gateway(data_dir, ledger_path(data_dir), listen, detached=detached)
     st = state(data_dir)
     if detached and st is not None:
@@ -213,7 +216,8 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=here, soft=False)}
     if detached:
         options["lifetime"] = "detached"
-    sched: Any = ray.remote(Scheduler).options(**options).remote(str(ledger_path(data_dir)))
+    sched: Any = ray.remote(Scheduler).options(**options).remote(
+        str(ledger_path(data_dir)), audit_dir=str(data_dir))  # it records in the audit trail
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:

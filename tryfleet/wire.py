@@ -130,6 +130,12 @@ class Outcome:
     failure: Failure | None = None  # set when state is INFRA_ERROR
     vm: str | None = None
     kept_logs: str | None = None
+    # of the output as the host got it (what stdout/stderr hold, before any cut on the
+    # way), computed on the host: the head records them in its audit trail
+    stdout_bytes: int = 0
+    stdout_sha256: str = ""
+    stderr_bytes: int = 0
+    stderr_sha256: str = ""
 
     @property
     def key(self) -> AttemptKey:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from tryfleet.scheduler.core import DEFAULT_DISK_MIB
 from tryfleet.scheduler.sandboxes import OPEN, SandboxRecord
 
+from ..auditing import call_of, sandbox_closing
 from ..auth import needs
 from ..keys import Principal, Scope
 from ..routes.sandboxes import book, extend_for, open_for, seen_by, utf8
@@ -222,7 +223,8 @@ async def refresh(sid: SandboxId, body: RefreshBody, who: Caller, request: Reque
 
 @router.delete("/sandboxes/{sid}", status_code=204)
 async def kill(sid: SandboxId, who: Caller, request: Request) -> Response:
-    running(request, sid, who)
+    rec = running(request, sid, who)
+    await sandbox_closing(call_of(request), rec, "killed by request")
     await request.app.state.fleet.sched("close_sandbox", sid, seen_by(who))
     request.app.state.e2b.forget(sid)
     return Response(status_code=204)

@@ -29,6 +29,7 @@ from tryfleet.errors import BadRequest, NotFound, PolicyDenied, TryfleetError
 from tryfleet.scheduler.sandboxes import OPEN, SandboxRecord
 from tryfleet.wire import ExecReply, ExecRequest, SandboxGone, guest_path_problem, pack, unpack
 
+from ..auditing import call_of, sandbox_closing
 from ..keys import KeyStore, Principal, Scope
 from ..routes.sandboxes import book, seen_by
 from .common import ApiError, sandbox_missing, token_principal
@@ -106,8 +107,9 @@ class Target:
 
     async def gone(self, err: Exception) -> Exception:
         with contextlib.suppress(TryfleetError):  # else its timeout or host loss ends it
-            await self.request.app.state.fleet.sched("close_sandbox", self.box.id, None,
-                                                     f"gone from its host: {err}")
+            why = f"gone from its host: {err}"
+            await sandbox_closing(call_of(self.request), self.box, why)
+            await self.request.app.state.fleet.sched("close_sandbox", self.box.id, None, why)
         missing = sandbox_missing(self.box.id)
         return ConnectError(Code.UNAVAILABLE, missing.message) if self.rpc else missing
 
@@ -175,6 +177,7 @@ def _sandbox_id(request: Request) -> str:
 async def rpc_target(request: Request) -> Target:
     sid = _sandbox_id(request)
     who = _caller(request, sid)
+    call_of(request).admit(who)  # its key on the request's audit records
     return Target(request, _open_box(request, sid, who), who,
                   user_of(_basic_user(request)), rpc=True)
 
@@ -183,6 +186,7 @@ async def http_target(request: Request, username: Annotated[
         str | None, Query(max_length=64)] = None) -> Target:
     sid = _sandbox_id(request)
     who = _caller(request, sid)
+    call_of(request).admit(who)
     return Target(request, _open_box(request, sid, who), who,
                   user_of(username or _basic_user(request)), rpc=False)
 

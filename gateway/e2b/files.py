@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from tryfleet.wire import FileInfo, FileType, unpack
 
+from ..auditing import FileMove, call_of
 from ..routes.sandbox_files import read_stream, write_stream
 from ..routes.switches import frozen_sandbox
 from .common import ApiError, E2BRoute
@@ -47,7 +48,9 @@ async def download(target: HttpTarget, path: GuestPath = None) -> StreamingRespo
     if info.type is not FileType.FILE and info.type is not FileType.SYMLINK:
         raise target.refuse(Code.INVALID_ARGUMENT, f"path '{where}' is not a regular file")
     name = posixpath.basename(where).replace('"', "")
-    return StreamingResponse(await read_stream(target.node, where, info.size),
+    return StreamingResponse(await read_stream(target.node, where, info.size,
+                                               FileMove(call_of(target.request), target.box,
+                                                        "e2b")),
                              media_type="application/octet-stream",
                              headers={"Content-Disposition": f'inline; filename="{name}"'})
 
@@ -92,7 +95,8 @@ async def _upload_parts(target: Target, parts: MultipartFiles,
 async def _write(target: Target, where: str, body: AsyncIterator[bytes]) -> str:
     if where == "/":
         raise ApiError(400, "path '/' is a directory: name a file")
-    await write_stream(target.node, where, body)
+    await write_stream(target.node, where, body,
+                       audit=FileMove(call_of(target.request), target.box, "e2b"))
     await target.give(where)
     return where
 

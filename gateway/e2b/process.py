@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request, Response
 from tryfleet.errors import TryfleetError
 from tryfleet.masking import StreamMasker
 
+from ..auditing import Command, call_of, command_started
 from ..exposure import mask_values
 from ..routes.switches import frozen_sandbox
 from . import connect, protojson
@@ -194,9 +195,24 @@ async def _start(t: Target, request: Request) -> Response:
         return failed_stream(err)
     except TryfleetError as err:
         return failed_stream(rpc_error(err))
-    events = masked(processes(request).start(t, spec, timeout_s),
+    cmd = await command_started(call_of(request), t.box, (spec.cmd, *spec.args), cwd=spec.cwd,
+                                user=t.user, env=spec.envs, via="e2b")
+    events = masked(audited(cmd, processes(request).start(t, spec, timeout_s)),
                     mask_values(request, t.box.tenant))
     return connect.stream_answer(frames(events, keepalive_of(request)))
+
+
+async def audited(cmd: Command, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """The events of a process started here, its output digested, its end recorded
+    (exec.end) when this stream sees it (a process followed no more ends unseen)."""
+    async for ev in events:
+        if isinstance(ev, Output):
+            cmd.output(ev.stream, ev.data)
+        elif isinstance(ev, Ended):
+            signal = None if ev.exited else ev.status.removeprefix("signal: ")
+            cmd.ended(ev.exit_code if ev.exited else None, signal, timed_out=ev.timed_out,
+                      error=ev.error or "")
+        yield ev
 
 
 async def _connect(t: Target, request: Request) -> Response:

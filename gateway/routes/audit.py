@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from tryfleet.audit import Audit, AuditUnavailable, Filter, Record, Report, parse_since
 from tryfleet.audit.query import export_lines
 
+from ..auditing import drained
 from ..auth import Admin, needs
 from ..keys import Principal, Scope
 from ..ledger import read_tenant
@@ -93,6 +94,7 @@ def _item(r: Record) -> AuditRecord:
 
 
 async def _read(fn: Any, *args: Any) -> Any:
+    await drained()  # what the answers before this one did is on disk
     try:
         return await run_in_threadpool(fn, *args)
     except OSError as err:  # the file is gone or unreadable
@@ -148,6 +150,7 @@ _NDJSON: dict[int | str, dict[str, Any]] = {200: {
 async def export(who: Reader, request: Request, since: SinceQ = None,
                  tenant: TenantQ = None) -> StreamingResponse:
     audit = trail(request)
+    await drained()
     if not audit.paths.db.exists():
         raise AuditUnavailable(f"audit unavailable: no audit trail at {audit.paths.db}")
     lines: Iterator[str] = export_lines(audit.paths.db,

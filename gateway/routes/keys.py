@@ -6,8 +6,10 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
+from ..auditing import call_of
 from ..auth import Admin
 from ..keys import KeyInfo, KeyStore, parse_scopes
 from ..problems import documented
@@ -60,9 +62,12 @@ def _store(request: Request) -> KeyStore:
 @router.post("", status_code=201, summary="Make a key (admin)", responses=documented(400))
 async def create(body: KeyCreate, who: Admin, request: Request) -> NewKey:
     expires = None if body.expires_in_s is None else time.time() + body.expires_in_s
-    info, token = _store(request).create(body.tenant, parse_scopes(body.scopes),
-                                         created_by=f"key:{who.key_id}", expires_at=expires,
-                                         name=body.name)
+    call = call_of(request)
+    await call.settle()  # api.request before key.create
+    info, token = await run_in_threadpool(  # key.create is on disk first: not in the loop
+        _store(request).create, body.tenant, parse_scopes(body.scopes),
+        created_by=f"key:{who.key_id}", expires_at=expires, name=body.name,
+        request_id=call.request_id, trace_id=call.trace_id)
     return NewKey(**_key(info).model_dump(), key=token)
 
 
@@ -81,5 +86,8 @@ async def get(key_id: str, who: Admin, request: Request) -> Key:
 @router.delete("/{key_id}", status_code=204, summary="Revoke a key at once (admin)",
                responses=documented(404))
 async def revoke(key_id: str, who: Admin, request: Request) -> Response:
-    _store(request).revoke(key_id, by=f"key:{who.key_id}")
+    call = call_of(request)
+    await call.settle()
+    await run_in_threadpool(_store(request).revoke, key_id, f"key:{who.key_id}",
+                            call.request_id, call.trace_id)
     return Response(status_code=204)

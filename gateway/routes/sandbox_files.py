@@ -20,10 +20,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from tryfleet.audit import Digest, Digester
 from tryfleet.errors import TryfleetError
 from tryfleet.scheduler.sandboxes import SandboxRecord
 from tryfleet.wire import FileInfo, FileType, Listing, unpack
 
+from ..auditing import FileMove, call_of
 from ..problems import Problem, documented
 from .sandboxes import OpenBox, ReadableBox, check_path, on_node, utf8
 
@@ -84,7 +86,8 @@ async def upload(box: OpenBox, request: Request, path: GuestPath,
                  mode: Mode = "0644") -> Written:
     if _path(path) == "/":
         raise Problem(400, "bad-path", "path '/' is a directory: name a file")
-    return await write_stream(_caller(request, box), path, request.stream(), int(mode, 8))
+    return await write_stream(_caller(request, box), path, request.stream(), int(mode, 8),
+                              FileMove(call_of(request), box))
 
 
 def _caller(request: Request, box: SandboxRecord) -> NodeCall:
@@ -94,10 +97,11 @@ def _caller(request: Request, box: SandboxRecord) -> NodeCall:
 
 
 async def write_stream(node: NodeCall, path: str, body: AsyncIterator[bytes],
-                       bits: int = 0o644) -> Written:
+                       bits: int = 0o644, audit: FileMove | None = None) -> Written:
     """The bytes of `body` written to `path` in a sandbox as they arrive, through `node` (a
     call to the node agent holding it): at once when they fit one chunk, else beside it and
-    moved into place once whole (a failed upload leaves no half file)."""
+    moved into place once whole (a failed upload leaves no half file). `audit`: file.write
+    recorded (size, SHA-256) before the file appears at `path`."""
     digest, size = hashlib.sha256(), 0
     pending = bytearray()
     spare: str | None = None  # where a body larger than a chunk is written first
@@ -112,17 +116,22 @@ async def write_stream(node: NodeCall, path: str, body: AsyncIterator[bytes],
                                            f".tfup-{secrets.token_hex(6)}")
                 await node("sandbox_write", spare, bytes(pending), bits, size > len(pending))
                 pending.clear()
+        whole = Digest(size, digest.hexdigest())
         if spare is None:
+            if audit is not None:
+                await audit.writing(path, whole)
             await node("sandbox_write", path, bytes(pending), bits, False)
         else:
             await node("sandbox_write", spare, bytes(pending), bits, True)
+            if audit is not None:
+                await audit.writing(path, whole)
             await node("sandbox_move", spare, path)
     except BaseException:
         if spare is not None:
             with contextlib.suppress(TryfleetError, Problem):  # missing, or the sandbox gone
                 await node("sandbox_remove", spare, False)
         raise
-    return Written(path=path, size=size, sha256=digest.hexdigest())
+    return Written(path=path, size=size, sha256=whole.sha256)
 
 
 @router.get("/{sid}/files", summary="Download a file (its raw bytes)",
@@ -138,28 +147,39 @@ async def download(box: ReadableBox, request: Request, path: GuestPath) -> Strea
         raise Problem(400, "bad-path", f"{path!r} is a directory: list it with files/list")
     if info.type is FileType.OTHER:
         raise Problem(400, "bad-path", f"{path!r} is not a regular file")
-    return StreamingResponse(await read_stream(node, path, info.size),
+    return StreamingResponse(await read_stream(node, path, info.size,
+                                               FileMove(call_of(request), box)),
                              media_type="application/octet-stream")
 
 
-async def read_stream(node: NodeCall, path: str, size: int) -> AsyncIterator[bytes]:
+async def read_stream(node: NodeCall, path: str, size: int,
+                      audit: FileMove | None = None) -> AsyncIterator[bytes]:
     """The bytes of the file at `path` (of `size` bytes by its stat) in chunks as the guest
     reads them: the first chunk read before this returns (so that a file that cannot be read
     fails before an answer starts), the rest as they are taken. Too large (413) when over
-    the app's MAX_BODY_BYTES."""
+    the app's MAX_BODY_BYTES. `audit`: file.read recorded before the first bytes leave (with
+    the SHA-256 of the whole when it is one chunk; else again once all was sent)."""
     most = max_body_bytes()
     if size > most:
         raise Problem(413, "too-large", f"{path!r} is {size} bytes, over the "
                       f"{most}-byte limit of one download")
     first: bytes = await node("sandbox_read", path, 0, CHUNK_BYTES)
+    whole = len(first) < CHUNK_BYTES
+    if audit is not None:
+        await audit.reading(path, Digest.of(first) if whole else Digest(size, ""), whole)
 
     async def rest() -> AsyncIterator[bytes]:
         yield first
         got, data = len(first), first
+        sent = Digester()
+        sent.update(first)
         while len(data) == CHUNK_BYTES and got < most:
             data = await node("sandbox_read", path, got, min(CHUNK_BYTES, most - got))
             got += len(data)
+            sent.update(data)
             yield data
+        if audit is not None and not whole:
+            audit.read_all(path, sent.digest())
 
     return rest()
 

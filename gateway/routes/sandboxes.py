@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from tryfleet.audit import Digest
 from tryfleet.errors import PolicyDenied, TryfleetError
 from tryfleet.masking import mask
 from tryfleet.scheduler.sandboxes import SandboxBook, SandboxRecord
@@ -38,7 +39,7 @@ from tryfleet.wire import (
     unpack,
 )
 
-from .. import problems
+from .. import auditing, problems
 from ..auth import needs, tenant_of
 from ..exposure import expose, mask_values, stream_maskers
 from ..guard import enforce
@@ -220,8 +221,9 @@ ReadableBox = Annotated[SandboxRecord, Depends(readable_box)]
 async def gone(request: Request, rec: SandboxRecord, err: SandboxGone) -> Problem:
     """Its host no longer holds it: closed in the scheduler, and the 404 that says so."""
     with contextlib.suppress(TryfleetError):  # else its timeout or its host's loss ends it
-        await request.app.state.fleet.sched("close_sandbox", rec.id, None,
-                                            f"gone from its host: {err}")
+        why = f"gone from its host: {err}"
+        await auditing.sandbox_closing(auditing.call_of(request), rec, why)
+        await request.app.state.fleet.sched("close_sandbox", rec.id, None, why)
     return Problem(404, "not-found", f"sandbox {rec.id!r} is gone: {err}")
 
 
@@ -324,9 +326,10 @@ async def open_for(request: Request, who: Principal, tenant: str, image: str, cp
     limits = {"max_sandboxes": policy.max_sandboxes,
               "max_vcpus_in_use": policy.max_vcpus_in_use,
               "max_mem_mib_in_use": policy.max_mem_mib_in_use}
-    got = await request.app.state.fleet.sched(
-        "open_sandbox", tenant, image, cpus, mem_mib, disk_mib, timeout_s, metadata,
-        who.key_id, request.state.request_id, limits, wait_s)
+    async with auditing.policy_checked(auditing.call_of(request), tenant):  # its quotas
+        got = await request.app.state.fleet.sched(
+            "open_sandbox", tenant, image, cpus, mem_mib, disk_mib, timeout_s, metadata,
+            who.key_id, request.state.request_id, limits, wait_s)
     return SandboxRecord(**got)
 
 
@@ -372,7 +375,9 @@ async def extend_for(request: Request, who: Principal, sid: str,
 @router.delete("/{sid}", status_code=204, summary="Close it (again: 204 again)",
                responses=NOT_FOUND)
 async def delete(sid: SandboxId, who: Caller, request: Request) -> Response:
-    book(request).get(sid, seen_by(who))  # another tenant's: 404 without asking further
+    rec = book(request).get(sid, seen_by(who))  # another tenant's: 404 without asking further
+    if rec.state == "open":
+        await auditing.sandbox_closing(auditing.call_of(request), rec, "closed by request")
     await request.app.state.fleet.sched("close_sandbox", sid, seen_by(who))
     return Response(status_code=204)
 
@@ -381,7 +386,15 @@ async def delete(sid: SandboxId, who: Caller, request: Request) -> Response:
 @router.post("/{sid}/exec", summary="Run a command; its result once it ended",
              responses=documented(400, 401, 403, 404, 422, 503))
 async def exec_(job: Job, box: OpenBox, req: Exposed, request: Request) -> ExecResult:
-    r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(req)))
+    cmd = await exec_started(request, box, req)
+    try:
+        r = unpack(ExecReply, await on_node(request, box, "sandbox_exec", pack(req)))
+    except BaseException as err:
+        cmd.ended(None, error=f"{type(err).__name__}: {err}"[:1000])
+        raise
+    cmd.ended(r.exit_code, r.signal, duration_s=r.duration_s, timed_out=r.timed_out,
+              stdout=Digest.of(r.stdout), stderr=Digest.of(r.stderr),
+              stdout_truncated=r.stdout_truncated, stderr_truncated=r.stderr_truncated)
     values = mask_values(request, box.tenant)
     return ExecResult(exit_code=r.exit_code, signal=r.signal,
                       stdout=encode(mask(r.stdout, values, r.stdout_truncated), job.encoding),
@@ -400,6 +413,7 @@ async def exec_(job: Job, box: OpenBox, req: Exposed, request: Request) -> ExecR
              "stream alive.", responses=documented(400, 401, 403, 404, 422, 503))
 async def exec_stream(job: Job, box: OpenBox, request: Request, req: Exposed
                       ) -> AsyncIterator[ServerSentEvent]:
+    cmd = await exec_started(request, box, req)
     yield ServerSentEvent(event="started", data={"sandbox": box.id, "argv": list(req.argv)})
     text = job.encoding == "text"
     decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
@@ -411,6 +425,7 @@ async def exec_stream(job: Job, box: OpenBox, request: Request, req: Exposed
             chunk = unpack(ExecChunk, raw)
             if chunk.reply is not None:
                 ended = True
+                _ended(cmd, chunk.reply)
                 for n, decoder in enumerate(decoders):
                     tail = maskers[n].flush()
                     rest = decoder.decode(tail, final=True) if text else encode(tail,
@@ -421,6 +436,7 @@ async def exec_stream(job: Job, box: OpenBox, request: Request, req: Exposed
                 yield ServerSentEvent(event="exit", data=_exit(chunk.reply, job.encoding))
                 return
             if chunk.stream in (1, 2):
+                cmd.output(chunk.stream, chunk.data)
                 shown = maskers[chunk.stream - 1].feed(chunk.data)
                 data = decoders[chunk.stream - 1].decode(shown) if text \
                     else encode(shown, "base64")
@@ -429,16 +445,31 @@ async def exec_stream(job: Job, box: OpenBox, request: Request, req: Exposed
                                           data={"data": data})
     except SandboxGone as err:
         ended = True
+        cmd.ended(None, error=f"the sandbox is gone: {err}")
         yield ServerSentEvent(event="error", data=problems.body(
             request, await gone(request, box, err)))
     except TryfleetError as err:
         ended = True
+        cmd.ended(None, error=str(err)[:1000])
         yield ServerSentEvent(event="error", data=problems.body(request,
                                                                 problems.of_error(err)))
     finally:
         if not ended:  # the client went away: the command goes too (in the background,
+            cmd.ended(None, error="the client went away: the command was stopped")
             detach(request.app.state.fleet.node(  # since this task is being cancelled)
                 box.host, "sandbox_exec_cancel", box.id, exec_id))
+
+
+async def exec_started(request: Request, box: SandboxRecord,
+                       req: ExecRequest) -> auditing.Command:
+    """exec.start of a command of /v1 (and MCP's run_command), before it runs."""
+    return await auditing.command_started(auditing.call_of(request), box, req.argv,
+                                          cwd=req.cwd, user=req.user, env=req.env)
+
+
+def _ended(cmd: auditing.Command, r: ExecReply) -> None:
+    cmd.ended(r.exit_code, r.signal, duration_s=r.duration_s, timed_out=r.timed_out,
+              stdout_truncated=r.stdout_truncated, stderr_truncated=r.stderr_truncated)
 
 
 _detached: set[asyncio.Task[Any]] = set()

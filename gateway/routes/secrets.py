@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tryfleet.secretstore import MAX_VALUE_BYTES, SecretInfo, SecretStore, check_name
 
+from ..auditing import call_of
 from ..auth import Admin
 from ..keys import Principal, check_tenant
 from ..problems import documented
@@ -50,10 +51,7 @@ def _secret(info: SecretInfo) -> Secret:
 async def _audit(request: Request, who: Principal, action: str, tenant: str,
                  name: str) -> None:
     """The record before the change (AuditUnavailable refuses it); the name, no value."""
-    audit = getattr(request.app.state, "audit", None)
-    if audit is not None:
-        await audit.arecord(action, tenant=tenant, actor=f"key:{who.key_id}",
-                            request_id=request.state.request_id, details={"name": name})
+    await call_of(request).record(action, tenant=tenant, details={"name": name})
 
 
 @router.put("/{tenant}/{name}", summary="Store or replace a secret of a tenant (admin)",

@@ -26,6 +26,7 @@ from tryfleet.scheduler.sandboxes import SandboxBook
 from tryfleet.scheduler.switch_book import SwitchBook
 from tryfleet.scheduler.switches import Level
 
+from ..auditing import call_of
 from ..auth import Admin
 from ..keys import KeyStore, Principal
 from ..problems import documented
@@ -135,11 +136,11 @@ def frozen_sandbox(request: Request, sid: str, what: str) -> None:
 async def _record(request: Request, action: str, who: Principal, tenant: str,
                   details: dict[str, Any]) -> None:
     """The audit record, before the act (AuditUnavailable: 503, nothing done)."""
-    await trail(request).arecord(action, tenant=tenant, actor=f"key:{who.key_id}",
-                                 request_id=request.state.request_id,
-                                 sandbox=details["target"] if details["level"] == "sandbox"
-                                 else "", host=details["target"] if details["level"] == "host"
-                                 else "", details=details)
+    trail(request)  # a gateway without a trail flips nothing
+    level, target = details["level"], details["target"]
+    await call_of(request).record(action, tenant=tenant,
+                                  sandbox=target if level == "sandbox" else "",
+                                  host=target if level == "host" else "", details=details)
 
 
 @router.get("", summary="The kill switches in force, or every one (admin)",

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from tryfleet.audit import Audit
 from tryfleet.gateway.app import create_app
 from tryfleet.gateway.keys import KeyStore, Scope
 from tryfleet.gateway.policy import Policies
@@ -57,8 +58,9 @@ class InProcessFleet:
 
 class Api:
     def __init__(self, client: TestClient, keys: KeyStore, fleet: InProcessFleet,
-                 data_dir: Path) -> None:
+                 data_dir: Path, audit: Audit | None = None) -> None:
         self.client, self.keys, self.fleet, self.data_dir = client, keys, fleet, data_dir
+        self.audit = audit
 
     def key(self, tenant: str = "acme", *scopes: Scope, **kw: Any) -> dict[str, str]:
         _, token = self.keys.create(tenant, frozenset(scopes or {Scope.SANDBOX}),
@@ -70,20 +72,25 @@ class Api:
 
 
 @contextlib.contextmanager
-def api_fleet(tmp_path: Path) -> Iterator[Api]:
+def api_fleet(tmp_path: Path, audit: bool = False) -> Iterator[Api]:
+    """audit: the app records in an audit trail of its data dir (api.audit)."""
     data = tmp_path / "data"
     data.mkdir()
     ledger = data / "ledger.db"
     node = NodeActor(str(data / "node"), HOST, fake=True)
-    sched = Scheduler(str(ledger))
+    sched = Scheduler(str(ledger), audit_dir=str(data) if audit else None)
     sched.engine.hosts.discover = lambda: []  # type: ignore[method-assign]
     sched.engine.hosts.agents = {NODE_ACTOR_PREFIX + HOST: Threaded(node)}
-    keys = KeyStore(ledger, data)
+    trail = Audit(data) if audit else None
+    keys = KeyStore(ledger, data, audit=trail)
     fleet = InProcessFleet(sched, node)
-    app = create_app(fleet, keys, Policies(data), ledger)
+    app = create_app(fleet, keys, Policies(data), ledger, audit=trail)
     try:
         with TestClient(app, raise_server_exceptions=False) as client:
-            yield Api(client, keys, fleet, data)
+            yield Api(client, keys, fleet, data, trail)
     finally:
         node.shutdown()
         keys.close()
+        for opened in (trail, sched.engine.audit):
+            if opened is not None:
+                opened.close()

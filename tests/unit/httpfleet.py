@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tryfleet.audit import Audit
 from tryfleet.gateway.app import create_app
 from tryfleet.gateway.keys import KeyStore, Scope
 from tryfleet.gateway.policy import Policies
@@ -27,8 +28,10 @@ from .localfleet import cancel_until_ended
 
 
 class HttpFleet:
-    def __init__(self, url: str, keys: KeyStore, fleet: InProcessFleet, data: Path) -> None:
+    def __init__(self, url: str, keys: KeyStore, fleet: InProcessFleet, data: Path,
+                 audit: Audit | None = None) -> None:
         self.url, self.keys, self.fleet, self.data = url, keys, fleet, data
+        self.audit = audit
 
     def key(self, tenant: str = "acme", *scopes: Scope) -> str:
         _, token = self.keys.create(tenant, frozenset(scopes or {Scope.SANDBOX}),
@@ -61,13 +64,14 @@ def _guests_with_accounts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def http_fleet(tmp_path: Path, policy: str = "") -> Iterator[HttpFleet]:
-    """The fleet served on a free loopback port; `policy`: the text of its policy.toml."""
+def http_fleet(tmp_path: Path, policy: str = "", audit: bool = False) -> Iterator[HttpFleet]:
+    """The fleet served on a free loopback port; `policy`: the text of its policy.toml;
+    `audit`: the gateway records in the data dir's audit trail."""
     with _guests_with_accounts():
-        yield from _http_fleet(tmp_path, policy)
+        yield from _http_fleet(tmp_path, policy, audit)
 
 
-def _http_fleet(tmp_path: Path, policy: str) -> Iterator[HttpFleet]:
+def _http_fleet(tmp_path: Path, policy: str, audit: bool) -> Iterator[HttpFleet]:
     data = tmp_path / "data"
     data.mkdir()
     if policy:
@@ -79,7 +83,8 @@ def _http_fleet(tmp_path: Path, policy: str) -> Iterator[HttpFleet]:
     sched.engine.hosts.agents = {NODE_ACTOR_PREFIX + HOST: Threaded(node)}
     keys = KeyStore(ledger, data)
     fleet = InProcessFleet(sched, node)
-    app = create_app(fleet, keys, Policies(data), ledger)
+    trail = Audit(data) if audit else None
+    app = create_app(fleet, keys, Policies(data), ledger, audit=trail)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            access_log=False, lifespan="off"))
 
@@ -96,9 +101,11 @@ def _http_fleet(tmp_path: Path, policy: str) -> Iterator[HttpFleet]:
                 raise RuntimeError("uvicorn did not start")
             threading.Event().wait(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield HttpFleet(f"http://127.0.0.1:{port}", keys, fleet, data)
+        yield HttpFleet(f"http://127.0.0.1:{port}", keys, fleet, data, trail)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
         node.shutdown()
         keys.close()
+        if trail is not None:
+            trail.close()

@@ -35,6 +35,8 @@ class Served:
     scheduler: Scheduler
     data_dir: Path
     app: Any  # the FastAPI app (its state: audit, keys, ...)
+    audit: Audit | None = None
+    node: NodeActor | None = None
 
     def key(self, tenant: str, *scopes: str) -> str:
         """A new key of tenant (default scopes: sandbox and batch)."""
@@ -46,20 +48,18 @@ class Served:
 @contextlib.contextmanager
 def served_api(tmp_path: Path, limits: dict[str, int] | None = None,
                audit: bool = False) -> Iterator[Served]:
-    """audit: with an audit trail in the data directory (app.state.audit), as the gateway's."""
+    """audit: the gateway and the scheduler record in the data dir's audit trail."""
     data = tmp_path / "data"
     data.mkdir()
     ledger = data / "ledger.db"
     node = NodeActor(str(data / "node"), HOST, fake=True)
-    sched = Scheduler(str(ledger), limits=limits)
+    sched = Scheduler(str(ledger), limits=limits, audit_dir=str(data) if audit else None)
     sched.engine.hosts.discover = lambda: []  # type: ignore[method-assign]
     sched.engine.hosts.agents = {NODE_ACTOR_PREFIX + HOST: Threaded(node)}
     keys = KeyStore(ledger, data)
     _, admin = keys.create("default", frozenset({Scope.ADMIN}), created_by="test")
-    app = create_app(InProcessFleet(sched, node), keys, Policies(data), ledger)
     trail = Audit(data) if audit else None
-    if trail is not None:
-        app.state.audit = trail
+    app = create_app(InProcessFleet(sched, node), keys, Policies(data), ledger, audit=trail)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            lifespan="off", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -70,14 +70,15 @@ def served_api(tmp_path: Path, limits: dict[str, int] | None = None,
             assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
             time.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield Served(f"http://127.0.0.1:{port}", admin, keys, sched, data, app)
+        yield Served(f"http://127.0.0.1:{port}", admin, keys, sched, data, app, trail, node)
     finally:
         server.should_exit = True
         thread.join(30)
         node.shutdown()
         keys.close()
-        if trail is not None:
-            trail.close()
+        for opened in (trail, sched.engine.audit):
+            if opened is not None:
+                opened.close()
 
 
 __all__ = ["Served", "served_api"]

@@ -4,6 +4,8 @@ guest agent runs commands as host processes in a scratch root). Each call's answ
 refusal, fast; the same with real VMs: tests/integration/test_e2b_sdk.py."""
 
 import asyncio
+import hashlib
+import json
 import os
 import time
 
@@ -27,6 +29,9 @@ from e2b import (  # noqa: E402
     TimeoutException,
 )
 
+from tests.waiting import until  # noqa: E402
+from tryfleet.audit import Filter  # noqa: E402
+
 from .httpfleet import http_fleet  # noqa: E402
 
 POLICY = """
@@ -44,7 +49,7 @@ interactive = false
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     os.environ.setdefault("TRYFLEET_ACCEL", "tcg")
-    with http_fleet(tmp_path_factory.mktemp("e2b"), POLICY) as f:
+    with http_fleet(tmp_path_factory.mktemp("e2b"), POLICY, audit=True) as f:
         yield f
 
 
@@ -72,6 +77,41 @@ def test_create_records_the_sandbox_with_the_key_and_the_request(fleet, acme, sb
     assert (got["state"], got["tenant"], got["image"]) == ("open", "acme", "base")
     assert got["metadata"] == {"suite": "local"} and got["key_id"] == acme["api_key"][3:15]
     assert got["request_id"].startswith("req_")
+
+
+def audited(fleet, sid, action):
+    """The records of `action` in sandbox sid, once their requests' answers are recorded."""
+    found = until(lambda: fleet.audit.select(Filter(sandbox=sid, action=action)), 10)
+    for r in found:
+        until(lambda rid=r.request_id: fleet.audit.trace(rid)[-1].action == "api.response",
+              10)
+    return fleet.audit.select(Filter(sandbox=sid, action=action))
+
+
+def test_a_process_started_is_audited_with_its_end_and_output_digest(fleet, acme):
+    box = Sandbox.create(timeout=60, **acme)
+    try:
+        box.commands.run("echo audited", envs={"TOKEN": "v4lue"})
+        (start,) = audited(fleet, box.sandbox_id, "exec.start")
+        actions = [r.action for r in fleet.audit.trace(start.request_id)]
+        (end,) = audited(fleet, box.sandbox_id, "exec.end")
+    finally:
+        box.kill()
+    assert actions == ["api.request", "exec.start", "exec.end", "api.response"]
+    assert json.loads(end.details)["stdout_sha256"] == hashlib.sha256(b"audited\n").hexdigest()
+    assert "TOKEN" in start.details and "v4lue" not in start.details
+
+
+def test_a_file_written_through_e2b_is_audited_with_its_digest(fleet, acme):
+    box = Sandbox.create(timeout=60, **acme)
+    try:
+        box.files.write("/home/user/n.txt", "noted")
+        (wrote,) = audited(fleet, box.sandbox_id, "file.write")
+    finally:
+        box.kill()
+    got = json.loads(wrote.details)
+    assert (got["path"], got["sha256"]) == ("/home/user/n.txt",
+                                            hashlib.sha256(b"noted").hexdigest())
 
 
 def test_a_command_gets_the_sandboxs_env_vars_under_its_own(sbx):

@@ -10,7 +10,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from tests.mcpclients import over_http, over_stdio, refusal, tool, tool_names, using
-from tests.waiting import until_async
+from tests.waiting import until, until_async
+from tryfleet.audit import Filter
 
 from .servedapi import served_api
 
@@ -26,7 +27,7 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
 def served(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRYFLEET_ACCEL", "tcg")
-        with served_api(tmp_path_factory.mktemp("mcp")) as s:
+        with served_api(tmp_path_factory.mktemp("mcp"), audit=True) as s:
             (s.data_dir / "policy.toml").write_text('[default]\nsecrets = ["MCP_*"]\n')
             yield s
 
@@ -77,6 +78,24 @@ def test_what_a_tool_makes_is_recorded_with_its_request_id_key_and_tenant(served
     assert recorded["tenant"] == "acme" and recorded["metadata"] == {"by": "agent"}
     assert recorded["key_id"] == acme.split("_")[1]
     assert recorded["state"] == "closed"
+
+
+def test_a_tools_command_is_in_the_audit_trail_under_its_mcp_request(served, acme):
+    async def work(c):
+        box = await tool(c, "create_sandbox", mem_mib=256)
+        await tool(c, "run_command", sandbox_id=box["id"], command="echo audited")
+        return box
+
+    box = using(over_http(served.url, acme), work)
+    audit = served.audit
+    (start,) = until(lambda: audit.select(Filter(sandbox=box["id"], action="exec.start")))
+    rid = start.request_id
+    until(lambda: audit.trace(rid)[-1].action == "api.response")
+    got = [(r.action, r.actor, r.details if r.action == "api.request" else "")
+           for r in audit.trace(rid)]
+    key = f"key:{acme.split('_')[1]}"
+    assert got == [("api.request", key, '{"method":"POST","route":"/mcp"}'),
+                   ("exec.start", key, ""), ("exec.end", key, ""), ("api.response", key, "")]
 
 
 def test_a_batch_is_submitted_and_its_status_and_results_read(served, acme):
