@@ -1,0 +1,345 @@
+"""api: the HTTP front door on a real fleet (apifleet.py: its own, or `--attach DATA_DIR`).
+
+- exec: `true` in one open sandbox, POST /v1/sandboxes/{id}/exec over HTTP (a keep-alive
+  client, a sandbox-scope key), interleaved with the same command over the in-cluster path: the
+  node agent's `sandbox_exec` called through Ray from this process as the gateway calls it
+  (FleetCalls). The difference of the p50s is what the front door adds.
+- sandbox create: POST /v1/sandboxes of the warm pool's size, then DELETE, one at a time; before
+  each create, the node agent's pool has a ready VM again (waited for, read from the agent). A
+  create that did not take a pooled VM (the pool's count did not drop) is a miss: reported
+  apart, not in the figures.
+- status: GET /v1/fleet, the fleet's status (the API's "status"; admin key), from several client
+  processes, each one keep-alive httpx client sending back to back for a fixed time; also GET
+  /v1/sandboxes/{id}, the status of one sandbox (a ledger read per request, no cache).
+- SSE: POST /v1/sandboxes/{id}/exec/stream of `echo hi`: time from sending to the first event
+  (`started`), to the first `stdout` event and to `exit`.
+
+Every gateway variant (apifleet.GatewayVariant) is measured in turn in the same run; the top
+level of the result is the first (the gateway as `tryfleet up` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .apifleet import DEFAULT, GUEST, BenchFleet, GatewayVariant, fleet, machine_load
+from .common import percentile, print_table
+
+TARGET_EXEC_GAP_MS = 3.0  # HTTP p50 within this of the in-cluster p50
+TARGET_CREATE_P50_MS = 15.0
+TARGET_STATUS_PER_S = 1000.0
+STATUS_PATH = "/v1/fleet"
+POOL_READY = 1  # warm VMs of GUEST's kind the node agent keeps
+VARIANTS: tuple[GatewayVariant, ...] = (DEFAULT,)
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    exec_pairs: int
+    creates: int
+    sse: int
+    status_s: float  # each status load lasts this long
+    procs: int  # client processes sending status requests
+    pool_wait_s: float  # at most this long for the pool to be ready again
+
+
+FULL = Size(exec_pairs=300, creates=30, sse=30, status_s=10.0, procs=4, pool_wait_s=120.0)
+QUICK = Size(exec_pairs=30, creates=5, sse=5, status_s=3.0, procs=4, pool_wait_s=120.0)
+
+
+def chart(result: Mapping[str, Any]) -> list[tuple[str, float]]:
+    return [("HTTP: exec true p50 (ms)", result["exec_true_p50_ms"]["http"]),
+            ("in-cluster: exec true p50 (ms)", result["exec_true_p50_ms"]["in_cluster"]),
+            ("HTTP: sandbox create, pool hit p50 (ms)", result["sandbox_create_p50_ms"]),
+            ("HTTP: first SSE event p50 (ms)", result["sse_first_event_ms"]),
+            ("HTTP: status requests (/s)", result["status_requests_per_s"])]
+
+
+CHART = chart
+
+
+def stats(samples_ms: Sequence[float]) -> dict[str, Any]:
+    """n, p50, p90, p99 (ms, nearest rank) of a sample; only n when it is empty."""
+    if not samples_ms:
+        return {"n": 0}
+    return {"n": len(samples_ms),
+            **{f"p{p}": round(percentile(samples_ms, p), 2) for p in (50, 90, 99)}}
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
+    """(event, data) of each server-sent event as its closing blank line arrives; comments
+    (keep-alives) and events without data are skipped, data parsed as JSON."""
+    kind, data = "message", None
+    for line in lines:
+        if line.startswith(":"):
+            continue
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data = (data + "\n" if data is not None else "") + line[5:].removeprefix(" ")
+        elif line == "":
+            if data is not None:
+                yield kind, json.loads(data)
+            kind, data = "message", None
+
+
+def verdicts(figures: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target: its figure, the bound, and whether the figure meets it."""
+    gap = figures["exec_true_p50_ms"]["http_minus_in_cluster"]
+    create, rate = figures["sandbox_create_p50_ms"], figures["status_requests_per_s"]
+    return {
+        "exec_true_http_minus_in_cluster_p50_ms": {
+            "value": gap, "target": f"<= {TARGET_EXEC_GAP_MS:g}",
+            "met": gap is not None and gap <= TARGET_EXEC_GAP_MS},
+        "sandbox_create_p50_ms": {
+            "value": create, "target": f"<= {TARGET_CREATE_P50_MS:g}",
+            "met": create is not None and create <= TARGET_CREATE_P50_MS},
+        "status_requests_per_s": {
+            "value": rate, "target": f">= {TARGET_STATUS_PER_S:g}",
+            "met": rate is not None and rate >= TARGET_STATUS_PER_S},
+    }
+
+
+# ---- the run ---------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = QUICK if args.quick else FULL
+    load_before = machine_load()
+    per: dict[str, dict[str, Any]] = {}
+    with fleet(getattr(args, "attach", None), VARIANTS, POOL_READY) as bench:
+        for variant in VARIANTS:
+            per[variant.name] = measure(bench, bench.urls[variant.name], size)
+    first = VARIANTS[0].name
+    result: dict[str, Any] = {
+        "gateway": first, **per[first], "targets": verdicts(per[first]),
+        "status_path": STATUS_PATH, "size": asdict(size), "fleet": bench.report,
+        "load": {"before": load_before, "after": machine_load()},
+        "guest": GUEST,
+    }
+    if len(per) > 1:
+        result["variants"] = {n: {**f, "targets": verdicts(f)} for n, f in per.items()}
+    _print(result, per)
+    return result
+
+
+def measure(bench: BenchFleet, url: str, size: Size) -> dict[str, Any]:
+    """Every figure of one gateway."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        creates = create_samples(http, bench, size)
+        sid, host = open_sandbox(http, bench)
+        try:
+            wait_warm(bench, size.pool_wait_s)  # its refill done before anything is timed
+            exec_ = exec_samples(http, bench, sid, host, size.exec_pairs)
+            sse = sse_samples(http, bench, sid, size.sse)
+            status = load(url, STATUS_PATH, bench.admin_key, size)
+            one = load(url, f"/v1/sandboxes/{sid}", bench.sandbox_key, size)
+        finally:
+            http.delete(f"/v1/sandboxes/{sid}", headers=bench.sandbox_key)
+    return {**exec_, **creates, **sse,
+            "status_requests_per_s": status["requests_per_s"], "status": status,
+            "sandbox_get": one}
+
+
+def open_sandbox(http: Any, bench: BenchFleet) -> tuple[str, str]:
+    """A sandbox for the exec and SSE samples: (its id, its host, as an admin sees it)."""
+    r = http.post("/v1/sandboxes", json={**GUEST, "timeout_s": 1800},
+                  headers=bench.sandbox_key)
+    if r.status_code != 201:
+        raise RuntimeError(f"create: {r.status_code} {r.text[:500]}")
+    sid = r.json()["id"]
+    return sid, http.get(f"/v1/sandboxes/{sid}", headers=bench.admin_key).json()["host"]
+
+
+def wait_warm(bench: BenchFleet, within_s: float) -> int:
+    """Ready pooled VMs once there is one (or within_s passed)."""
+    deadline = time.monotonic() + within_s
+    while (ready := sum(bench.pool_ready().values())) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return ready
+
+
+def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
+    hits: list[float] = []
+    misses: list[float] = []
+    for _ in range(size.creates):
+        before = wait_warm(bench, size.pool_wait_s)
+        t0 = time.perf_counter()
+        r = http.post("/v1/sandboxes", json={**GUEST, "timeout_s": 300},
+                      headers=bench.sandbox_key)
+        ms = (time.perf_counter() - t0) * 1000
+        if r.status_code != 201:
+            raise RuntimeError(f"create: {r.status_code} {r.text[:500]}")
+        after = sum(bench.pool_ready().values())
+        http.delete(f"/v1/sandboxes/{r.json()['id']}", headers=bench.sandbox_key)
+        (hits if after < before else misses).append(ms)
+    got = stats(hits)
+    return {"sandbox_create_p50_ms": got.get("p50"), "sandbox_create_ms": got,
+            "sandbox_create_pool_misses": len(misses),
+            "sandbox_create_miss_ms": [round(m, 1) for m in misses]}
+
+
+def exec_samples(http: Any, bench: BenchFleet, sid: str, host: str, pairs: int
+                 ) -> dict[str, Any]:
+    """`true` over HTTP and in-cluster, alternately (which goes first alternates too)."""
+    from tryfleet.gateway.calls import FleetCalls
+    from tryfleet.wire import ExecReply, ExecRequest, pack, unpack
+
+    calls, req, loop = FleetCalls(), pack(ExecRequest(("true",))), asyncio.new_event_loop()
+
+    def in_cluster() -> float:
+        t0 = time.perf_counter()
+        reply = unpack(ExecReply, loop.run_until_complete(
+            calls.node(host, "sandbox_exec", sid, req)))
+        ms = (time.perf_counter() - t0) * 1000
+        if reply.exit_code != 0:
+            raise RuntimeError(f"in-cluster `true` exited {reply.exit_code}")
+        return ms
+
+    def over_http() -> float:
+        t0 = time.perf_counter()
+        r = http.post(f"/v1/sandboxes/{sid}/exec", json={"argv": ["true"]},
+                      headers=bench.sandbox_key)
+        ms = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200 or r.json()["exit_code"] != 0:
+            raise RuntimeError(f"HTTP `true`: {r.status_code} {r.text[:500]}")
+        return ms
+
+    try:
+        for _ in range(5):  # connections, caches, the guest's page cache
+            in_cluster(), over_http()
+        times: dict[str, list[float]] = {"http": [], "in_cluster": []}
+        for i in range(pairs):
+            order = (("http", over_http), ("in_cluster", in_cluster))
+            for name, fn in order if i % 2 else order[::-1]:
+                times[name].append(fn())
+    finally:
+        loop.close()
+    http_p50, ray_p50 = percentile(times["http"], 50), percentile(times["in_cluster"], 50)
+    return {"exec_true_p50_ms": {"http": round(http_p50, 2),
+                                 "in_cluster": round(ray_p50, 2),
+                                 "http_minus_in_cluster": round(http_p50 - ray_p50, 2)},
+            "exec_true_ms": {k: stats(v) for k, v in times.items()}}
+
+
+def sse_samples(http: Any, bench: BenchFleet, sid: str, n: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {"first_event": [], "first_stdout": [], "exit": []}
+    firsts = set()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        seen: dict[str, float] = {}
+        with http.stream("POST", f"/v1/sandboxes/{sid}/exec/stream",
+                         json={"argv": ["echo", "hi"]}, headers=bench.sandbox_key) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"stream: {r.status_code} {r.read()[:500]!r}")
+            for kind, data in sse_events(r.iter_lines()):
+                ms = (time.perf_counter() - t0) * 1000
+                if not seen:
+                    seen["first_event"] = ms
+                    firsts.add(kind)
+                if kind == "stdout":
+                    seen.setdefault("first_stdout", ms)
+                if kind in ("exit", "error"):
+                    seen["exit"] = ms
+                    if kind == "error" or data.get("exit_code") != 0:
+                        raise RuntimeError(f"stream ended with {kind} {data}")
+                    break
+        for k, v in seen.items():
+            times[k].append(v)
+    first = stats(times["first_event"])
+    return {"sse_first_event_ms": first.get("p50"), "sse_first_event_kinds": sorted(firsts),
+            "sse_ms": {k: stats(v) for k, v in times.items()}}
+
+
+# ---- status load from several processes ------------------------------------------------------
+def load(url: str, path: str, headers: dict[str, str], size: Size) -> dict[str, Any]:
+    """size.procs processes, each one keep-alive client sending GET path back to back for
+    size.status_s once all are connected: successful requests/s (summed over the processes,
+    each over its own elapsed time), errors, latency."""
+    ctx = multiprocessing.get_context("spawn")  # never fork a Ray driver
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(url, path, headers, size.status_s, ready, go,
+                                               out), daemon=True) for _ in range(size.procs)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            ready.get(timeout=120)
+        go.set()
+        got = [out.get(timeout=size.status_s + 120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    lat = [x for g in got for x in g["latency_ms"]]
+    return {"path": path, "procs": size.procs, "duration_s": size.status_s,
+            "requests_per_s": round(sum(g["ok"] / g["elapsed_s"] for g in got), 1),
+            "ok": sum(g["ok"] for g in got), "errors": sum(g["errors"] for g in got),
+            "statuses": sorted({s for g in got for s in g["statuses"]}),
+            "latency_ms": stats(lat)}
+
+
+def _client(url: str, path: str, headers: dict[str, str], duration_s: float, ready: Any,
+            go: Any, out: Any) -> None:
+    import httpx
+
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        c.get(path).raise_for_status()  # connected, and the key works
+        ready.put(True)
+        go.wait()
+        ok = errors = 0
+        statuses: set[int] = set()
+        lat: list[float] = []
+        start = time.perf_counter()
+        end = start + duration_s
+        while (t0 := time.perf_counter()) < end:
+            r = c.get(path)
+            done = time.perf_counter()
+            statuses.add(r.status_code)
+            if r.status_code == 200:
+                ok += 1
+                lat.append((done - t0) * 1000)
+            else:
+                errors += 1
+        out.put({"ok": ok, "errors": errors, "statuses": sorted(statuses), "latency_ms": lat,
+                 "elapsed_s": time.perf_counter() - start})
+
+
+# ---- the table -------------------------------------------------------------------------------
+def _print(result: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, f in per.items():
+        ex, met = f["exec_true_ms"], verdicts(f)
+        print_table(f"api ({name} gateway): {result['size']}", [
+            ("exec true p50/p90/p99 HTTP",
+             f"{ex['http']['p50']} / {ex['http']['p90']} / {ex['http']['p99']} ms"),
+            ("exec true p50/p90/p99 in-cluster", f"{ex['in_cluster']['p50']} / "
+             f"{ex['in_cluster']['p90']} / {ex['in_cluster']['p99']} ms"),
+            ("HTTP minus in-cluster, p50", _verdict(met, "exec_true_http_minus_in_cluster_p50_ms",
+                                                    "ms")),
+            ("sandbox create (pool hit) p50", _verdict(met, "sandbox_create_p50_ms", "ms")),
+            ("  pool hits / misses", f"{f['sandbox_create_ms']['n']} / "
+                                     f"{f['sandbox_create_pool_misses']}"),
+            (f"status {STATUS_PATH}", _verdict(met, "status_requests_per_s", "requests/s")),
+            ("  errors", str(f["status"]["errors"])),
+            ("GET /v1/sandboxes/{id}", f"{f['sandbox_get']['requests_per_s']} requests/s"),
+            ("first SSE event p50", f"{f['sse_first_event_ms']} ms "
+                                    f"({', '.join(f['sse_first_event_kinds'])})"),
+            ("first stdout event / exit p50", f"{f['sse_ms']['first_stdout'].get('p50')} / "
+                                              f"{f['sse_ms']['exit'].get('p50')} ms"),
+        ])
+    print(f"load before: {result['load']['before']['loadavg']}, after: "
+          f"{result['load']['after']['loadavg']}; leftover domains: "
+          f"{result['fleet'].get('leftover_domains', 'n/a')}")
+
+
+def _verdict(met: Mapping[str, Mapping[str, Any]], key: str, unit: str) -> str:
+    v = met[key]
+    return f"{v['value']} {unit} (target {v['target']}: {'met' if v['met'] else 'missed'})"
