@@ -45,3 +45,10 @@ def test_chart_sets_http_beside_the_in_cluster_path():
     drawn = {(b.series, b.metric): b.value for b in bars(api.CHART, result)}
     assert drawn[("HTTP", "exec true p50")] == 40.0
     assert drawn[("in-cluster", "exec true p50")] == 38.0
+
+
+def test_a_create_is_a_hit_only_when_it_took_a_pooled_vm_on_a_calm_host():
+    assert api.create_kind(1, 0, calm=True) == "hit"
+    assert api.create_kind(1, 1, calm=True) == "miss"  # the count did not drop
+    assert api.create_kind(0, 0, calm=True) == "miss"  # the pool never refilled
+    assert api.create_kind(1, 0, calm=False) == "pressured"
