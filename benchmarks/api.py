@@ -185,9 +185,12 @@ def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
     """Creates that took a pooled VM on a calm host; misses and creates on a pressured
     host (the scheduler waits for room there) apart."""
     kept: dict[str, list[float]] = {"hit": [], "miss": [], "pressured": []}
+    why: list[dict[str, Any]] = []  # each miss: the pool's count before and after, the wait
     for _ in range(size.creates):
+        w0 = time.monotonic()
         before = wait_warm(bench, size.pool_wait_s)
         calm = wait_calm(http, bench, size.pressure_wait_s)
+        waited_s = round(time.monotonic() - w0, 1)
         t0 = time.perf_counter()
         r = http.post("/v1/sandboxes", json={**GUEST, "timeout_s": 300, "wait_s": 120},
                       headers=bench.sandbox_key)
@@ -196,11 +199,15 @@ def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
             raise RuntimeError(f"create: {r.status_code} {r.text[:500]}")
         after = sum(bench.pool_ready().values())
         http.delete(f"/v1/sandboxes/{r.json()['id']}", headers=bench.sandbox_key)
-        kept[create_kind(before, after, calm)].append(ms)
+        kind = create_kind(before, after, calm)
+        kept[kind].append(ms)
+        if kind == "miss":
+            why.append({"ms": round(ms, 1), "ready_before": before, "ready_after": after,
+                        "waited_s": waited_s})
     got = stats(kept["hit"])
     return {"sandbox_create_p50_ms": got.get("p50"), "sandbox_create_ms": got,
             "sandbox_create_pool_misses": len(kept["miss"]),
-            "sandbox_create_miss_ms": [round(m, 1) for m in kept["miss"]],
+            "sandbox_create_misses": why,
             "sandbox_create_pressured": len(kept["pressured"]),
             "sandbox_create_pressured_ms": [round(m, 1) for m in kept["pressured"]]}
 
