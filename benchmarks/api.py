@@ -4,7 +4,8 @@
   client, a sandbox-scope key), interleaved with the same command over the in-cluster path: the
   node agent's `sandbox_exec` called through Ray from this process as the gateway calls it
   (FleetCalls). The difference of the p50s is what the front door adds.
-- sandbox create: POST /v1/sandboxes of the warm pool's size, then DELETE, one at a time; before
+- sandbox create: POST /v1/sandboxes of the warm pool's size, then DELETE, one at a time,
+  alternating with the same through the scheduler's open_sandbox in-cluster; before
   each create, the node agent's pool has a ready VM again (waited for, read from the agent) and
   the scheduler sees the host under no pressure (waited for, up to 30 s). A create that did not
   take a pooled VM (the pool's count did not drop) is a miss, one begun on a pressured host
@@ -60,6 +61,8 @@ def chart(result: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [("HTTP: exec true p50 (ms)", result["exec_true_p50_ms"]["http"]),
             ("in-cluster: exec true p50 (ms)", result["exec_true_p50_ms"]["in_cluster"]),
             ("HTTP: sandbox create, pool hit p50 (ms)", result["sandbox_create_p50_ms"]),
+            ("in-cluster: sandbox create, pool hit p50 (ms)",
+             result["sandbox_create_ms"]["in_cluster"].get("p50")),
             ("HTTP: first SSE event p50 (ms)", result["sse_first_event_ms"]),
             ("HTTP: status requests (/s)", result["status_requests_per_s"])]
 
@@ -181,35 +184,72 @@ def wait_calm(http: Any, bench: BenchFleet, within_s: float) -> bool:
         time.sleep(0.25)
 
 
+class InCluster:
+    """The fleet's actors called from this process as the gateway calls them (FleetCalls),
+    each call run to its end on an event loop of this process's own."""
+
+    def __init__(self) -> None:
+        from tryfleet.gateway.calls import FleetCalls
+
+        self.calls, self.loop = FleetCalls(), asyncio.new_event_loop()
+
+    def sched(self, method: str, *args: Any) -> Any:
+        return self.loop.run_until_complete(self.calls.sched(method, *args))
+
+    def node(self, host: str, method: str, *args: Any) -> Any:
+        return self.loop.run_until_complete(self.calls.node(host, method, *args))
+
+    def close(self) -> None:
+        self.loop.close()
+
+
 def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
-    """Creates that took a pooled VM on a calm host; misses and creates on a pressured
-    host (the scheduler waits for room there) apart."""
-    kept: dict[str, list[float]] = {"hit": [], "miss": [], "pressured": []}
-    why: list[dict[str, Any]] = []  # each miss: the pool's count before and after, the wait
-    for _ in range(size.creates):
-        w0 = time.monotonic()
-        before = wait_warm(bench, size.pool_wait_s)
-        calm = wait_calm(http, bench, size.pressure_wait_s)
-        waited_s = round(time.monotonic() - w0, 1)
+    """Creates over HTTP, and in-cluster (the scheduler's open_sandbox, as the gateway calls
+    it) alternately; those that took a pooled VM on a calm host count, misses and creates on
+    a pressured host (the scheduler waits for room there) are reported apart."""
+    ray_ = InCluster()
+
+    def over_http() -> float:
         t0 = time.perf_counter()
         r = http.post("/v1/sandboxes", json={**GUEST, "timeout_s": 300, "wait_s": 120},
                       headers=bench.sandbox_key)
         ms = (time.perf_counter() - t0) * 1000
         if r.status_code != 201:
             raise RuntimeError(f"create: {r.status_code} {r.text[:500]}")
-        after = sum(bench.pool_ready().values())
         http.delete(f"/v1/sandboxes/{r.json()['id']}", headers=bench.sandbox_key)
-        kind = create_kind(before, after, calm)
-        kept[kind].append(ms)
-        if kind == "miss":
-            why.append({"ms": round(ms, 1), "ready_before": before, "ready_after": after,
-                        "waited_s": waited_s})
-    got = stats(kept["hit"])
-    return {"sandbox_create_p50_ms": got.get("p50"), "sandbox_create_ms": got,
-            "sandbox_create_pool_misses": len(kept["miss"]),
-            "sandbox_create_misses": why,
-            "sandbox_create_pressured": len(kept["pressured"]),
-            "sandbox_create_pressured_ms": [round(m, 1) for m in kept["pressured"]]}
+        return ms
+
+    def in_cluster() -> float:
+        t0 = time.perf_counter()
+        rec = ray_.sched("open_sandbox", "bench", GUEST["image"], GUEST["cpus"],
+                         GUEST["mem_mib"], None, 300.0, {}, "", "", {}, 120.0)
+        ms = (time.perf_counter() - t0) * 1000
+        ray_.sched("close_sandbox", rec["id"], None)
+        return ms
+
+    kept: dict[str, list[float]] = {}
+    why: list[dict[str, Any]] = []  # each miss: the pool's count before and after, the wait
+    try:
+        for i in range(size.creates * 2):
+            path, fn = (("http", over_http), ("in_cluster", in_cluster))[i % 2]
+            w0 = time.monotonic()
+            before = wait_warm(bench, size.pool_wait_s)
+            calm = wait_calm(http, bench, size.pressure_wait_s)
+            waited_s = round(time.monotonic() - w0, 1)
+            ms = fn()
+            kind = create_kind(before, sum(bench.pool_ready().values()), calm)
+            kept.setdefault(f"{path} {kind}", []).append(ms)
+            if kind != "hit":
+                why.append({"path": path, "kind": kind, "ms": round(ms, 1),
+                            "ready_before": before, "waited_s": waited_s})
+    finally:
+        ray_.close()
+    http_, ray_hits = stats(kept.get("http hit", [])), stats(kept.get("in_cluster hit", []))
+    return {"sandbox_create_p50_ms": http_.get("p50"),
+            "sandbox_create_ms": {"http": http_, "in_cluster": ray_hits},
+            "sandbox_create_pool_misses": sum(1 for w in why if w["kind"] == "miss"),
+            "sandbox_create_pressured": sum(1 for w in why if w["kind"] == "pressured"),
+            "sandbox_create_not_counted": why}
 
 
 def create_kind(ready_before: int, ready_after: int, calm: bool) -> str:
@@ -223,15 +263,13 @@ def create_kind(ready_before: int, ready_after: int, calm: bool) -> str:
 def exec_samples(http: Any, bench: BenchFleet, sid: str, host: str, pairs: int
                  ) -> dict[str, Any]:
     """`true` over HTTP and in-cluster, alternately (which goes first alternates too)."""
-    from tryfleet.gateway.calls import FleetCalls
     from tryfleet.wire import ExecReply, ExecRequest, pack, unpack
 
-    calls, req, loop = FleetCalls(), pack(ExecRequest(("true",))), asyncio.new_event_loop()
+    ray_, req = InCluster(), pack(ExecRequest(("true",)))
 
     def in_cluster() -> float:
         t0 = time.perf_counter()
-        reply = unpack(ExecReply, loop.run_until_complete(
-            calls.node(host, "sandbox_exec", sid, req)))
+        reply = unpack(ExecReply, ray_.node(host, "sandbox_exec", sid, req))
         ms = (time.perf_counter() - t0) * 1000
         if reply.exit_code != 0:
             raise RuntimeError(f"in-cluster `true` exited {reply.exit_code}")
@@ -255,7 +293,7 @@ def exec_samples(http: Any, bench: BenchFleet, sid: str, host: str, pairs: int
             for name, fn in order if i % 2 else order[::-1]:
                 times[name].append(fn())
     finally:
-        loop.close()
+        ray_.close()
     http_p50, ray_p50 = percentile(times["http"], 50), percentile(times["in_cluster"], 50)
     paired = [h - r for h, r in zip(times["http"], times["in_cluster"], strict=True)]
     return {"exec_true_p50_ms": {"http": round(http_p50, 2),
@@ -364,7 +402,8 @@ def _print(result: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> N
                                                     "ms")),
             ("  paired gap p50", f"{f['exec_true_paired_gap_p50_ms']} ms"),
             ("sandbox create (pool hit) p50", _verdict(met, "sandbox_create_p50_ms", "ms")),
-            ("  pool hits / misses / pressured", f"{f['sandbox_create_ms']['n']} / "
+            ("  in-cluster p50", f"{f['sandbox_create_ms']['in_cluster'].get('p50')} ms"),
+            ("  hits (HTTP) / misses / pressured", f"{f['sandbox_create_ms']['http']['n']} / "
              f"{f['sandbox_create_pool_misses']} / {f['sandbox_create_pressured']}"),
             (f"status {STATUS_PATH}", _verdict(met, "status_requests_per_s", "requests/s")),
             ("  errors", str(f["status"]["errors"])),

@@ -41,10 +41,12 @@ def test_stats_of_no_samples_is_only_their_count():
 def test_chart_sets_http_beside_the_in_cluster_path():
     result = {"exec_true_p50_ms": {"http": 40.0, "in_cluster": 38.0},
               "sandbox_create_p50_ms": 12.0, "sse_first_event_ms": 5.0,
+              "sandbox_create_ms": {"http": {"p50": 12.0}, "in_cluster": {"n": 0}},
               "status_requests_per_s": 1100.0}
     drawn = {(b.series, b.metric): b.value for b in bars(api.CHART, result)}
     assert drawn[("HTTP", "exec true p50")] == 40.0
     assert drawn[("in-cluster", "exec true p50")] == 38.0
+    assert ("in-cluster", "sandbox create, pool hit p50") not in drawn  # no hit: no bar
 
 
 def test_a_create_is_a_hit_only_when_it_took_a_pooled_vm_on_a_calm_host():
