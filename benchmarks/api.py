@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     with fleet(getattr(args, "attach", None), VARIANTS, POOL_READY) as bench:
         for variant in VARIANTS:
-            per[variant.name] = measure(bench, bench.urls[variant.name], size)
+            per[variant.name] = measure(bench, variant.name, size)
     first = VARIANTS[0].name
     result: dict[str, Any] = {
         "gateway": first, **per[first], "targets": verdicts(per[first]),
@@ -133,9 +133,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def measure(bench: BenchFleet, url: str, size: Size) -> dict[str, Any]:
+def measure(bench: BenchFleet, variant: str, size: Size) -> dict[str, Any]:
     """Every figure of one gateway."""
     import httpx
+
+    url, pid = bench.urls[variant], bench.gateway_pids.get(variant)
 
     with httpx.Client(base_url=url, timeout=120) as http:
         creates = create_samples(http, bench, size)
@@ -144,8 +146,8 @@ def measure(bench: BenchFleet, url: str, size: Size) -> dict[str, Any]:
             wait_warm(bench, size.pool_wait_s)  # its refill done before anything is timed
             exec_ = exec_samples(http, bench, sid, host, size.exec_pairs)
             sse = sse_samples(http, bench, sid, size.sse)
-            status = load(url, STATUS_PATH, bench.admin_key, size)
-            one = load(url, f"/v1/sandboxes/{sid}", bench.sandbox_key, size)
+            status = load(url, STATUS_PATH, bench.admin_key, size, pid)
+            one = load(url, f"/v1/sandboxes/{sid}", bench.sandbox_key, size, pid)
         finally:
             http.delete(f"/v1/sandboxes/{sid}", headers=bench.sandbox_key)
     return {**exec_, **creates, **sse,
@@ -335,10 +337,12 @@ def sse_samples(http: Any, bench: BenchFleet, sid: str, n: int) -> dict[str, Any
 
 
 # ---- status load from several processes ------------------------------------------------------
-def load(url: str, path: str, headers: dict[str, str], size: Size) -> dict[str, Any]:
+def load(url: str, path: str, headers: dict[str, str], size: Size,
+         gateway_pid: int | None) -> dict[str, Any]:
     """size.procs processes, each one keep-alive client sending GET path back to back for
     size.status_s once all are connected: successful requests/s (summed over the processes,
-    each over its own elapsed time), errors, latency."""
+    each over its own elapsed time), errors, latency; and the CPU time the gateway's process
+    and the clients spent per request (what 2 cores can give bounds the rate)."""
     ctx = multiprocessing.get_context("spawn")  # never fork a Ray driver
     ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_client, args=(url, path, headers, size.status_s, ready, go,
@@ -348,19 +352,37 @@ def load(url: str, path: str, headers: dict[str, str], size: Size) -> dict[str, 
     try:
         for _ in procs:
             ready.get(timeout=120)
+        cpu0 = _cpu_s(gateway_pid)
         go.set()
         got = [out.get(timeout=size.status_s + 120) for _ in procs]
+        cpu1 = _cpu_s(gateway_pid)
     finally:
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
     lat = [x for g in got for x in g["latency_ms"]]
+    n = sum(g["ok"] + g["errors"] for g in got) or 1
+    gateway_cpu = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000 / n, 3)
     return {"path": path, "procs": size.procs, "duration_s": size.status_s,
             "requests_per_s": round(sum(g["ok"] / g["elapsed_s"] for g in got), 1),
             "ok": sum(g["ok"] for g in got), "errors": sum(g["errors"] for g in got),
             "statuses": sorted({s for g in got for s in g["statuses"]}),
-            "latency_ms": stats(lat)}
+            "latency_ms": stats(lat), "gateway_cpu_ms_per_request": gateway_cpu,
+            "client_cpu_ms_per_request": round(sum(g["cpu_s"] for g in got) * 1000 / n, 3)}
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """User and system CPU seconds of a process of this host so far (None: not here)."""
+    import psutil
+
+    if pid is None:
+        return None
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(t.user + t.system)
 
 
 def _client(url: str, path: str, headers: dict[str, str], duration_s: float, ready: Any,
@@ -374,7 +396,7 @@ def _client(url: str, path: str, headers: dict[str, str], duration_s: float, rea
         ok = errors = 0
         statuses: set[int] = set()
         lat: list[float] = []
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         end = start + duration_s
         while (t0 := time.perf_counter()) < end:
             r = c.get(path)
@@ -386,7 +408,8 @@ def _client(url: str, path: str, headers: dict[str, str], duration_s: float, rea
             else:
                 errors += 1
         out.put({"ok": ok, "errors": errors, "statuses": sorted(statuses), "latency_ms": lat,
-                 "elapsed_s": time.perf_counter() - start})
+                 "elapsed_s": time.perf_counter() - start,
+                 "cpu_s": time.process_time() - cpu})
 
 
 # ---- the table -------------------------------------------------------------------------------
@@ -407,6 +430,9 @@ def _print(result: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> N
              f"{f['sandbox_create_pool_misses']} / {f['sandbox_create_pressured']}"),
             (f"status {STATUS_PATH}", _verdict(met, "status_requests_per_s", "requests/s")),
             ("  errors", str(f["status"]["errors"])),
+            ("  CPU per request: gateway / client",
+             f"{f['status']['gateway_cpu_ms_per_request']} / "
+             f"{f['status']['client_cpu_ms_per_request']} ms"),
             ("GET /v1/sandboxes/{id}", f"{f['sandbox_get']['requests_per_s']} requests/s"),
             ("first SSE event p50", f"{f['sse_first_event_ms']} ms "
                                     f"({', '.join(f['sse_first_event_kinds'])})"),

@@ -57,6 +57,7 @@ class BenchFleet:
     admin_key: dict[str, str]
     nodes: dict[str, Any]
     report: dict[str, Any] = field(default_factory=dict)
+    gateway_pids: dict[str, int] = field(default_factory=dict)  # variant -> its process
 
     def pool_ready(self) -> dict[str, int]:
         """Ready pooled VMs of GUEST's kind, per host, from the node agents themselves."""
@@ -117,7 +118,8 @@ def own_fleet(variants: Sequence[GatewayVariant], pool_ready: int) -> Iterator[B
                 held = [cluster.ensure_scheduler(own, detached=False)]
                 _wait_for_host(held[0])
                 for v in variants:
-                    handle, bench.urls[v.name] = start_variant(v, own)
+                    handle, bench.urls[v.name], bench.gateway_pids[v.name] = \
+                        start_variant(v, own)
                     held.append(handle)  # not detached: alive while a handle is held
                 bench.sandbox_key = _bearer(keys, Scope.SANDBOX)
                 bench.admin_key = _bearer(keys, Scope.ADMIN)
@@ -146,9 +148,9 @@ def own_data_dir(shared: Path) -> Path:
     return own
 
 
-def start_variant(variant: GatewayVariant, data_dir: Path) -> tuple[Any, str]:
+def start_variant(variant: GatewayVariant, data_dir: Path) -> tuple[Any, str, int]:
     """A gateway actor of this variant, named apart from the others, on a free loopback port:
-    (its handle, its URL)."""
+    (its handle, its URL, its process id)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -163,7 +165,8 @@ def start_variant(variant: GatewayVariant, data_dir: Path) -> tuple[Any, str]:
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     ).remote(str(data_dir), str(cluster.ledger_path(data_dir)),
              f"127.0.0.1:{local.free_port()}", **dict(variant.options))
-    return actor, str(ray.get(actor.ping.remote(), timeout=60)["url"])
+    got = ray.get(actor.ping.remote(), timeout=60)
+    return actor, str(got["url"]), int(got["pid"])
 
 
 def _bearer(keys: Any, scope: Any) -> dict[str, str]:
@@ -199,6 +202,7 @@ def attached_fleet(data_dir: Path) -> Iterator[BenchFleet]:
     import ray
 
     from tryfleet import cluster, local
+    from tryfleet.gateway.actor import GATEWAY_NAME
     from tryfleet.wire import NAMESPACE, NODE_ACTOR_PREFIX
 
     st, url, key = cluster.state(data_dir), cluster.api_url(data_dir), local.admin_key(data_dir)
@@ -211,8 +215,11 @@ def attached_fleet(data_dir: Path) -> Iterator[BenchFleet]:
     cluster.init(str(st["address"]))
     try:
         nodes = {h: ray.get_actor(NODE_ACTOR_PREFIX + h, namespace=NAMESPACE) for h in hosts}
+        gateway = ray.get_actor(GATEWAY_NAME, namespace=NAMESPACE)
+        pinged: dict[str, Any] = ray.get(gateway.ping.remote(), timeout=60)
+        pid = int(pinged["pid"])
         yield BenchFleet({DEFAULT.name: url}, admin, admin, nodes,
-                         {"attached": str(data_dir)})
+                         {"attached": str(data_dir)}, {DEFAULT.name: pid})
     finally:
         ray.shutdown()
 
