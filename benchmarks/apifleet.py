@@ -215,7 +215,7 @@ def attached_fleet(data_dir: Path) -> Iterator[BenchFleet]:
     cluster.init(str(st["address"]))
     try:
         nodes = {h: ray.get_actor(NODE_ACTOR_PREFIX + h, namespace=NAMESPACE) for h in hosts}
-        gateway = ray.get_actor(GATEWAY_NAME, namespace=NAMESPACE)
+        gateway: Any = ray.get_actor(GATEWAY_NAME, namespace=NAMESPACE)
         pinged: dict[str, Any] = ray.get(gateway.ping.remote(), timeout=60)
         pid = int(pinged["pid"])
         yield BenchFleet({DEFAULT.name: url}, admin, admin, nodes,
