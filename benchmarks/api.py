@@ -235,9 +235,10 @@ def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
         for i in range(size.creates * 2):
             path, fn = (("http", over_http), ("in_cluster", in_cluster))[i % 2]
             w0 = time.monotonic()
-            before = wait_warm(bench, size.pool_wait_s)
+            wait_warm(bench, size.pool_wait_s)
             calm = wait_calm(http, bench, size.pressure_wait_s)
             waited_s = round(time.monotonic() - w0, 1)
+            before = sum(bench.pool_ready().values())  # read last: a fill may end meanwhile
             ms = fn()
             kind = create_kind(before, sum(bench.pool_ready().values()), calm)
             kept.setdefault(f"{path} {kind}", []).append(ms)
