@@ -8,8 +8,9 @@
   alternating with the same through the scheduler's open_sandbox in-cluster; before
   each create, the node agent's pool has a ready VM again (waited for, read from the agent) and
   the scheduler sees the host under no pressure (waited for, up to 30 s). A create that did not
-  take a pooled VM (the pool's count did not drop) is a miss, one begun on a pressured host
-  (where the scheduler waits for room) is "pressured": both reported apart, not in the figures.
+  take a pooled VM (its VM is not one the node agent held before) is a miss, one begun on a
+  pressured host (where the scheduler waits for room) is "pressured": both reported apart, not
+  in the figures.
 - status: GET /v1/fleet, the fleet's status (the API's "status"; admin key), from several client
   processes, each one keep-alive httpx client sending back to back for a fixed time; also GET
   /v1/sandboxes/{id}, the status of one sandbox (a ledger read per request, no cache).
@@ -211,26 +212,27 @@ def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
     a pressured host (the scheduler waits for room there) are reported apart."""
     ray_ = InCluster()
 
-    def over_http() -> float:
+    def over_http() -> tuple[float, str]:
         t0 = time.perf_counter()
         r = http.post("/v1/sandboxes", json={**GUEST, "timeout_s": 300, "wait_s": 120},
                       headers=bench.sandbox_key)
         ms = (time.perf_counter() - t0) * 1000
         if r.status_code != 201:
             raise RuntimeError(f"create: {r.status_code} {r.text[:500]}")
+        vm = str(ray_.sched("get_sandbox", r.json()["id"])["vm"])  # HTTP does not show it
         http.delete(f"/v1/sandboxes/{r.json()['id']}", headers=bench.sandbox_key)
-        return ms
+        return ms, vm
 
-    def in_cluster() -> float:
+    def in_cluster() -> tuple[float, str]:
         t0 = time.perf_counter()
         rec = ray_.sched("open_sandbox", "bench", GUEST["image"], GUEST["cpus"],
                          GUEST["mem_mib"], None, 300.0, {}, "", "", {}, 120.0)
         ms = (time.perf_counter() - t0) * 1000
         ray_.sched("close_sandbox", rec["id"], None)
-        return ms
+        return ms, str(rec["vm"])
 
     kept: dict[str, list[float]] = {}
-    why: list[dict[str, Any]] = []  # each miss: the pool's count before and after, the wait
+    why: list[dict[str, Any]] = []  # each one not counted, and how long the run waited
     try:
         for i in range(size.creates * 2):
             path, fn = (("http", over_http), ("in_cluster", in_cluster))[i % 2]
@@ -238,13 +240,13 @@ def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
             wait_warm(bench, size.pool_wait_s)
             calm = wait_calm(http, bench, size.pressure_wait_s)
             waited_s = round(time.monotonic() - w0, 1)
-            before = sum(bench.pool_ready().values())  # read last: a fill may end meanwhile
-            ms = fn()
-            kind = create_kind(before, sum(bench.pool_ready().values()), calm)
+            before = bench.vms()  # read last: a fill may end meanwhile
+            ms, vm = fn()
+            kind = create_kind(vm, before, calm)
             kept.setdefault(f"{path} {kind}", []).append(ms)
             if kind != "hit":
                 why.append({"path": path, "kind": kind, "ms": round(ms, 1),
-                            "ready_before": before, "waited_s": waited_s})
+                            "waited_s": waited_s})
     finally:
         ray_.close()
     http_, ray_hits = stats(kept.get("http hit", [])), stats(kept.get("in_cluster hit", []))
@@ -255,10 +257,11 @@ def create_samples(http: Any, bench: BenchFleet, size: Size) -> dict[str, Any]:
             "sandbox_create_not_counted": why}
 
 
-def create_kind(ready_before: int, ready_after: int, calm: bool) -> str:
-    """A pool miss when the pool's count did not drop (no pooled VM was taken); else
-    "pressured" when the host was under pressure as it began; else a hit."""
-    if ready_after >= ready_before:
+def create_kind(vm: str, held_before: set[str], calm: bool) -> str:
+    """A pool miss when the sandbox's VM is not one the node agent held before the create
+    (with no sandbox open then, those are its pooled VMs: a miss restores or boots a new
+    one); else "pressured" when the host was under pressure as it began; else a hit."""
+    if vm not in held_before:
         return "miss"
     return "hit" if calm else "pressured"
 

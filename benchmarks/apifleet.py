@@ -59,6 +59,15 @@ class BenchFleet:
     report: dict[str, Any] = field(default_factory=dict)
     gateway_pids: dict[str, int] = field(default_factory=dict)  # variant -> its process
 
+    def vms(self) -> set[str]:
+        """The VMs the node agents hold now (pooled ones, ready or filling, and sandboxes')."""
+        import ray
+
+        from tryfleet.wire import HostStatus, unpack_map
+
+        return {vm for node in self.nodes.values() for st in unpack_map(
+            HostStatus, ray.get(node.status_all.remote(), timeout=30)).values() for vm in st.vms}
+
     def pool_ready(self) -> dict[str, int]:
         """Ready pooled VMs of GUEST's kind, per host, from the node agents themselves."""
         import ray

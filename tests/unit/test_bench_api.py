@@ -49,8 +49,8 @@ def test_chart_sets_http_beside_the_in_cluster_path():
     assert ("in-cluster", "sandbox create, pool hit p50") not in drawn  # no hit: no bar
 
 
-def test_a_create_is_a_hit_only_when_it_took_a_pooled_vm_on_a_calm_host():
-    assert api.create_kind(1, 0, calm=True) == "hit"
-    assert api.create_kind(1, 1, calm=True) == "miss"  # the count did not drop
-    assert api.create_kind(0, 0, calm=True) == "miss"  # the pool never refilled
-    assert api.create_kind(1, 0, calm=False) == "pressured"
+def test_a_create_is_a_hit_only_when_it_took_a_vm_held_before_on_a_calm_host():
+    pooled = {"tryfleet-snap-1", "tryfleet-snap-2"}
+    assert api.create_kind("tryfleet-snap-1", pooled, calm=True) == "hit"
+    assert api.create_kind("tryfleet-snap-3", pooled, calm=True) == "miss"  # made for it
+    assert api.create_kind("tryfleet-snap-1", pooled, calm=False) == "pressured"
