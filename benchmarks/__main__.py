@@ -1,4 +1,4 @@
-"""python -m benchmarks NAME [--json] [--save DIR] [--quick] [--real]
+"""python -m benchmarks NAME [--json] [--save DIR] [--quick] [--real] [--attach DATA_DIR]
 
 Exits 0, or 1 when the scenario defines `failed(result)` and it says so (soak's checks)."""
 
@@ -21,6 +21,7 @@ SCENARIOS = {
     "campaign": "a small pytest suite N times: pooled+restore vs a fresh boot each",
     "soak": "the scheduler under chaos (processes killed, hosts removed): nothing lost",
     "audit": "audit trail: append latency under concurrent appends, verify records/s",
+    "api": "the HTTP API against the in-cluster path: exec, sandbox create, status, SSE",
 }
 
 
@@ -33,6 +34,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
     p.add_argument("--real", action="store_true",
                    help="soak: real VMs on this host instead of simulated hosts")
+    p.add_argument("--attach", type=Path, default=None, metavar="DATA_DIR",
+                   help="api: measure the fleet `tryfleet up` started with this data dir "
+                        "instead of starting one")
     args = p.parse_args()
     module = importlib.import_module(f"benchmarks.{args.name}")
     result = module.run(args)
