@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .apiaudit import UNAUDITED, audit_cost
 from .apifleet import DEFAULT, GUEST, BenchFleet, GatewayVariant, fleet, machine_load
 from .common import percentile, print_table
 
@@ -115,7 +116,8 @@ def verdicts(figures: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 # ---- the run ---------------------------------------------------------------------------------
 def variants(args: argparse.Namespace) -> tuple[GatewayVariant, ...]:
     """The gateway configurations to measure, side by side in one fleet: the one `tryfleet up`
-    runs first (the top level of the result), then any other the arguments ask for."""
+    runs first (the top level of the result), then any other the arguments ask for. The
+    unaudited gateway is started beside them for the audit's cost alone (apiaudit.py)."""
     return (DEFAULT,)
 
 
@@ -124,16 +126,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = machine_load()
     per: dict[str, dict[str, Any]] = {}
     measured = variants(args)
-    with fleet(getattr(args, "attach", None), measured, POOL_READY) as bench:
+    attach = getattr(args, "attach", None)
+    started = measured if attach else (*measured, UNAUDITED)  # a fleet's own: no second one
+    cost: dict[str, Any] | None = None
+    with fleet(attach, started, POOL_READY) as bench:
         for variant in measured:
             per[variant.name] = measure(bench, variant.name, size)
+        if not attach:
+            cost = audit_cost_on(bench, measured[0].name, size)
     first = measured[0].name
     result: dict[str, Any] = {
         "gateway": first, **per[first], "targets": verdicts(per[first]),
         "status_path": STATUS_PATH, "size": asdict(size), "fleet": bench.report,
         "load": {"before": load_before, "after": machine_load()},
-        "guest": GUEST,
+        "guest": GUEST, "audit_cost": cost,
     }
+    if cost is not None:
+        result["targets"]["audit_cost_p50_ms"] = {
+            "value": cost["audit_cost_p50_ms"], "target": f"<= {cost['target_ms']:g}",
+            "met": cost["met"]}
     if len(per) > 1:
         result["variants"] = {n: {**f, "targets": verdicts(f)} for n, f in per.items()}
     _print(result, per)
@@ -160,6 +171,18 @@ def measure(bench: BenchFleet, variant: str, size: Size) -> dict[str, Any]:
     return {**exec_, **creates, **sse,
             "status_requests_per_s": status["requests_per_s"], "status": status,
             "sandbox_get": one}
+
+
+def audit_cost_on(bench: BenchFleet, variant: str, size: Size) -> dict[str, Any]:
+    """What the audit costs exec `true`, on a sandbox of its own."""
+    import httpx
+
+    with httpx.Client(base_url=bench.urls[variant], timeout=120) as http:
+        sid, _ = open_sandbox(http, bench)
+        try:
+            return audit_cost(bench, variant, sid, size.exec_pairs)
+        finally:
+            http.delete(f"/v1/sandboxes/{sid}", headers=bench.sandbox_key)
 
 
 def open_sandbox(http: Any, bench: BenchFleet) -> tuple[str, str]:
@@ -449,6 +472,12 @@ def _print(result: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> N
             ("first stdout event / exit p50", f"{f['sse_ms']['first_stdout'].get('p50')} / "
                                               f"{f['sse_ms']['exit'].get('p50')} ms"),
         ])
+    cost = result["audit_cost"]
+    if cost is not None:
+        print(f"audit cost, exec true p50: on {cost['exec_true_p50_ms_audit_on']} ms, off "
+              f"{cost['exec_true_p50_ms_audit_off']} ms: {cost['audit_cost_p50_ms']:+} ms "
+              f"(paired {cost['audit_cost_paired_p50_ms']:+} ms; target <= "
+              f"{cost['target_ms']:g}: {'met' if cost['met'] else 'missed'})")
     print(f"load before: {result['load']['before']['loadavg']}, after: "
           f"{result['load']['after']['loadavg']}; leftover domains: "
           f"{result['fleet'].get('leftover_domains', 'n/a')}")
