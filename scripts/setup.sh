@@ -17,10 +17,11 @@ fi
 # What a bare Debian 12 needs besides its base system, checked by tests/unit/test_setup_script.py:
 #   QEMU (x86 system emulator with SeaBIOS; qemu-img), libvirtd with its QEMU driver and virsh,
 #   libvirt-python's build (libvirt-dev, pkg-config, gcc, python3-dev), the venv,
-#   image builds (debootstrap and wget, busybox-static for the initramfs, mkfs.ext4).
+#   image builds (debootstrap and wget, busybox-static for the initramfs, mkfs.ext4),
+#   the sqlite3 shell (to read the ledger and the audit trail by hand).
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
           pkg-config gcc python3-venv python3-dev debootstrap busybox-static e2fsprogs
-          ca-certificates)
+          ca-certificates sqlite3)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
