@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .apiaudit import UNAUDITED, audit_cost
 from .apifleet import DEFAULT, GUEST, BenchFleet, GatewayVariant, fleet, machine_load
+from .apiload import load, stats
 from .common import percentile, print_table
 
 TARGET_EXEC_GAP_MS = 3.0  # HTTP p50 within this of the in-cluster p50
@@ -69,14 +69,6 @@ def chart(result: Mapping[str, Any]) -> list[tuple[str, float]]:
 
 
 CHART = chart
-
-
-def stats(samples_ms: Sequence[float]) -> dict[str, Any]:
-    """n, p50, p90, p99 (ms, nearest rank) of a sample; only n when it is empty."""
-    if not samples_ms:
-        return {"n": 0}
-    return {"n": len(samples_ms),
-            **{f"p{p}": round(percentile(samples_ms, p), 2) for p in (50, 90, 99)}}
 
 
 def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
@@ -164,8 +156,9 @@ def measure(bench: BenchFleet, variant: str, size: Size) -> dict[str, Any]:
             wait_warm(bench, size.pool_wait_s)  # its refill done before anything is timed
             exec_ = exec_samples(http, bench, sid, host, size.exec_pairs)
             sse = sse_samples(http, bench, sid, size.sse)
-            status = load(url, STATUS_PATH, bench.admin_key, size, pid)
-            one = load(url, f"/v1/sandboxes/{sid}", bench.sandbox_key, size, pid)
+            status = load(url, STATUS_PATH, bench.admin_key, size.procs, size.status_s, pid)
+            one = load(url, f"/v1/sandboxes/{sid}", bench.sandbox_key, size.procs,
+                       size.status_s, pid)
         finally:
             http.delete(f"/v1/sandboxes/{sid}", headers=bench.sandbox_key)
     return {**exec_, **creates, **sse,
@@ -370,81 +363,6 @@ def sse_samples(http: Any, bench: BenchFleet, sid: str, n: int) -> dict[str, Any
 
 
 # ---- status load from several processes ------------------------------------------------------
-def load(url: str, path: str, headers: dict[str, str], size: Size,
-         gateway_pid: int | None) -> dict[str, Any]:
-    """size.procs processes, each one keep-alive client sending GET path back to back for
-    size.status_s once all are connected: successful requests/s (summed over the processes,
-    each over its own elapsed time), errors, latency; and the CPU time the gateway's process
-    and the clients spent per request (what 2 cores can give bounds the rate)."""
-    ctx = multiprocessing.get_context("spawn")  # never fork a Ray driver
-    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(url, path, headers, size.status_s, ready, go,
-                                               out), daemon=True) for _ in range(size.procs)]
-    for p in procs:
-        p.start()
-    try:
-        for _ in procs:
-            ready.get(timeout=120)
-        cpu0 = _cpu_s(gateway_pid)
-        go.set()
-        got = [out.get(timeout=size.status_s + 120) for _ in procs]
-        cpu1 = _cpu_s(gateway_pid)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    lat = [x for g in got for x in g["latency_ms"]]
-    n = sum(g["ok"] + g["errors"] for g in got) or 1
-    gateway_cpu = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000 / n, 3)
-    return {"path": path, "procs": size.procs, "duration_s": size.status_s,
-            "requests_per_s": round(sum(g["ok"] / g["elapsed_s"] for g in got), 1),
-            "ok": sum(g["ok"] for g in got), "errors": sum(g["errors"] for g in got),
-            "statuses": sorted({s for g in got for s in g["statuses"]}),
-            "latency_ms": stats(lat), "gateway_cpu_ms_per_request": gateway_cpu,
-            "client_cpu_ms_per_request": round(sum(g["cpu_s"] for g in got) * 1000 / n, 3)}
-
-
-def _cpu_s(pid: int | None) -> float | None:
-    """User and system CPU seconds of a process of this host so far (None: not here)."""
-    import psutil
-
-    if pid is None:
-        return None
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return None
-    return float(t.user + t.system)
-
-
-def _client(url: str, path: str, headers: dict[str, str], duration_s: float, ready: Any,
-            go: Any, out: Any) -> None:
-    import httpx
-
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
-        c.get(path).raise_for_status()  # connected, and the key works
-        ready.put(True)
-        go.wait()
-        ok = errors = 0
-        statuses: set[int] = set()
-        lat: list[float] = []
-        start, cpu = time.perf_counter(), time.process_time()
-        end = start + duration_s
-        while (t0 := time.perf_counter()) < end:
-            r = c.get(path)
-            done = time.perf_counter()
-            statuses.add(r.status_code)
-            if r.status_code == 200:
-                ok += 1
-                lat.append((done - t0) * 1000)
-            else:
-                errors += 1
-        out.put({"ok": ok, "errors": errors, "statuses": sorted(statuses), "latency_ms": lat,
-                 "elapsed_s": time.perf_counter() - start,
-                 "cpu_s": time.process_time() - cpu})
-
-
 # ---- the table -------------------------------------------------------------------------------
 def _print(result: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> None:
     for name, f in per.items():
