@@ -23,7 +23,6 @@ benchmark's comparison) records nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -128,7 +127,7 @@ class Call:
             return
         entry = self._entry(action, fields)
         if self.scope is None:  # no response to wait for: on its own
-            _detach(self._append([entry]))
+            self.audit.record_queued([entry])
         else:
             self.later.append(entry)
 
@@ -147,32 +146,16 @@ class Call:
                    self._entry("api.response", {"outcome": str(status),
                                                 "details": {"status": status}})]
         self.requested, self.later = True, []
-        _detach(self._append(entries))
-
-    async def _append(self, entries: list[Entry]) -> None:
-        assert self.audit is not None
-        try:
-            await self.audit.arecord_many(entries)
-        except AuditUnavailable as err:  # the answer is out already: say so in the log
-            log.error("request %s: %d records of what it did not written: %s",
-                      self.request_id, len(entries), err)
+        # the answer is out already: a failure is logged (by the writer), nothing to refuse
+        self.audit.record_queued(entries)
 
 
-def _detach(coro: Any) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
-_tasks: set[asyncio.Task[Any]] = set()
-
-
-async def drained() -> None:
+async def drained(audit: Audit | None) -> None:
     """Every record queued without waiting (api.response, exec.end) on disk, or failed: a
     read of the trail then sees what the answers before it did."""
-    if _tasks:
-        await asyncio.gather(*list(_tasks), return_exceptions=True)
+    if audit is not None:
+        with contextlib.suppress(AuditUnavailable):
+            await audit.flushed()
 
 
 class FleetSettling:
