@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -50,7 +49,6 @@ from tryfleet.errors import PolicyDenied, QuotaExceeded
 
 from .keys import Principal
 
-log = logging.getLogger("tryfleet.gateway")
 STATE_KEY = "audit_call"
 UNAUDITED = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
