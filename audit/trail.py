@@ -26,7 +26,7 @@ from .checkpoints import AuditPaths
 from .errors import AuditUnavailable
 from .record import Entry, Record
 from .verifier import Report, verify
-from .writer import Writer
+from .writer import QUEUED_HOLD_S, Writer
 
 
 def _close_at_exit(ref: weakref.ReferenceType[Audit]) -> None:
@@ -42,11 +42,12 @@ class Audit:
 
     def __init__(self, data_dir: Path | str, *, checkpoint_every: int = 1000,
                  checkpoint_s: float = 5.0, busy_timeout_s: float = 5.0,
-                 wait_s: float = 30.0) -> None:
+                 wait_s: float = 30.0, queued_hold_s: float = QUEUED_HOLD_S) -> None:
         self.paths = AuditPaths.of(data_dir)
         self.wait_s = wait_s
         self._writer = Writer(self.paths, checkpoint_every=checkpoint_every,
-                              checkpoint_s=checkpoint_s, busy_timeout_s=busy_timeout_s)
+                              checkpoint_s=checkpoint_s, busy_timeout_s=busy_timeout_s,
+                              queued_hold_s=queued_hold_s)
         self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._at_exit)  # the head signed at a normal exit too
 
@@ -93,6 +94,21 @@ class Audit:
         try:
             async with asyncio.timeout(self.wait_s):
                 return await self._writer.submit_async(entries)
+        except TimeoutError:
+            raise self._late() from None
+
+    def record_queued(self, entries: Sequence[Entry]) -> None:
+        """Append them in one transaction without waiting (what nothing comes after, such as
+        an API call's api.response): with the next records someone waits for, or within
+        queued_hold_s (a few milliseconds); one that cannot be written is logged."""
+        self._writer.submit_queued(entries)
+
+    async def flushed(self) -> None:
+        """Every record handed in before this on disk (or failed: AuditUnavailable), so that
+        a read sees what was queued before it."""
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._writer.flushed()
         except TimeoutError:
             raise self._late() from None
 

@@ -9,6 +9,12 @@ The file is made when the writer first opens it. Afterwards a missing file is ne
 again (that would start a new chain and lose the old one's place): appends are refused until
 it is back. A file replaced under the same name (another inode) is opened anew.
 
+Records nobody waits for (`submit_queued`: an api.response, an exec.end) are held back up to
+queued_hold_s (QUEUED_HOLD_S) for a transaction someone waits for, and go to disk in it, before
+its records: a gateway under load then commits once per request, not twice. A waited-for job
+commits at once with whatever is held; `flushed` waits until everything handed in before it is
+on disk.
+
 Checkpoints: after `checkpoint_every` records, or `checkpoint_s` after the first record not
 yet covered, and at close, the head is signed and appended to the checkpoints file.
 """
@@ -33,7 +39,8 @@ from .errors import AuditUnavailable
 from .record import Entry
 
 log = logging.getLogger("tryfleet.audit")
-MAX_BATCH = 512  # entries in one transaction
+MAX_BATCH = 512  # jobs in one transaction
+QUEUED_HOLD_S = 0.005  # how long records nobody waits for may wait for a transaction
 
 
 Outcome = list[int] | AuditUnavailable
@@ -42,15 +49,18 @@ Outcome = list[int] | AuditUnavailable
 @dataclass(frozen=True, slots=True)
 class _Job:
     """Entries appended together (one transaction), and who waits for their seqs: a thread
-    (a concurrent Future) or a task of an event loop (an asyncio Future of that loop)."""
+    (a concurrent Future), a task of an event loop (an asyncio Future of that loop), or
+    nobody (None: queued, see `submit_queued`)."""
 
     entries: tuple[Entry, ...]
-    done: Future[list[int]] | asyncio.Future[list[int]]
+    done: Future[list[int]] | asyncio.Future[list[int]] | None
     loop: asyncio.AbstractEventLoop | None = None
 
     def take(self) -> bool:
         """False when the caller gave up (its task cancelled): it will not act, so its
         records are not written. Once taken, a thread's job cannot be cancelled."""
+        if self.done is None:
+            return True
         if isinstance(self.done, Future):
             return self.done.set_running_or_notify_cancel()
         return not self.done.cancelled()
@@ -73,8 +83,9 @@ _STOP = object()
 class Writer:
     def __init__(self, paths: AuditPaths, *, checkpoint_every: int = 1000,
                  checkpoint_s: float = 5.0, busy_timeout_s: float = 5.0,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, queued_hold_s: float = QUEUED_HOLD_S) -> None:
         self.paths = paths
+        self.queued_hold_s = queued_hold_s
         self.checkpoint_every, self.checkpoint_s = checkpoint_every, checkpoint_s
         self.busy_timeout_s = busy_timeout_s
         self.signer = signer if signer is not None else Signer(paths)
@@ -108,6 +119,16 @@ class Writer:
         self._put(_Job(tuple(entries), done, loop))
         return done
 
+    def submit_queued(self, entries: Sequence[Entry]) -> None:
+        """Append them (one transaction) without waiting: with the next transaction someone
+        waits for, or within QUEUED_HOLD_S. Not written (the trail unavailable): logged."""
+        if entries:
+            self._put(_Job(tuple(entries), None))
+
+    def flushed(self) -> asyncio.Future[list[int]]:
+        """Done once everything handed in before it is on disk (or failed)."""
+        return self.submit_async(())
+
     def _put(self, job: _Job) -> None:
         with self._lock:
             if not self._closed:
@@ -127,15 +148,21 @@ class Writer:
 
     # ---- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        held: list[_Job] = []  # queued jobs waiting for a transaction (see the docstring)
+        held_until: float | None = None
         while True:
-            wait = None if self._due is None else max(0.0, self._due - time.monotonic())
+            due = [t for t in (self._due, held_until) if t is not None]
+            wait = None if not due else max(0.0, min(due) - time.monotonic())
             try:
                 first = self._jobs.get(timeout=wait)
             except queue.Empty:
-                self._checkpoint()
+                now = time.monotonic()
+                if held_until is not None and now >= held_until:
+                    self._commit(held)
+                    held, held_until = [], None
+                if self._due is not None and now >= self._due:
+                    self._checkpoint()
                 continue
-            if first is _STOP:
-                break
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
@@ -145,7 +172,14 @@ class Writer:
             stop = _STOP in batch
             # A job whose caller gave up (a cancelled task) is dropped: it will not act.
             # The others cannot be cancelled from here on.
-            jobs = [j for j in batch if isinstance(j, _Job) and j.take()]
+            jobs = held + [j for j in batch if isinstance(j, _Job) and j.take()]
+            if (not stop and len(jobs) < MAX_BATCH and jobs
+                    and all(j.done is None for j in jobs)):
+                held = jobs  # nobody waits: wait a moment for a transaction someone does
+                if held_until is None:
+                    held_until = time.monotonic() + self.queued_hold_s
+                continue
+            held, held_until = [], None
             if jobs:
                 self._commit(jobs)
             if stop:
@@ -156,9 +190,12 @@ class Writer:
             self._db = None
 
     def _commit(self, jobs: list[_Job]) -> None:
+        entries = [e for j in jobs for e in j.entries]
+        if not entries:  # only `flushed`: nothing to write
+            self._answer(jobs, [[] for _ in jobs])
+            return
         try:
-            records = store.append(self._connection(),
-                                   [e for j in jobs for e in j.entries], self.busy_timeout_s)
+            records = store.append(self._connection(), entries, self.busy_timeout_s)
         except AuditUnavailable as err:
             self._fail(jobs, err)
             return
@@ -180,6 +217,10 @@ class Writer:
 
     def _fail(self, jobs: list[_Job], err: AuditUnavailable) -> None:
         log.error("%s", err)
+        for job in jobs:
+            if job.done is None:  # its request answered already: say what is missing
+                log.error("request %s: %d records of what it did not written",
+                          job.entries[0].request_id, len(job.entries))
         self._answer(jobs, err)
 
     @staticmethod
@@ -191,6 +232,8 @@ class Writer:
                                                           Outcome]]] = {}
         for n, job in enumerate(jobs):
             outcome = outcomes if isinstance(outcomes, AuditUnavailable) else outcomes[n]
+            if job.done is None:
+                continue
             if isinstance(job.done, Future):
                 if isinstance(outcome, AuditUnavailable):
                     job.done.set_exception(outcome)
@@ -251,4 +294,4 @@ class Writer:
             self._db, self._ident = None, None
 
 
-__all__ = ["MAX_BATCH", "Writer"]
+__all__ = ["MAX_BATCH", "QUEUED_HOLD_S", "Writer"]

@@ -23,10 +23,8 @@ benchmark's comparison) records nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -51,7 +49,6 @@ from tryfleet.errors import PolicyDenied, QuotaExceeded
 
 from .keys import Principal
 
-log = logging.getLogger("tryfleet.gateway")
 STATE_KEY = "audit_call"
 UNAUDITED = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -128,7 +125,7 @@ class Call:
             return
         entry = self._entry(action, fields)
         if self.scope is None:  # no response to wait for: on its own
-            _detach(self._append([entry]))
+            self.audit.record_queued([entry])
         else:
             self.later.append(entry)
 
@@ -147,32 +144,16 @@ class Call:
                    self._entry("api.response", {"outcome": str(status),
                                                 "details": {"status": status}})]
         self.requested, self.later = True, []
-        _detach(self._append(entries))
-
-    async def _append(self, entries: list[Entry]) -> None:
-        assert self.audit is not None
-        try:
-            await self.audit.arecord_many(entries)
-        except AuditUnavailable as err:  # the answer is out already: say so in the log
-            log.error("request %s: %d records of what it did not written: %s",
-                      self.request_id, len(entries), err)
+        # the answer is out already: a failure is logged (by the writer), nothing to refuse
+        self.audit.record_queued(entries)
 
 
-def _detach(coro: Any) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
-_tasks: set[asyncio.Task[Any]] = set()
-
-
-async def drained() -> None:
+async def drained(audit: Audit | None) -> None:
     """Every record queued without waiting (api.response, exec.end) on disk, or failed: a
     read of the trail then sees what the answers before it did."""
-    if _tasks:
-        await asyncio.gather(*list(_tasks), return_exceptions=True)
+    if audit is not None:
+        with contextlib.suppress(AuditUnavailable):
+            await audit.flushed()
 
 
 class FleetSettling:

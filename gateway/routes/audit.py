@@ -93,8 +93,8 @@ def _item(r: Record) -> AuditRecord:
     return AuditRecord(**r.to_json())
 
 
-async def _read(fn: Any, *args: Any) -> Any:
-    await drained()  # what the answers before this one did is on disk
+async def _read(audit: Audit, fn: Any, *args: Any) -> Any:
+    await drained(audit)  # what the answers before this one did is on disk
     try:
         return await run_in_threadpool(fn, *args)
     except OSError as err:  # the file is gone or unreadable
@@ -114,7 +114,8 @@ async def list_records(
                request_id=request_id, action=action,
                since=None if since is None else parse_since(since),
                after_seq=cursor_of(cursor), limit=limit)
-    got: list[Record] = await _read(trail(request).select, f)
+    audit = trail(request)
+    got: list[Record] = await _read(audit, audit.select, f)
     more = len(got) == limit
     return AuditPage(items=[_item(r) for r in got],
                      next_cursor=str(got[-1].seq) if more else None)
@@ -124,7 +125,8 @@ async def list_records(
             responses=documented(401, 403, 404, 422, 503))
 async def trace(request_id: Annotated[str, Path(max_length=128)], who: Reader,
                 request: Request) -> AuditTrace:
-    got: list[Record] = await _read(trail(request).trace, request_id,
+    audit = trail(request)
+    got: list[Record] = await _read(audit, audit.trace, request_id,
                                     None if who.admin else who.tenant)
     if not got:  # another tenant's request, like one nobody made
         raise not_found(f"request {request_id!r} in the audit trail")
@@ -136,7 +138,8 @@ async def trace(request_id: Annotated[str, Path(max_length=128)], who: Reader,
 async def verify(who: Admin, request: Request) -> AuditReport:
     """`ok` false names each problem: a record edited, removed or moved, records cut off
     after a checkpoint, a checkpoint with a bad signature."""
-    report: Report = await _read(trail(request).verify)
+    audit = trail(request)
+    report: Report = await _read(audit, audit.verify)
     return AuditReport(**report.to_json())
 
 
@@ -150,7 +153,7 @@ _NDJSON: dict[int | str, dict[str, Any]] = {200: {
 async def export(who: Reader, request: Request, since: SinceQ = None,
                  tenant: TenantQ = None) -> StreamingResponse:
     audit = trail(request)
-    await drained()
+    await drained(audit)
     if not audit.paths.db.exists():
         raise AuditUnavailable(f"audit unavailable: no audit trail at {audit.paths.db}")
     lines: Iterator[str] = export_lines(audit.paths.db,

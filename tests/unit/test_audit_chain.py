@@ -22,6 +22,7 @@ from tryfleet.audit import (
     Checkpoint,
     Digest,
     Entry,
+    Filter,
     canonical_json,
     command_details,
     command_result,
@@ -415,3 +416,32 @@ def test_a_record_not_on_disk_within_the_wait_is_refused(tmp_path):
     finally:
         holder.close()
         audit.close()
+
+
+def test_queued_records_go_to_disk_with_the_next_ones_waited_for_before_them(tmp_path):
+    audit = Audit(tmp_path, queued_hold_s=60)
+    audit.record_queued([Entry.of("api.response", tenant="acme", actor="key:k1",
+                                  request_id="r1")])
+    assert note(audit, request_id="r2") == [2]
+    got = audit.select(Filter())
+    audit.close()
+    assert [(r.seq, r.action) for r in got] == [(1, "api.response"), (2, "exec.start")]
+    assert got[0].at == got[1].at  # one commit
+
+
+def test_queued_records_alone_are_on_disk_once_flushed(tmp_path):
+    audit = Audit(tmp_path, queued_hold_s=60)
+    audit.record_queued([Entry.of("api.response", tenant="acme", actor="key:k1",
+                                  request_id="r1")])
+    asyncio.run(audit.flushed())
+    assert [r.action for r in audit.trace("r1")] == ["api.response"]
+    asyncio.run(audit.flushed())  # nothing waiting: answered at once
+    audit.close()
+
+
+def test_queued_records_are_on_disk_at_close(tmp_path):
+    audit = Audit(tmp_path, queued_hold_s=60)
+    audit.record_queued([Entry.of("api.response", tenant="acme", actor="key:k1",
+                                  request_id="r1")])
+    audit.close()
+    assert [seq for seq, _, _ in rows(tmp_path)] == [1]
