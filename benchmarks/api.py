@@ -167,15 +167,20 @@ def measure(bench: BenchFleet, variant: str, size: Size) -> dict[str, Any]:
 
 
 def audit_cost_on(bench: BenchFleet, variant: str, size: Size) -> dict[str, Any]:
-    """What the audit costs exec `true`, on a sandbox of its own."""
+    """What the audit costs exec `true`, on a sandbox of its own, and status requests/s."""
     import httpx
 
     with httpx.Client(base_url=bench.urls[variant], timeout=120) as http:
         sid, _ = open_sandbox(http, bench)
         try:
-            return audit_cost(bench, variant, sid, size.exec_pairs)
+            cost = audit_cost(bench, variant, sid, size.exec_pairs)
         finally:
             http.delete(f"/v1/sandboxes/{sid}", headers=bench.sandbox_key)
+    off = UNAUDITED.name
+    status = load(bench.urls[off], STATUS_PATH, bench.admin_key, size.procs, size.status_s,
+                  bench.gateway_pids.get(off))
+    return {**cost, "status_requests_per_s_audit_off": status["requests_per_s"],
+            "status_audit_off": status}
 
 
 def open_sandbox(http: Any, bench: BenchFleet) -> tuple[str, str]:
@@ -395,7 +400,10 @@ def _print(result: Mapping[str, Any], per: Mapping[str, Mapping[str, Any]]) -> N
         print(f"audit cost, exec true p50: on {cost['exec_true_p50_ms_audit_on']} ms, off "
               f"{cost['exec_true_p50_ms_audit_off']} ms: {cost['audit_cost_p50_ms']:+} ms "
               f"(paired {cost['audit_cost_paired_p50_ms']:+} ms; target <= "
-              f"{cost['target_ms']:g}: {'met' if cost['met'] else 'missed'})")
+              f"{cost['target_ms']:g}: {'met' if cost['met'] else 'missed'}); status "
+              f"{STATUS_PATH} with the audit off: {cost['status_requests_per_s_audit_off']} "
+              f"requests/s ({cost['status_audit_off']['gateway_cpu_ms_per_request']} ms of "
+              "gateway CPU each)")
     print(f"load before: {result['load']['before']['loadavg']}, after: "
           f"{result['load']['after']['loadavg']}; leftover domains: "
           f"{result['fleet'].get('leftover_domains', 'n/a')}")
