@@ -21,6 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from tryfleet.wire import FileInfo, FileType, unpack
 
 from ..auditing import FileMove, call_of
+from ..exposure import mask_values
 from ..routes.sandbox_files import read_stream, write_stream
 from ..routes.switches import frozen_sandbox
 from .common import ApiError, E2BRoute
@@ -50,7 +51,8 @@ async def download(target: HttpTarget, path: GuestPath = None) -> StreamingRespo
     name = posixpath.basename(where).replace('"', "")
     return StreamingResponse(await read_stream(target.node, where, info.size,
                                                FileMove(call_of(target.request), target.box,
-                                                        "e2b")),
+                                                        "e2b"),
+                                               mask_values(target.request, target.box.tenant)),
                              media_type="application/octet-stream",
                              headers={"Content-Disposition": f'inline; filename="{name}"'})
 

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import posixpath
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -22,10 +22,12 @@ from pydantic import BaseModel, Field
 
 from tryfleet.audit import Digest, Digester
 from tryfleet.errors import TryfleetError
+from tryfleet.masking import StreamMasker
 from tryfleet.scheduler.sandboxes import SandboxRecord
 from tryfleet.wire import FileInfo, FileType, Listing, unpack
 
 from ..auditing import FileMove, call_of
+from ..exposure import mask_values
 from ..problems import Problem, documented
 from .sandboxes import OpenBox, ReadableBox, check_path, on_node, utf8
 
@@ -148,17 +150,20 @@ async def download(box: ReadableBox, request: Request, path: GuestPath) -> Strea
     if info.type is FileType.OTHER:
         raise Problem(400, "bad-path", f"{path!r} is not a regular file")
     return StreamingResponse(await read_stream(node, path, info.size,
-                                               FileMove(call_of(request), box)),
+                                               FileMove(call_of(request), box),
+                                               mask_values(request, box.tenant)),
                              media_type="application/octet-stream")
 
 
 async def read_stream(node: NodeCall, path: str, size: int,
-                      audit: FileMove | None = None) -> AsyncIterator[bytes]:
+                      audit: FileMove | None = None, values: Sequence[bytes] = ()
+                      ) -> AsyncIterator[bytes]:
     """The bytes of the file at `path` (of `size` bytes by its stat) in chunks as the guest
     reads them: the first chunk read before this returns (so that a file that cannot be read
     fails before an answer starts), the rest as they are taken. Too large (413) when over
     the app's MAX_BODY_BYTES. `audit`: file.read recorded before the first bytes leave (with
-    the SHA-256 of the whole when it is one chunk; else again once all was sent)."""
+    the SHA-256 of the whole when it is one chunk; else again once all was sent). `values`:
+    the tenant's secrets, each occurrence masked in what is sent (the digest is the file's)."""
     most = max_body_bytes()
     if size > most:
         raise Problem(413, "too-large", f"{path!r} is {size} bytes, over the "
@@ -168,8 +173,10 @@ async def read_stream(node: NodeCall, path: str, size: int,
     if audit is not None:
         await audit.reading(path, Digest.of(first) if whole else Digest(size, ""), whole)
 
+    masker = StreamMasker(values)
+
     async def rest() -> AsyncIterator[bytes]:
-        yield first
+        yield masker.feed(first)
         got, data = len(first), first
         sent = Digester()
         sent.update(first)
@@ -177,7 +184,10 @@ async def read_stream(node: NodeCall, path: str, size: int,
             data = await node("sandbox_read", path, got, min(CHUNK_BYTES, most - got))
             got += len(data)
             sent.update(data)
-            yield data
+            yield masker.feed(data)
+        tail = masker.flush()
+        if tail:
+            yield tail
         if audit is not None and not whole:
             audit.read_all(path, sent.digest())
 

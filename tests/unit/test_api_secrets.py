@@ -116,6 +116,14 @@ def test_a_command_sees_the_secret_and_prints_it_masked(served, box):
     assert r.json()["stdout"] == "token=" + "*" * len(VALUE) + "\n"
 
 
+def test_a_file_holding_the_secret_is_read_back_masked(served, box):
+    with http(served, served.key("acme")) as c:
+        url = f"/v1/sandboxes/{box}/files"
+        c.put(url, params={"path": "/root/leak.txt"}, content=b"k=" + VALUE.encode() + b"\n")
+        got = c.get(url, params={"path": "/root/leak.txt"})
+    assert got.content == b"k=" + b"*" * len(VALUE) + b"\n"
+
+
 def test_a_streamed_command_prints_the_secret_masked_also_split_across_writes(served, box):
     script = 'printf %s "$CI_TOKEN" | head -c 7; sleep 0.2; printf %s "$CI_TOKEN" | tail -c +8'
     with http(served, served.key("acme")) as c:
