@@ -26,11 +26,11 @@ from pathlib import Path
 import msgpack
 
 from tryfleet.errors import BadRequest, TryfleetError
-from tryfleet.private import private_db
 
 from . import ledger_reads as reads
 from . import ledger_schema
 from .core import Abandon, Finish, Launch, MarkCancelled, Requeue
+from .ledger_file import LedgerFile
 from .ledger_reads import AmbiguousId, Reads, to_row
 from .records import IN_FLIGHT, TERMINAL, Iteration, Phase, Row, check_name, qualified
 
@@ -50,35 +50,18 @@ class SuiteBudgetExceeded(LedgerError, BadRequest):
     """More iterations than the suite's budget allows."""
 
 
-class Ledger(Reads):
+class Ledger(LedgerFile, Reads):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        private_db(path)  # every iteration's output: its owner's only
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        super().__init__(path, threading.RLock())
         self.commits = 0
         with self._lock:
             ledger_schema.create(self._db)  # an older database is migrated on the way
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock:  # re-entered below (an RLock): the count moves with the commit
+            with super()._tx() as db:
+                yield db
             self.commits += 1
 
     # ---- submit ----------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class Reads:
     """Every read of the ledger over one connection (used by one thread at a time)."""
 
     _db: sqlite3.Connection
-    _lock: threading.RLock
+    _lock: threading.Lock | threading.RLock
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tryfleet.errors import BadRequest, NotFound
-from tryfleet.private import private_db
+
+from .ledger_file import LedgerFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -82,33 +81,10 @@ def not_found(sid: str) -> NotFound:
     return NotFound(f"no sandbox {sid!r}")
 
 
-class SandboxBook:
+class SandboxBook(LedgerFile):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        private_db(path)
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        super().__init__(path)
         self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # ---- writes (the scheduler's) ----------------------------------------------------------
     def record(self, rec: SandboxRecord) -> None:

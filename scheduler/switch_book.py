@@ -10,45 +10,22 @@ force when it (re)starts; the gateway reads through its own connection.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tryfleet.errors import NotFound
 
+from .ledger_file import LedgerFile
 from .ledger_schema import SWITCHES, SWITCHES_IN_FORCE
 from .switches import Level, Strength, Switch, switch_of
 
 
-class SwitchBook:
+class SwitchBook(LedgerFile):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        super().__init__(path)
         with self._tx() as db:
             db.execute(SWITCHES)
             db.execute(SWITCHES_IN_FORCE)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def flip(self, level: Level, target: str, strength: Strength, reason: str, by: str,
              now: float | None = None) -> tuple[Switch, bool]:
