@@ -5,8 +5,6 @@ a free port, keys made with KeyStore. Few VMs, small guests (2 cores here)."""
 import base64
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,9 +12,9 @@ import httpx
 import pytest
 
 from tryfleet.gateway.keys import KeyStore, Scope
-from tryfleet.images.digest import compute_digest
-from tryfleet.images.store import ImageStore
 from tryfleet.wire import unpack_list
+
+from .vmfleet import vm_fleet
 
 HOST = "apitest"
 GUEST = {"image": "base", "cpus": 1, "mem_mib": 256, "timeout_s": 600}
@@ -28,33 +26,6 @@ images = ["base"]
 [tenant.quota]
 max_sandboxes = 1
 """
-
-
-def _own_data_dir(shared: Path) -> Path:
-    """A data dir of this module's own, next to the shared one (QEMU's user must reach the
-    disks through it): its ledger, keys, policy and logs; the shared saved guests, accelerator
-    probe and run/ (the reaper must see every owner on this host); and an images/ holding only
-    the base build of this code's digest, so that a build of other code meanwhile (which
-    moves the shared `current`) does not change the guest agent under these tests."""
-    own = Path(tempfile.mkdtemp(prefix=f"{shared.name}-apitest-", dir=shared.parent))
-    own.chmod(0o755)
-    for name in ("snapshots", "run"):
-        (own / name).symlink_to(shared / name)
-    (own / "host").mkdir()
-    if (shared / "host" / "accel.json").exists():
-        shutil.copy(shared / "host" / "accel.json", own / "host" / "accel.json")
-    store = ImageStore(shared)
-    recipe = store.recipe("base")
-    for build in (shared / "images" / "base").iterdir():
-        manifest = build / "manifest.json"
-        if manifest.exists() and compute_digest(recipe.path, json.loads(
-                manifest.read_text())["kernel_package"]) == build.name:
-            (own / "images" / "base").mkdir(parents=True)
-            (own / "images" / "base" / build.name).symlink_to(build)
-            (own / "images" / "base" / "current").write_text(build.name + "\n")
-            return own
-    shutil.rmtree(own)
-    pytest.fail("no base image of this code's guest agent: run `tryfleet image build base`")
 
 
 class Fleet:
@@ -80,38 +51,11 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(data_dir):
-    from tryfleet import cluster
-
-    cluster.secure_ray()
-    import ray
-
-    from tryfleet.gateway.actor import start_gateway
-    from tryfleet.nodeagent.actor import start_node_actor
-    from tryfleet.wire import NAMESPACE
-
-    own = _own_data_dir(data_dir)
-    (own / "policy.toml").write_text(POLICY)
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace=NAMESPACE,
-             include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    keys = KeyStore(cluster.ledger_path(own), own)
-    try:
-        node = start_node_actor(str(own), HOST, detached=False, pool_max_per_key=1)
-        sched = cluster.ensure_scheduler(own, detached=False)
-        deadline = time.monotonic() + 120
-        while not any(h["cpus"] for h in ray.get(sched.status.remote())["hosts"]):
-            assert time.monotonic() < deadline, "the scheduler did not see the host"
-            time.sleep(0.2)
-        gateway, url = start_gateway(own, cluster.ledger_path(own), "127.0.0.1:0",
-                                     detached=False)
-        f = Fleet(url, own, keys, node)
-        f.actors = [sched, gateway]
+    with vm_fleet(data_dir, HOST, POLICY) as v:
+        f = Fleet(v.url, v.data, v.keys, v.node)
+        f.actors = list(v.actors)
         yield f
         f.http.close()
-        ray.get(node.shutdown.remote(), timeout=120)
-    finally:
-        keys.close()
-        ray.shutdown()
-        shutil.rmtree(own, ignore_errors=True)  # the shared folders are symlinks
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,18 @@ back masked from the API, and after the run nothing in the data directory that h
 outputs, keys, secrets or records is readable by anyone but its owner."""
 
 import os
-import shutil
 import sqlite3
 import stat
-import time
 
 import httpx
 import pytest
 
 import tryfleet
-from tryfleet.gateway.keys import KeyStore, Scope
+from tryfleet.gateway.keys import Scope
 from tryfleet.scheduler.records import Iteration
 
-from .test_api_sandboxes import GUEST, _own_data_dir
+from .test_api_sandboxes import GUEST
+from .vmfleet import vm_fleet
 
 pytestmark = pytest.mark.vm
 HOST = "guardtest"
@@ -27,39 +26,12 @@ POLICY = '[default]\nsecrets = ["CI_*"]\n'
 
 @pytest.fixture(scope="module")
 def fleet(data_dir):
-    from tryfleet import cluster
-
-    cluster.secure_ray()
-    import ray
-
-    from tryfleet.gateway.actor import start_gateway
-    from tryfleet.nodeagent.actor import start_node_actor
-    from tryfleet.wire import NAMESPACE
-
-    own = _own_data_dir(data_dir)
-    (own / "policy.toml").write_text(POLICY)
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace=NAMESPACE,
-             include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    keys = KeyStore(cluster.ledger_path(own), own)
-    try:
-        node = start_node_actor(str(own), HOST, detached=False, pool_max_per_key=1)
-        sched = cluster.ensure_scheduler(own, detached=False)
-        deadline = time.monotonic() + 120
-        while not any(h["cpus"] for h in ray.get(sched.status.remote())["hosts"]):
-            assert time.monotonic() < deadline, "the scheduler did not see the host"
-            time.sleep(0.2)
-        gateway, url = start_gateway(own, cluster.ledger_path(own), "127.0.0.1:0",
-                                     detached=False)
-        _, admin = keys.create("default", frozenset({Scope.ADMIN}), created_by="test")
-        _, acme = keys.create("acme", frozenset({Scope.SANDBOX, Scope.BATCH}),
-                              created_by="test")
-        tryfleet.connect(url, admin).secrets.set("acme", "CI_TOKEN", VALUE)
-        yield {"url": url, "data": own, "acme": acme, "actors": [sched, gateway]}
-        ray.get(node.shutdown.remote(), timeout=120)
-    finally:
-        keys.close()
-        ray.shutdown()
-        shutil.rmtree(own, ignore_errors=True)  # the shared folders are symlinks
+    with vm_fleet(data_dir, HOST, POLICY) as v:
+        _, admin = v.keys.create("default", frozenset({Scope.ADMIN}), created_by="test")
+        _, acme = v.keys.create("acme", frozenset({Scope.SANDBOX, Scope.BATCH}),
+                                created_by="test")
+        tryfleet.connect(v.url, admin).secrets.set("acme", "CI_TOKEN", VALUE)
+        yield {"url": v.url, "data": v.data, "acme": acme, "actors": v.actors}
 
 
 @pytest.fixture(scope="module")

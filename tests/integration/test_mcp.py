@@ -4,11 +4,8 @@ over stdio to `tryfleet mcp` run as a subprocess with TRYFLEET_URL and TRYFLEET_
 this process, the real node agent with real VMs of the base image (few, small), the scheduler,
 the gateway on a free port, as tests/integration/test_api_sandboxes.py has them."""
 
-import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +15,7 @@ from tests.mcpclients import over_http, over_stdio, refusal, tool, tool_names, u
 from tryfleet.gateway.keys import KeyStore, Scope
 from tryfleet.wire import unpack_list
 
-from .test_api_sandboxes import _own_data_dir  # the base image of this code's guest agent
+from .vmfleet import vm_fleet  # the base image of this code's guest agent
 
 HOST = "mcptest"
 SANDBOX_TOOLS = {"create_sandbox", "run_command", "write_file", "read_file", "list_files",
@@ -49,34 +46,8 @@ class Front:
 
 @pytest.fixture(scope="module")
 def front(data_dir):
-    from tryfleet import cluster
-
-    cluster.secure_ray()
-    import ray
-
-    from tryfleet.gateway.actor import start_gateway
-    from tryfleet.nodeagent.actor import start_node_actor
-    from tryfleet.wire import NAMESPACE
-
-    own: Path = _own_data_dir(data_dir)
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace=NAMESPACE,
-             include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    keys = KeyStore(cluster.ledger_path(own), own)
-    try:
-        node = start_node_actor(str(own), HOST, detached=False, pool_max_per_key=1)
-        sched = cluster.ensure_scheduler(own, detached=False)
-        deadline = time.monotonic() + 120
-        while not any(h["cpus"] for h in ray.get(sched.status.remote())["hosts"]):
-            assert time.monotonic() < deadline, "the scheduler did not see the host"
-            time.sleep(0.2)
-        gateway, url = start_gateway(own, cluster.ledger_path(own), "127.0.0.1:0",
-                                     detached=False)
-        yield Front(url, keys, node, (sched, gateway))
-        ray.get(node.shutdown.remote(), timeout=120)
-    finally:
-        keys.close()
-        ray.shutdown()
-        shutil.rmtree(own, ignore_errors=True)  # the shared folders are symlinks
+    with vm_fleet(data_dir, HOST) as v:
+        yield Front(v.url, v.keys, v.node, v.actors)
 
 
 def test_over_http_a_key_lists_the_tools_runs_a_command_and_reads_a_file_back(front):
