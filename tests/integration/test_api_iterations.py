@@ -12,7 +12,6 @@ import dataclasses
 import json
 import socket
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,6 +23,8 @@ from tryfleet.gateway.actor import start_gateway
 from tryfleet.gateway.keys import KeyStore, Scope
 from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, Delays, SimHosts, SimHostSpec
 from tryfleet.wire import NAMESPACE, AttemptKey, Output, State, pack, unpack
+
+from .conftest import own_data_dir
 
 QUICK = Delays(seed=1, boot_median_ms=5, boot_sigma=0.1, exec_median_ms=20, exec_sigma=0.1)
 SLOW = Delays(seed=1, boot_median_ms=5, boot_sigma=0.1, exec_median_ms=3_600_000,
@@ -465,25 +466,16 @@ def real_host(api, data_dir):
     """A real node agent (libvirt, the built base image) joins the module's fleet as host
     `vm-host`; the only host that can run image "base". Its data dir: next to the real one
     (QEMU's user must reach the disks), sharing images, snapshots and run/."""
-    import shutil
-    import tempfile
-
     from tryfleet.nodeagent.actor import start_node_actor
 
-    own = Path(tempfile.mkdtemp(prefix=f"{data_dir.name}-api-", dir=data_dir.parent))
-    own.chmod(0o755)
-    for shared in ("images", "snapshots", "run"):
-        (own / shared).symlink_to(data_dir / shared)
-    (own / "host").mkdir()
-    if (data_dir / "host" / "accel.json").exists():
-        shutil.copy(data_dir / "host" / "accel.json", own / "host" / "accel.json")
-    node = start_node_actor(str(own), "vm-host", detached=False)
-    until(lambda: any(h["host"] == "vm-host" and h["cpus"]
-                      for h in ray.get(api.sched.status.remote(False, False))["hosts"]), 120)
-    yield node
-    ray.get(node.shutdown.remote(), timeout=120)
-    ray.kill(node, no_restart=True)
-    shutil.rmtree(own)
+    with own_data_dir(data_dir) as own:
+        node = start_node_actor(str(own), "vm-host", detached=False)
+        until(lambda: any(h["host"] == "vm-host" and h["cpus"]
+                          for h in ray.get(api.sched.status.remote(False, False))["hosts"]),
+              120)
+        yield node
+        ray.get(node.shutdown.remote(), timeout=120)
+        ray.kill(node, no_restart=True)
 
 
 @pytest.mark.vm

@@ -22,7 +22,7 @@ from tryfleet.images.digest import compute_digest
 from tryfleet.images.store import ImageStore
 
 
-def own_data_dir(shared: Path) -> Path:
+def pinned_data_dir(shared: Path) -> Path:
     """A data dir of this module's own, next to the shared one (QEMU's user must reach the
     disks through it): its ledger, keys, policy and logs; the shared saved guests, accelerator
     probe and run/ (the reaper must see every owner on this host); and an images/ holding only
@@ -70,7 +70,7 @@ def vm_fleet(data_dir: Path, host: str, policy: str | None = None) -> Iterator[V
     from tryfleet.nodeagent.actor import start_node_actor
     from tryfleet.wire import NAMESPACE
 
-    own = own_data_dir(data_dir)
+    own = pinned_data_dir(data_dir)
     if policy is not None:
         (own / "policy.toml").write_text(policy)
     ray.init(address="local", num_cpus=os.cpu_count() or 1, namespace=NAMESPACE,
@@ -93,4 +93,4 @@ def vm_fleet(data_dir: Path, host: str, policy: str | None = None) -> Iterator[V
         shutil.rmtree(own, ignore_errors=True)  # the shared folders are symlinks
 
 
-__all__ = ["VmFleet", "own_data_dir", "vm_fleet"]
+__all__ = ["VmFleet", "pinned_data_dir", "vm_fleet"]
