@@ -18,10 +18,13 @@ fi
 #   QEMU (x86 system emulator with SeaBIOS; qemu-img), libvirtd with its QEMU driver and virsh,
 #   libvirt-python's build (libvirt-dev, pkg-config, gcc, python3-dev), the venv,
 #   image builds (debootstrap and wget, busybox-static for the initramfs, mkfs.ext4),
-#   the sqlite3 shell (to read the ledger and the audit trail by hand).
+#   the sqlite3 shell (to read the ledger and the audit trail by hand),
+#   socat (QEMU runs it for each connection a guest with egress opens to the host's proxy),
+#   iproute2 (the tests' network namespaces), Chromium and its driver (the control room's tests),
+#   Prometheus (the metrics' test scrapes a real one).
 packages=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
           pkg-config gcc python3-venv python3-dev debootstrap busybox-static e2fsprogs
-          ca-certificates sqlite3)
+          ca-certificates sqlite3 socat iproute2 chromium chromium-driver prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
