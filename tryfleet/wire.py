@@ -351,6 +351,33 @@ class ProcEvent:
     info: ProcInfo | None = None
 
 
+# ---- guest egress --------------------------------------------------------------------------
+MAX_EGRESS_REQUEST_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class EgressEvent:
+    """One egress proxy event of a VM: a decision on a connection it asked for (kind
+    "decision", before anything is connected or answered), or the end of an allowed one (kind
+    "end", with its byte counts and duration). reason says why: "allowlisted",
+    "not-allowlisted", "blocked-address:<kind>", "resolve-failed", "bad-request",
+    "too-many-connections". request is the method and target as the guest sent them
+    ("CONNECT pypi.org:443", "GET http://allowed.test/x"), cut at MAX_EGRESS_REQUEST_CHARS."""
+
+    vm: str
+    ids: Ids
+    kind: str  # "decision" or "end"
+    host: str  # the destination's name as asked for
+    port: int
+    address: str  # the address connected to (or refused); "" when none
+    decision: str  # "allow" or "deny"
+    reason: str
+    bytes_up: int = 0  # guest -> destination
+    bytes_down: int = 0  # destination -> guest
+    duration_s: float = 0.0
+    request: str = ""
+
+
 MAX_GUEST_PATH_BYTES = 4096
 
 
@@ -395,10 +422,11 @@ class NodeProtocol(Protocol):
 
 
 __all__ = [
-    "MAX_GUEST_PATH_BYTES", "NAMESPACE", "NODE_ACTOR_PREFIX", "AttemptInfo", "AttemptKey",
-    "Capacity", "ExecChunk", "ExecReply", "ExecRequest", "Failure", "FileInfo", "FileType",
-    "HostStatus", "Ids", "IterationSpec", "Listing", "NodeProtocol", "Outcome", "Output",
-    "PoolRow", "Pressure", "ProcEvent", "ProcEventKind", "ProcInfo", "ProcStart", "ProcessGone",
-    "SandboxGone", "SandboxOpen", "StartRequest", "State", "WireError",
-    "WrongHost", "guest_path_problem", "pack", "unpack", "unpack_list", "unpack_map",
+    "MAX_EGRESS_REQUEST_CHARS", "MAX_GUEST_PATH_BYTES", "NAMESPACE", "NODE_ACTOR_PREFIX",
+    "AttemptInfo", "AttemptKey", "Capacity", "EgressEvent", "ExecChunk", "ExecReply",
+    "ExecRequest", "Failure", "FileInfo", "FileType", "HostStatus", "Ids", "IterationSpec",
+    "Listing", "NodeProtocol", "Outcome", "Output", "PoolRow", "Pressure", "ProcEvent",
+    "ProcEventKind", "ProcInfo", "ProcStart", "ProcessGone", "SandboxGone", "SandboxOpen",
+    "StartRequest", "State", "WireError", "WrongHost", "guest_path_problem", "pack", "unpack",
+    "unpack_list", "unpack_map",
 ]

@@ -71,3 +71,23 @@ def test_an_optional_field_takes_none_or_its_type_and_nothing_else():
     raw["exit_code"] = "0"
     with pytest.raises(wire.WireError, match=r"Outcome\.exit_code: expected int, got str"):
         wire.unpack(wire.Outcome, msgpack.packb(raw))
+
+
+def test_an_egress_event_round_trips_with_its_ids_and_counts():
+    ev = wire.EgressEvent("vm-1", wire.Ids(tenant="t1", iteration="it-1"), "end",
+                          "allowed.test", 443, "198.51.100.7", "allow", "allowlisted",
+                          bytes_up=10, bytes_down=2048, duration_s=0.25,
+                          request="CONNECT allowed.test:443")
+    assert wire.unpack(wire.EgressEvent, wire.pack(ev)) == ev
+    assert wire.unpack_list(wire.EgressEvent, wire.pack([ev, ev])) == [ev, ev]
+
+
+def test_an_egress_event_needs_no_counts_and_refuses_a_port_that_is_not_a_number():
+    ev = wire.EgressEvent("vm-1", wire.Ids(), "decision", "x.test", 80, "", "deny",
+                          "not-allowlisted")
+    got = wire.unpack(wire.EgressEvent, wire.pack(ev))
+    assert (got.bytes_up, got.bytes_down, got.duration_s, got.request) == (0, 0, 0.0, "")
+    raw = msgpack.unpackb(wire.pack(ev))
+    raw["port"] = "80"
+    with pytest.raises(wire.WireError, match=r"EgressEvent\.port: expected int, got str"):
+        wire.unpack(wire.EgressEvent, msgpack.packb(raw))
