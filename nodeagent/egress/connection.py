@@ -133,7 +133,8 @@ class Connection:
         except asyncio.IncompleteReadError as err:
             if err.partial:  # it closed mid-head: recorded, nobody to answer
                 self.line = request_line(err.partial)
-                await self._record("decision", "deny", "bad-request")
+                with contextlib.suppress(AuditDown):
+                    await self._record("decision", "deny", "bad-request")
         except TimeoutError:
             await self._refuse(Refused(
                 408, f"no complete request head within {self.ctx.head_timeout_s:g} s",
