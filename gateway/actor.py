@@ -15,6 +15,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tryfleet.errors import BadRequest, FleetUnavailable
+from tryfleet.logs import LogSetup
 from tryfleet.private import harden, set_private_umask
 from tryfleet.selfstart import kick_self
 from tryfleet.wire import NAMESPACE
@@ -34,9 +35,12 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 class Gateway:
     def __init__(self, data_dir: str, ledger_path: str, listen: str,
-                 audit: bool = True) -> None:
+                 audit: bool = True, log: LogSetup | None = None) -> None:
         """audit False: a gateway that records nothing in the audit trail (for the `api`
-        benchmark's comparison of its cost; never what `tryfleet up` starts)."""
+        benchmark's comparison of its cost; never what `tryfleet up` starts). log: how this
+        process logs (None: as it is set up already)."""
+        if log is not None:
+            log.apply("gateway", data_dir)
         self.data_dir, self.ledger_path = Path(data_dir), Path(ledger_path)
         set_private_umask()  # what this process makes (audit.db, secrets) is its owner's
         harden(self.data_dir)  # and what older versions left readable is put right
@@ -111,7 +115,7 @@ def start_gateway(data_dir: Path, ledger_path: Path, listen: str = DEFAULT_LISTE
         options["lifetime"] = "detached"
     actor: Any = ray.remote(Gateway).options(**options).remote(str(data_dir),
                                                                str(ledger_path), listen,
-                                                               audit)
+                                                               audit, LogSetup.from_env())
     got: dict[str, Any] = ray.get(actor.ping.remote(), timeout=60)
     return actor, str(got["url"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tryfleet import __version__
+from tryfleet import __version__, logs
 from tryfleet.audit import Audit
 from tryfleet.scheduler.sandboxes import SandboxBook
 from tryfleet.scheduler.switch_book import SwitchBook
@@ -38,6 +39,7 @@ from .routes import switches as switch_routes
 MAX_BODY_BYTES = 128 * 1024 * 1024  # the largest request body (a file upload), in bytes
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 log = logging.getLogger("tryfleet.gateway")
+access_log = logging.getLogger("tryfleet.gateway.access")
 
 
 def new_request_id() -> str:
@@ -47,7 +49,9 @@ def new_request_id() -> str:
 class RequestIds:
     """Plain ASGI middleware (cheaper than Starlette's): the request's id into
     request.state.request_id and out in the X-Request-Id response header; a body over
-    MAX_BODY_BYTES refused with 413 before it is read."""
+    MAX_BODY_BYTES refused with 413 before it is read. The request id and trace id are bound
+    to every log line the request causes here (the key check adds its tenant and key), and
+    one line says how it ended (logger tryfleet.gateway.access)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,15 +62,24 @@ class RequestIds:
             return
         sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = sent if _REQUEST_ID.match(sent) else new_request_id()
+        trace = dict(scope["headers"]).get(b"traceparent", b"").decode("latin-1")
+        with logs.bind(request_id=rid, trace_id=auditing.trace_id_of(trace)):
+            await self._serve(scope, receive, send, rid)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        started, status = time.perf_counter(), 0
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             await _too_large(scope, send, rid)
+            _ended(scope, 413, started)
             return
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = int(message["status"])
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -82,7 +95,25 @@ class RequestIds:
                                            f"{MAX_BODY_BYTES} bytes")
             return got
 
-        await self.app(scope, counted, send_with_id)
+        try:
+            await self.app(scope, counted, send_with_id)
+        finally:
+            _ended(scope, status, started)
+
+
+def _ended(scope: Scope, status: int, started: float) -> None:
+    """The request's access line (status 0: no answer started, the client went away or the
+    app failed); none for health checks."""
+    if scope.get("path") == "/healthz" or not access_log.isEnabledFor(logging.INFO):
+        return
+    route = auditing.route_of(scope)
+    who = scope.get("state", {}).get("principal")  # the key check's, whichever task made it
+    extra: dict[str, Any] = {"method": scope.get("method", ""), "route": route,
+                             "status": status,
+                             "duration_s": round(time.perf_counter() - started, 6)}
+    if who is not None:
+        extra |= {"tenant": who.tenant, "key": who.key_id}
+    access_log.info("%s %s -> %d", extra["method"], route, status, extra=extra)
 
 
 async def _too_large(scope: Scope, send: Send, rid: str) -> None:

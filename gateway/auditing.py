@@ -34,6 +34,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tryfleet import logs
 from tryfleet.audit import (
     Audit,
     AuditUnavailable,
@@ -133,6 +134,7 @@ class Call:
         """The caller known: its tenant and key on every record of the request from now on
         (api.request among them, written with the first: see the class's docstring)."""
         self.tenant, self.actor = who.tenant, f"key:{who.key_id}"
+        logs.add(tenant=who.tenant, key=who.key_id)  # and on its log lines
 
     def respond(self, status: int) -> None:
         """api.response, with the outcomes held back, in one transaction, queued as the

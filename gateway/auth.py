@@ -11,7 +11,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .auditing import call_of
+from tryfleet import logs
+
+from .auditing import call_of, route_of
 from .keys import KeyStore, Principal, Scope, check_tenant
 from .problems import forbidden, unauthorized
 
@@ -36,7 +38,10 @@ async def principal(request: Request) -> Principal:
     if who is None:
         raise unauthorized("the key is not valid: unknown, revoked or expired")
     request.state.principal = who
-    call_of(request).admit(who)  # its key on the request's audit records
+    call_of(request).admit(who)  # its key on the request's audit records and log lines
+    params = request.path_params  # and what it is about
+    logs.add(route=route_of(request.scope), sandbox=params.get("sid"),
+             iteration=params.get("iid"), suite=params.get("suite"))
     return who
 
 

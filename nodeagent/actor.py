@@ -10,6 +10,7 @@ that is not open here with wire.SandboxGone.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from tryfleet.logs import LogSetup
 from tryfleet.wire import (
     NAMESPACE,
     NODE_ACTOR_PREFIX,
@@ -39,7 +41,13 @@ class NodeActor:
 
     def __init__(self, data_dir: str, host: str | None = None, fake: bool = False,
                  uri: str = "qemu:///system", fake_images: tuple[str, ...] = ("base",),
-                 pool: tuple[str, ...] | None = None, pool_max_per_key: int = 4) -> None:
+                 pool: tuple[str, ...] | None = None, pool_max_per_key: int = 4,
+                 log: LogSetup | None = None) -> None:
+        """log: how this process logs (None: as it is set up already), to its own file
+        <data_dir>/logs/nodeagent-<host>.jsonl."""
+        if log is not None:
+            name = host or socket.gethostname()
+            log.apply("nodeagent", data_dir, name=f"nodeagent-{name}", host=name)
         hypervisor = build = None
         if fake:  # a host without VMs: the guest agent in threads (see fake_hv.py)
             from .fake_hv import FakeHypervisor, make_fake_image
@@ -197,6 +205,6 @@ def start_node_actor(data_dir: str, host: str, node_id: str | None = None, fake:
         options["lifetime"] = "detached"
     actor: Any = ray.remote(NodeActor).options(**options).remote(
         data_dir, host, fake, fake_images=fake_images, pool=pool,
-        pool_max_per_key=pool_max_per_key)
+        pool_max_per_key=pool_max_per_key, log=LogSetup.from_env())
     ray.get(actor.ping.remote())
     return actor

@@ -94,7 +94,8 @@ class OpenSandboxes:
 
     def _expired(self, box: _Box) -> None:
         if self._boxes.get(box.sid) is box and time.monotonic() >= box.deadline:
-            log.info("sandbox %s on %s: its timeout passed; closing it", box.sid, self.host)
+            log.info("sandbox %s on %s: its timeout passed; closing it", box.sid, self.host,
+                     extra={"sandbox": box.sid})
             self.close(box.sid)
 
     def extend(self, sid: str, timeout_s: float) -> None:

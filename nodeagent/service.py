@@ -15,9 +15,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from tryfleet import errors
+from tryfleet import errors, logs
 from tryfleet.wire import (
     AttemptInfo,
     AttemptKey,
@@ -117,11 +117,19 @@ class NodeService:
         def on_output(stream: int, data: bytes) -> None:
             att.out[stream - 1] += data
 
-        try:
-            outcome = _outcome(att.key, self.host, self.node.run_iteration(
-                spec, on_output=on_output, should_stop=att.stop.is_set), att.stop.is_set())
-        except Exception as err:  # a request this host can never run, or a failure: reported
-            outcome = self._failed(att, err)
+        # its own thread: the attempt's ids bound for all it logs (a thread inherits none)
+        with logs.bind(**logs.ids_of(att.ids)):
+            log.debug("attempt started: %s in image %s", spec.argv[:1], spec.image)
+            try:
+                outcome = _outcome(att.key, self.host, self.node.run_iteration(
+                    spec, on_output=on_output, should_stop=att.stop.is_set),
+                    att.stop.is_set())
+            except Exception as err:  # a request this host can never run, or a failure
+                outcome = self._failed(att, err)
+            log.info("attempt ended %s in %.3f s (exit %s)", outcome.state.value,
+                     outcome.duration_s or 0.0, outcome.exit_code,
+                     extra={"state": outcome.state.value, "exit_code": outcome.exit_code,
+                            "duration_s": outcome.duration_s, "vm": outcome.vm})
         att.outcome = outcome
         att.finished_at = time.monotonic()
         att.done.set()
@@ -131,9 +139,9 @@ class NodeService:
     def _failed(self, att: _Attempt, err: Exception) -> Outcome:
         failure = failure_of(err)
         if failure is Failure.BAD_REQUEST:
-            log.warning("attempt %s refused: %s", att.key, err, extra=asdict(att.ids))
+            log.warning("attempt %s refused: %s", att.key, err)
         else:
-            log.exception("attempt %s failed on the host", att.key, extra=asdict(att.ids))
+            log.exception("attempt %s failed on the host", att.key)
         stopped = att.stop.is_set()
         return Outcome(att.key.id, att.key.attempt,
                        State.CANCELLED if stopped else State.INFRA_ERROR, self.host,
@@ -236,10 +244,11 @@ class NodeService:
         vm = self.boxes.vm_of(req.sid)
         if vm is not None:
             return vm
-        box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib, req.disk_mib))
-        self.boxes.add(req.sid, box, req.timeout_s)
-        log.info("sandbox %s open in %s (%s)", req.sid, box.name, box.origin,
-                 extra=asdict(req.ids))
+        with logs.bind(**logs.ids_of(req.ids), sandbox=req.sid):
+            box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib,
+                                                req.disk_mib))
+            self.boxes.add(req.sid, box, req.timeout_s)
+            log.info("sandbox %s open in %s (%s)", req.sid, box.name, box.origin)
         return box.name
 
     def sandbox_list(self, host: str) -> list[str]:
@@ -253,14 +262,15 @@ class NodeService:
 
     def sandbox_exec(self, host: str, sid: str, req: ExecRequest) -> ExecReply:
         self._check(host)
-        return self.boxes.exec(sid, req)
+        with logs.bind(sandbox=sid):
+            return self.boxes.exec(sid, req)
 
     def sandbox_exec_stream(self, host: str, sid: str, req: ExecRequest,
                             exec_id: str = "") -> Iterator[ExecChunk]:
         """ExecChunk items with output as it comes, then one carrying the reply; with an
         exec_id, sandbox_exec_cancel kills it."""
         self._check(host)
-        return self.boxes.exec_stream(sid, req, exec_id)
+        return logs.bound_steps(self.boxes.exec_stream(sid, req, exec_id), sandbox=sid)
 
     def sandbox_exec_cancel(self, host: str, sid: str, exec_id: str) -> bool:
         self._check(host)
@@ -344,7 +354,8 @@ class NodeService:
 
     def sandbox_close(self, host: str, sid: str) -> bool:
         self._check(host)
-        return self.boxes.close(sid)
+        with logs.bind(sandbox=sid):
+            return self.boxes.close(sid)
 
     def close(self) -> None:
         self.cancel_all(self.host)

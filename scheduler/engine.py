@@ -33,7 +33,7 @@ from .ledger import Ledger
 from .masked import masked_outcome
 from .metrics import Metrics
 from .placement import Demand
-from .records import Iteration, qualified
+from .records import Iteration, Row, qualified
 from .sandboxes import SandboxBook, SandboxRecord
 from .switch_book import SwitchBook
 from .switches import Level, Strength, Switch
@@ -206,6 +206,9 @@ class Engine:
                     refused = [lc.id for lc, ok in zip(a.launches, done, strict=True) if not ok]
                     raise LedgerDisagrees(f"placements of {refused[:5]} refused")
             elif isinstance(a, c.StartOnHost):
+                for lc in a.launches:
+                    log.debug("attempt %d of %s started on %s", lc.attempt, lc.row.id, a.host,
+                              extra=row_ids(lc.row, lc.attempt, a.host))
                 self.dispatch.start(a.host, a.launches)
             elif isinstance(a, c.StopOnHost):  # settled: ended here, stopped there regardless
                 self._spawn(self.dispatch.cancel(a.host, a.attempts, _always if a.settled
@@ -223,7 +226,9 @@ class Engine:
             return
         for a in writes:
             if isinstance(a, c.Requeue):
-                log.warning("retrying %s after attempt %d: %s", a.id, a.attempt, a.error)
+                w = self.core.state.work.get(a.id)
+                log.warning("retrying %s after attempt %d: %s", a.id, a.attempt, a.error,
+                            extra={} if w is None else row_ids(w.row, a.attempt, None))
         self.ledger.commit(writes)  # a write that no longer applies was fenced: harmless
         self.poke()
 
@@ -233,6 +238,13 @@ class Engine:
         task.add_done_callback(self.tasks.discard)
 
     def _on_outcomes(self, host: str, outcomes: list[Outcome]) -> None:
+        for o in outcomes:  # one line per attempt that ended, with its ids
+            w = self.core.state.work.get(o.id)
+            if w is not None and log.isEnabledFor(logging.INFO):
+                log.info("attempt %d of %s ended %s on %s", o.attempt, w.row.id,
+                         o.state.value, host, extra={
+                             **row_ids(w.row, o.attempt, host), "state": o.state.value,
+                             "exit_code": o.exit_code, "duration_s": o.duration_s})
         self.feed(c.OutcomesCollected(host, tuple(masked_outcome(o, self.secrets)
                                                   for o in outcomes)))
 
@@ -364,6 +376,13 @@ class Engine:
     @property
     def policy(self) -> Policy:
         return self.core.state.policy
+
+
+def row_ids(row: Row, attempt: int, host: str | None) -> dict[str, Any]:
+    """The ids of an attempt for its log lines: the tenant's own suite and iteration names."""
+    return {"tenant": row.tenant, "key": row.key_id or None, "suite": row.suite,
+            "iteration": row.id, "attempt": attempt, "host": host,
+            "request_id": row.request_id or None, "trace_id": row.trace_id or None}
 
 
 def lease_of(r: SandboxRecord) -> c.Lease:

@@ -18,7 +18,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from tryfleet import logs
 from tryfleet.errors import BadRequest, NotFound
+from tryfleet.logs import LogSetup
 from tryfleet.selfstart import kick_self
 from tryfleet.wire import AttemptKey, Output, pack, unpack
 
@@ -52,9 +54,12 @@ class Scheduler:
     def __init__(self, ledger_path: str, limits: dict[str, int] | None = None,
                  pressure: dict[str, float] | None = None, cpu_overcommit: float = 1.0,
                  suite_cap: int | None = None, tenant_cap: int | None = None,
-                 audit_dir: str | None = None) -> None:
+                 audit_dir: str | None = None, log: LogSetup | None = None) -> None:
         """audit_dir: the data directory whose audit trail records what the scheduler does
-        (iteration states and commands, sandboxes opened and closed); None: none is kept."""
+        (iteration states and commands, sandboxes opened and closed); None: none is kept.
+        log: how this process logs (None: as it is set up already)."""
+        if log is not None:  # its file beside the ledger when there is no audit_dir
+            log.apply("scheduler", audit_dir or os.path.dirname(ledger_path))
         audit = None
         if audit_dir is not None:
             from tryfleet.audit import Audit
@@ -93,6 +98,13 @@ class Scheduler:
         await self._ensure_started()
         check_name("tenant", tenant)
         check_name("suite", suite)
+        with logs.bind(tenant=tenant, suite=suite, request_id=request_id, key=key_id):
+            return self._submit(iterations, suite, tenant, limits, max_iterations, max_wall_s,
+                                request_id, key_id)
+
+    def _submit(self, iterations: list[dict[str, Any]], suite: str, tenant: str,
+                limits: dict[str, int] | None, max_iterations: int | None,
+                max_wall_s: float | None, request_id: str, key_id: str) -> list[str]:
         its = []
         for n, data in enumerate(iterations):
             try:
@@ -108,8 +120,10 @@ class Scheduler:
                     f"/v1/fleet/limits/NAME), not by a batch: {_sizes(differ)} differ from "
                     f"the sizes in force ({_sizes(sizes) or 'none'}); name the limits in "
                     "each iteration's `limits`")
-        return self.engine.submit(its, suite, tenant, max_iterations, max_wall_s, request_id,
-                                  key_id)
+        ids = self.engine.submit(its, suite, tenant, max_iterations, max_wall_s, request_id,
+                                 key_id)
+        log.info("%d iteration(s) submitted to suite %s", len(ids), suite)
+        return ids
 
     async def cancel(self, iid: str | None = None, suite: str | None = None,
                      tenant: str | None = None, everything: bool = False) -> dict[str, int]:

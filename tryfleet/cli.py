@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .local import default_data_dir, needs_fleet_side
+from .logs import ENV_FORMAT, ENV_LEVEL, FORMATS, LEVELS, configure
 
 DESCRIPTION = ("tryfleet runs commands in throwaway micro-VMs, one on this host or thousands "
                "on a fleet of hosts.")
@@ -48,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", default="qemu:///system", help="libvirt connection URI")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log what the node agent does, and each API request with its id")
+    p.add_argument("--log-format", choices=FORMATS, default=None,
+                   help="log lines as JSON objects (one a line) or as text for people "
+                        "(default: $TRYFLEET_LOG_FORMAT, else text on a terminal and json "
+                        "otherwise); `tryfleet up` passes it on to the fleet's processes, "
+                        "whose default is json")
+    p.add_argument("--log-level", choices=LEVELS, default=None,
+                   help="log this and more severe (default: $TRYFLEET_LOG_LEVEL, else info "
+                        "with -v and warning without); passed on as --log-format is")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -187,10 +197,22 @@ def _key_parser(sub: Any) -> None:
 FLEET_SIDE_COMMANDS = ("image", "host", "up", "down")
 
 
+def configure_logs(args: argparse.Namespace) -> None:
+    """This process's logs (to stderr: `tryfleet mcp` speaks its protocol on stdout), and a
+    format or level chosen on the command line kept in the environment, where the fleet's
+    actors this process starts (`tryfleet up`) find it (LogSetup.from_env in logs.py)."""
+    if args.log_format:
+        os.environ[ENV_FORMAT] = args.log_format
+    if args.log_level:
+        os.environ[ENV_LEVEL] = args.log_level
+    fmt = os.environ.get(ENV_FORMAT) or ("text" if sys.stderr.isatty() else "json")
+    level = os.environ.get(ENV_LEVEL) or ("info" if args.verbose else "warning")
+    configure("cli", fmt, level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logs(args)
     if args.verbose:
         logging.getLogger("tryfleet.http").setLevel(logging.DEBUG)
     data_dir = args.data_dir or default_data_dir()

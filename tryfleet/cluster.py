@@ -26,6 +26,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tryfleet.errors import FleetUnavailable
+from tryfleet.logs import LogSetup
 from tryfleet.nodeagent.actor import start_node_actor
 from tryfleet.private import TRAVERSE_MODE, private_dir, write_private
 from tryfleet.scheduler.service import SCHEDULER_NAME, Scheduler
@@ -217,7 +218,8 @@ def ensure_scheduler(data_dir: Path, detached: bool = True,
     if detached:
         options["lifetime"] = "detached"
     sched: Any = ray.remote(Scheduler).options(**options).remote(
-        str(ledger_path(data_dir)), audit_dir=str(data_dir))  # it records in the audit trail
+        str(ledger_path(data_dir)), audit_dir=str(data_dir),  # it records in the audit trail
+        log=LogSetup.from_env())
     deadline = time.monotonic() + 120
     while True:  # right after a crash Ray may still be restarting it: wait, do not fail
         try:

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
+from tryfleet import logs
 from tryfleet.errors import BadRequest, NotFound, PolicyDenied, TryfleetError
 from tryfleet.scheduler.sandboxes import OPEN, SandboxRecord
 from tryfleet.wire import ExecReply, ExecRequest, SandboxGone, guest_path_problem, pack, unpack
@@ -178,6 +179,7 @@ async def rpc_target(request: Request) -> Target:
     sid = _sandbox_id(request)
     who = _caller(request, sid)
     call_of(request).admit(who)  # its key on the request's audit records
+    logs.add(sandbox=sid)
     return Target(request, _open_box(request, sid, who), who,
                   user_of(_basic_user(request)), rpc=True)
 
@@ -187,6 +189,7 @@ async def http_target(request: Request, username: Annotated[
     sid = _sandbox_id(request)
     who = _caller(request, sid)
     call_of(request).admit(who)
+    logs.add(sandbox=sid)
     return Target(request, _open_box(request, sid, who), who,
                   user_of(username or _basic_user(request)), rpc=False)
 
