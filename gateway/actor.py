@@ -85,7 +85,8 @@ class Gateway:
         app = create_app(FleetCalls(), keys, Policies(self.data_dir), self.ledger_path,
                          audit=audit)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_keep_alive=30)
+                                access_log=False, lifespan="off", timeout_keep_alive=30,
+                                log_config=None)  # its lines go to this process's handlers
         self._server = server = uvicorn.Server(config)
         self._serving = asyncio.create_task(server.serve())
         while not server.started and not self._serving.done():

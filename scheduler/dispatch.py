@@ -47,7 +47,7 @@ def start_request(lc: Launch, secret_env: SecretEnv = no_secrets) -> StartReques
         spec = dataclasses.replace(spec, env=tuple(sorted(env.items())))
     return StartRequest(row.key, lc.attempt, spec, Ids(
         tenant=row.tenant, suite=row.suite, iteration=row.id, attempt=lc.attempt,
-        trace_id=row.trace_id, host=lc.host, request_id=row.request_id))
+        trace_id=row.trace_id, host=lc.host, request_id=row.request_id, key=row.key_id))
 
 
 class Dispatcher:

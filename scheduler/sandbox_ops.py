@@ -157,7 +157,8 @@ class SandboxOps:
     async def _open_on_host(self, rec: SandboxRecord, timeout_s: float) -> str:
         ep = self.engine.hosts.endpoint(rec.host)
         req = SandboxOpen(rec.id, rec.image, rec.cpus, rec.mem_mib, rec.disk_mib, timeout_s,
-                          Ids(tenant=rec.tenant, host=rec.host, request_id=rec.request_id))
+                          Ids(tenant=rec.tenant, host=rec.host, request_id=rec.request_id,
+                              key=rec.key_id))
         try:
             if ep is None:
                 raise InfrastructureError(f"host {rec.host} is gone")

@@ -66,6 +66,7 @@ class Ids:
     trace_id: str = ""
     host: str = ""
     request_id: str = ""
+    key: str = ""  # the id of the API key that asked for it (never its secret)
 
 
 @dataclass(frozen=True, slots=True)

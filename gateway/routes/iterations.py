@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, ServerSentEvent, format_sse_event
 
+from tryfleet import logs
 from tryfleet.scheduler.records import IN_FLIGHT, TERMINAL, Row
 
 from ..auth import needs, tenant_of
@@ -83,6 +84,7 @@ async def _submit(request: Request, who: Principal, asked: str | None, suite: st
                   max_wall_s: float | None = None, expect_limits: dict[str, int] | None = None
                   ) -> tuple[str, list[str]]:
     tenant = tenant_of(who, asked)
+    logs.add(tenant=tenant, suite=suite)  # the request's log lines: whose work, which suite
     def allowed(policy: TenantPolicy) -> None:
         for n, it in enumerate(its, 1):
             what = f"iteration {n} ({it.id or 'no id'})"
