@@ -93,7 +93,7 @@ def test_a_requests_ids_follow_its_work_to_the_scheduler_and_the_node(fleet, ran
                 and g.get("request_id") == RID]
 
     until(lambda: found(f"nodeagent-{HOST}", "attempt ended"), 30)
-    (access,) = [g for g in found("gateway", "POST /v1/batches")]
+    (access,) = found("gateway", "POST /v1/batches")
     (submitted,) = found("scheduler", "submitted")
     (ended,) = found("scheduler", "attempt 1 of it-1 ended")
     (on_node,) = found(f"nodeagent-{HOST}", "attempt ended")
