@@ -119,7 +119,7 @@ class NodeService:
 
         # its own thread: the attempt's ids bound for all it logs (a thread inherits none)
         with logs.bind(**logs.ids_of(att.ids)):
-            log.debug("attempt started: %s in image %s", spec.argv[:1], spec.image)
+            log.debug("attempt started in image %s", spec.image)
             try:
                 outcome = _outcome(att.key, self.host, self.node.run_iteration(
                     spec, on_output=on_output, should_stop=att.stop.is_set),

@@ -137,8 +137,13 @@ def scrub(text: str) -> str:
     return _KEY_SECRET.sub(r"\1<redacted>", text) if "tf_" in text else text
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_field(name: str) -> bool:
+    return _SECRET_FIELD.search(name) is not None
+
+
 def _value(name: str, value: Any) -> Any:
-    if _SECRET_FIELD.search(name):
+    if _secret_field(name):
         return "<redacted>"
     if isinstance(value, str):
         return scrub(value)
@@ -157,6 +162,15 @@ class JsonFormatter(logging.Formatter):
         self.role, self.host = role, host or socket.gethostname()
 
     def fields(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The line's fields, worked out once per record and formatter kind (a record goes
+        to stderr and to the file); a copy."""
+        cached = record.__dict__.get("_tryfleet_fields")
+        if cached is None or cached[0] != (self.role, self.host):
+            cached = ((self.role, self.host), self._fields(record))
+            record.__dict__["_tryfleet_fields"] = cached
+        return dict(cached[1])
+
+    def _fields(self, record: logging.LogRecord) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
                 timespec="microseconds").replace("+00:00", "Z"),
@@ -179,7 +193,11 @@ class JsonFormatter(logging.Formatter):
         return out
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(self.fields(record), default=str)
+        line = record.__dict__.get("_tryfleet_json")
+        if line is None or line[0] != (self.role, self.host):
+            line = ((self.role, self.host), json.dumps(self.fields(record), default=str))
+            record.__dict__["_tryfleet_json"] = line
+        return str(line[1])
 
 
 class TextFormatter(JsonFormatter):
@@ -212,6 +230,13 @@ class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         os.fchmod(fd, FILE_MODE)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """Once the file has reached maxBytes (the stdlib's formats each line twice and
+        looks the file up on disk to know it, for each line)."""
+        if self.stream is None:
+            self.stream = self._open()
+        return 0 < self.maxBytes <= self.stream.tell()
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
