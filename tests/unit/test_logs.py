@@ -217,3 +217,17 @@ def test_an_actors_log_file_is_json_lines_readable_by_its_owner_only(restored_lo
         "to the file", "nodeagent", "h1", 3)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_full_log_file_is_rotated_and_its_successor_is_private_too(tmp_path):
+    handler = logs._PrivateRotatingFile(tmp_path / "r.jsonl", maxBytes=100, backupCount=2)
+    handler.setFormatter(logs.JsonFormatter("scheduler"))
+    try:
+        for n in range(3):
+            handler.emit(logging.LogRecord("tryfleet.test", logging.INFO, "", 0, f"line {n}",
+                                           (), None))
+    finally:
+        handler.close()
+    older, newer = (tmp_path / "r.jsonl.1", tmp_path / "r.jsonl")
+    assert [json.loads(x)["msg"] for x in newer.read_text().splitlines()] == ["line 2"]
+    assert older.exists() and stat.S_IMODE(newer.stat().st_mode) == 0o600
