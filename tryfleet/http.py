@@ -277,12 +277,14 @@ class Api:
                                               httpx.PoolTimeout))
                 if not (idem or never_sent):
                     raise failure from err
-                log.debug("%s %s failed (request %s): %s; trying again", method, path, rid, err)
+                log.debug("%s %s failed (request %s): %s; trying again", method, path, rid, err,
+                          extra={"request_id": rid})
                 backoff.wait(failure)
                 continue
             self.last_request_id = resp.headers.get("x-request-id", rid)
             log.debug("%s %s -> %d in %.1f ms (request %s)", method, path, resp.status_code,
-                      (self.clock() - started) * 1000, self.last_request_id)
+                      (self.clock() - started) * 1000, self.last_request_id,
+                      extra={"request_id": self.last_request_id})
             if resp.status_code < 400:
                 return resp
             refused = error_of(resp)
