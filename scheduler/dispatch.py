@@ -129,7 +129,7 @@ class Dispatcher:
                 self.on_outcomes(host, outcomes)
             except Exception:  # not recorded: not acknowledged, so the host sends them again
                 log.exception("recording %d outcome(s) from %s failed; will retry",
-                              len(outcomes), host)
+                              len(outcomes), host, extra={"host": host})
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
             self.collected += len(outcomes)
@@ -175,7 +175,8 @@ class Dispatcher:
         try:
             return set(unpack_list(str, await ep.call("sandbox_list")))
         except Exception as err:  # an agent without sandboxes (simulated), or gone
-            log.warning("cannot ask %s which sandboxes it holds: %s", host, err)
+            log.warning("cannot ask %s which sandboxes it holds: %s", host, err,
+                        extra={"host": host})
             return None
 
     async def close_sandbox(self, host: str, sid: str) -> None:
@@ -184,4 +185,5 @@ class Dispatcher:
             try:
                 await ep.call("sandbox_close", sid)
             except ray.exceptions.RayError as err:
-                log.warning("closing sandbox %s on %s failed: %s", sid, host, err)
+                log.warning("closing sandbox %s on %s failed: %s", sid, host, err,
+                            extra={"sandbox": sid, "host": host})

@@ -216,7 +216,8 @@ class Engine:
             elif isinstance(a, c.StopEverywhere):
                 self._spawn(self.dispatch.cancel_all())
             elif isinstance(a, c.CloseSandbox):
-                log.info("closing sandbox %s on %s: %s", a.lease_id, a.host, a.why)
+                log.info("closing sandbox %s on %s: %s", a.lease_id, a.host, a.why,
+                         extra={"sandbox": a.lease_id, "host": a.host})
                 self.sandboxes.close_record(a.lease_id, a.why)
                 self._spawn(self.dispatch.close_sandbox(a.host, a.lease_id))
         self._commit(writes)

@@ -124,7 +124,7 @@ class Hosts:
     def _failed(self, host: Host, err: BaseException) -> bool:
         """Count a failed status call; True when the host is now considered lost."""
         host.failures += 1
-        log.warning("host %s did not answer (%s)", host.name, err)
+        log.warning("host %s did not answer (%s)", host.name, err, extra={"host": host.name})
         if host.failures >= LOST_AFTER_FAILURES or isinstance(err, ray.exceptions.RayActorError):
             self.mark_lost(host.name)
             return True
@@ -149,7 +149,7 @@ class Hosts:
         if host is not None and not host.lost:
             host.lost = True
             self._views = None
-            log.warning("host %s lost; its iterations go elsewhere", name)
+            log.warning("host %s lost; its iterations go elsewhere", name, extra={"host": name})
 
     def views(self) -> list[HostView]:
         """The usable hosts as placement sees them (without reservations); cached until the

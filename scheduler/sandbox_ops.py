@@ -169,7 +169,7 @@ class SandboxOps:
         except BaseException as err:
             cause = _cause(err)
             why = f"{rec.host} could not open it: {type(cause).__name__}: {cause}"
-            log.warning("sandbox %s: %s", rec.id, why)
+            log.warning("sandbox %s: %s", rec.id, why, extra=record_ids(rec))
             self._closed(rec, why)
             self.book.close_record(rec.id, why)
             self.engine.release(rec.id)
@@ -189,7 +189,7 @@ class SandboxOps:
             self.engine.audit.record_many([audit_records.sandbox_closed(rec, rec.id, rec.host,
                                                                         why)])
         except TryfleetError as err:
-            log.error("sandbox %s closed unrecorded: %s", rec.id, err)
+            log.error("sandbox %s closed unrecorded: %s", rec.id, err, extra=record_ids(rec))
 
     async def _node(self, host: str, method: str, *args: Any) -> Any:
         """A node call whose failure is logged, not raised (None then)."""
@@ -199,7 +199,8 @@ class SandboxOps:
         try:
             return await asyncio.wait_for(ep.call(method, *args), NODE_CALL_TIMEOUT_S)
         except Exception as err:
-            log.warning("%s %s on %s failed: %s", method, args[:1], host, _cause(err))
+            log.warning("%s %s on %s failed: %s", method, args[:1], host, _cause(err),
+                        extra={"host": host})
             return None
 
     # ---- reads -----------------------------------------------------------------------------
@@ -271,6 +272,12 @@ class SandboxOps:
     def release(self, lease_id: str) -> None:
         self.book.close_record(lease_id, "closed by request")
         self.engine.release(lease_id)
+
+
+def record_ids(rec: SandboxRecord) -> dict[str, Any]:
+    """A sandbox's ids for its log lines."""
+    return {"sandbox": rec.id, "tenant": rec.tenant, "host": rec.host,
+            "request_id": rec.request_id or None, "key": rec.key_id or None}
 
 
 __all__ = ["QUOTA_FIELDS", "SandboxOps", "new_sandbox_id", "quota_of"]

@@ -154,7 +154,8 @@ def _value(name: str, value: Any) -> Any:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: ts (RFC 3339, UTC), level, logger, msg, role, host, pid, the
-    bound ids, the line's extra fields, and exc ({type, message, stack}) for an exception.
+    bound ids, the line's extra fields (but None ones), and exc ({type, message, stack}) for
+    an exception.
     `host` is the fleet host the work is on when one is bound, else this process's."""
 
     def __init__(self, role: str, host: str | None = None) -> None:
@@ -179,8 +180,8 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process}
         out.update(_ids.get())
         for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_") and name not in (
-                    "ts", "level", "logger", "msg", "role", "pid"):
+            if name not in _STANDARD and not name.startswith("_") and value is not None \
+                    and name not in ("ts", "level", "logger", "msg", "role", "pid"):
                 out[name] = value
         for name in list(out)[7:]:
             out[name] = _value(name, out[name])
