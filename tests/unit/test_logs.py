@@ -28,8 +28,9 @@ def restored_logging(monkeypatch):
     """configure() runs freely; the root logger and the environment are put back after."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    monkeypatch.delenv(logs.ENV_FORMAT, raising=False)
-    monkeypatch.delenv(logs.ENV_LEVEL, raising=False)
+    for name in (logs.ENV_FORMAT, logs.ENV_LEVEL):  # unset now, and again after (the CLI
+        monkeypatch.setenv(name, "")                # sets them): setenv records to restore
+        monkeypatch.delenv(name)
     yield
     for h in root.handlers:
         if h not in handlers:
