@@ -119,7 +119,8 @@ class NodeService:
 
         try:
             outcome = _outcome(att.key, self.host, self.node.run_iteration(
-                spec, on_output=on_output, should_stop=att.stop.is_set), att.stop.is_set())
+                spec, on_output=on_output, should_stop=att.stop.is_set, ids=att.ids),
+                att.stop.is_set())
         except Exception as err:  # a request this host can never run, or a failure: reported
             outcome = self._failed(att, err)
         att.outcome = outcome
@@ -236,7 +237,8 @@ class NodeService:
         vm = self.boxes.vm_of(req.sid)
         if vm is not None:
             return vm
-        box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib, req.disk_mib))
+        box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib, req.disk_mib,
+                                            egress=req.egress), ids=req.ids, sandbox=req.sid)
         self.boxes.add(req.sid, box, req.timeout_s)
         log.info("sandbox %s open in %s (%s)", req.sid, box.name, box.origin,
                  extra=asdict(req.ids))
