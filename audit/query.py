@@ -27,7 +27,8 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 @dataclass(frozen=True, slots=True)
 class Filter:
     """Which records: every given field must match. `action` is a name (`exec.start`) or a
-    family (`exec.*`, or the bare `exec`: every action has a dot); `since` is seconds since the epoch (records at or after it)."""
+    family (`exec.*`, or the bare `exec`: every action has a dot); `since` is seconds since
+    the epoch (records at or after it)."""
 
     tenant: str | None = None
     sandbox: str | None = None

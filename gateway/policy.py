@@ -179,7 +179,7 @@ def _network(policy: TenantPolicy, values: dict[str, Any], text: str,
              name: str) -> TenantPolicy:
     """The section's network and egress rules, checked together."""
     if policy.network == "none":
-        if "egress" in values and values["egress"]:
+        if values.get("egress"):
             raise PolicyError(f"line {_line_of(text, name, 'egress')}: [{name}] egress: rules "
                               f"have no effect while network = \"none\"; set network = "
                               f"\"egress\" in [{name}] to grant them")

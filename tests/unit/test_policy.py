@@ -83,8 +83,8 @@ def test_egress_rules_are_kept_in_their_canonical_form():
 
 
 def test_a_tenant_setting_network_none_drops_the_rules_it_inherits():
-    default, tenants = parse('[default]\nnetwork = "egress"\negress = ["a.test:80"]\n\n'
-                             '[tenant.acme]\nnetwork = "none"\n\n[tenant.bolt]\nmax_cpus = 1\n')
+    _, tenants = parse('[default]\nnetwork = "egress"\negress = ["a.test:80"]\n\n'
+                       '[tenant.acme]\nnetwork = "none"\n\n[tenant.bolt]\nmax_cpus = 1\n')
     assert tenants["acme"].egress_rules() == ()
     assert tenants["bolt"].egress_rules() == ("a.test:80",)
 
