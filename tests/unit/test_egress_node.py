@@ -13,9 +13,10 @@ from tryfleet.audit import Audit, AuditUnavailable, Filter
 from tryfleet.gateway.keys import Scope
 from tryfleet.images.guestagent import spawn
 from tryfleet.nodeagent import NodeAgent, NodeConfig
-from tryfleet.nodeagent.node import PoolTarget
 from tryfleet.nodeagent.egress_node import AuditSink
 from tryfleet.nodeagent.fake_hv import FakeHypervisor, make_fake_image
+from tryfleet.nodeagent.node import PoolTarget
+from tryfleet.nodeagent.reaper import reap, register_owner
 from tryfleet.nodeagent.records import SandboxSpec
 from tryfleet.scheduler.records import Iteration
 from tryfleet.wire import EgressEvent, Ids, Pressure
@@ -131,6 +132,7 @@ def test_the_tenants_policy_gives_its_sandboxes_their_rules(tmp_path):
 def test_the_tenants_policy_gives_its_iterations_their_rules(tmp_path):
     with api_fleet(tmp_path) as api:
         (api.data_dir / "policy.toml").write_text(POLICY)
+        api.fleet.node_actor.svc.node.pressure = Pressure
         ledger = api.fleet.scheduler.ledger
         for tenant in ("netco", "plainco"):
             r = api.post("/v1/iterations", headers=api.key(tenant, Scope.BATCH),
@@ -145,3 +147,14 @@ def test_a_request_cannot_grant_itself_egress(tmp_path):
         r = api.post("/v1/iterations", headers=api.key("plainco", Scope.BATCH), json={
             "image": "base", "command": ["true"], "egress": ["evil.test:443"]})
         assert r.status_code == 422, r.text
+
+
+def test_the_reaper_removes_the_proxy_sockets_of_owners_that_are_gone(tmp_path):
+    living = register_owner(tmp_path / "run")
+    (tmp_path / "egress").mkdir()
+    dead_sock = tmp_path / "egress" / "tryfleet-0dead0ff-3.sock"
+    live_sock = tmp_path / "egress" / f"tryfleet-{living.id}-1.sock"
+    for path in (dead_sock, live_sock):
+        path.touch()
+    reap(FakeHypervisor(), tmp_path / "run")
+    assert not dead_sock.exists() and live_sock.exists()
