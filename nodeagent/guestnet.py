@@ -38,6 +38,9 @@ GATEWAY = "10.0.2.2/24"
 PROXY_HOST, _, _PORT = EGRESS_PROXY.partition(":")
 PROXY_PORT = int(_PORT)
 READY_TIMEOUT_S = 10.0
+# Connections relayed at once per guest (a child process each): the proxy itself takes at most
+# 32 per VM, so this only bounds what a guest opening connections in a loop costs the host.
+MAX_RELAYED = 64
 IP_TIMEOUT_S = 10.0
 
 
@@ -114,7 +117,8 @@ class GuestNet:
             _ip("-n", self.netns, *args)
         self.relay = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, socat,
-             f"TCP-LISTEN:{PROXY_PORT},bind={PROXY_HOST},reuseaddr,fork",
+             f"TCP-LISTEN:{PROXY_PORT},bind={PROXY_HOST},reuseaddr,fork,"
+             f"max-children={MAX_RELAYED}",
              f"UNIX-CONNECT:{self.proxy_socket}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
