@@ -158,3 +158,13 @@ def test_the_reaper_removes_the_proxy_sockets_of_owners_that_are_gone(tmp_path):
         path.touch()
     reap(FakeHypervisor(), tmp_path / "run")
     assert not dead_sock.exists() and live_sock.exists()
+
+
+def test_an_e2b_sandbox_of_the_tenant_gets_its_rules_too(tmp_path):
+    with api_fleet(tmp_path) as api:
+        (api.data_dir / "policy.toml").write_text(POLICY)
+        node = api.fleet.node_actor.svc.node
+        node.pressure = Pressure
+        key = api.key("netco")["Authorization"].removeprefix("Bearer ")
+        r = api.post("/v2/sandboxes", json={"templateID": "base"}, headers={"X-API-Key": key})
+        assert r.status_code == 201 and len(node.hv.nics) == 1, r.text
