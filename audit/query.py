@@ -27,7 +27,8 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 @dataclass(frozen=True, slots=True)
 class Filter:
     """Which records: every given field must match. `action` is a name (`exec.start`) or a
-    family (`exec.*`); `since` is seconds since the epoch (records at or after it)."""
+    family (`exec.*`, or the bare `exec`: every action has a dot); `since` is seconds since
+    the epoch (records at or after it)."""
 
     tenant: str | None = None
     sandbox: str | None = None
@@ -48,8 +49,8 @@ class Filter:
                 terms.append(f"{column} = ?")
                 args.append(value)
         if self.action is not None:
-            if self.action.endswith(".*"):  # a range, so the index serves it
-                family = self.action[:-1]
+            if self.action.endswith(".*") or "." not in self.action:  # a range, so the
+                family = self.action.removesuffix("*").removesuffix(".") + "."  # index serves it
                 terms.append("action >= ? AND action < ?")
                 args += [family, family[:-1] + "/"]
             else:

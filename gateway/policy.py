@@ -13,12 +13,21 @@ validate is refused with the line and field at fault, and the last good one stay
     max_mem_mib_in_use = 65536
     interactive = true             # whether it may open sandboxes at all
     secrets = []                   # names or glob patterns of its secrets it may expose
-    network = "none"               # the only value for now: no network in a VM
+    network = "none"               # "none": no network device in its VMs at all
 
     [tenant.acme]                  # only what differs from [default]
     images = ["base"]
     max_cpus = 1
     secrets = ["GITHUB_*"]
+    network = "egress"             # its VMs reach the hosts below, through the node's proxy
+    egress = ["pypi.org:443", "*.pythonhosted.org:443", "api.staging.test:*"]
+
+`egress` rules are "HOST:PORT" (tryfleet.nodeagent.egress.rules: an exact name or "*.domain",
+a port or "*"); each is checked here and a bad one refused with its line. network = "egress"
+needs at least one rule, and rules under network = "none" are refused (set network = "egress").
+A section that sets network = "none" drops the rules it would inherit. The policy is the only
+source of a VM's rules: every iteration and sandbox of the tenant gets them, whatever the
+request says.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tryfleet.errors import BadRequest, PolicyDenied
+from tryfleet.nodeagent.egress.rules import parse_rules
 
 POLICY_FILE = "policy.toml"
 RECHECK_S = 1.0
@@ -58,6 +68,12 @@ class TenantPolicy:
     interactive: bool = True
     secrets: tuple[str, ...] = ()
     network: str = "none"
+    egress: tuple[str, ...] = ()  # canonical "HOST:PORT" rules; only with network = "egress"
+
+    def egress_rules(self) -> tuple[str, ...]:
+        """The rules every VM of this tenant gets: () (no network device) unless its network
+        is "egress"."""
+        return self.egress if self.network == "egress" else ()
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
@@ -93,7 +109,7 @@ class TenantPolicy:
 
 
 _FIELDS = {f.name: f for f in fields(TenantPolicy)}
-NETWORKS = ("none",)  # the next issue adds egress rules
+NETWORKS = ("none", "egress")
 
 
 def _line_of(text: str, section: str, key: str | None) -> int:
@@ -133,9 +149,11 @@ def _section(raw: Any, base: TenantPolicy, text: str, name: str) -> TenantPolicy
             values[key] = value
         elif key == "network":
             if value not in NETWORKS:
-                raise PolicyError(f"{where}: must be \"none\" (no network; egress rules "
-                                  f"come later), got {value!r}")
+                raise PolicyError(f"{where}: must be \"none\" (no network device) or "
+                                  f"\"egress\" (the hosts of `egress` only), got {value!r}")
             values[key] = value
+        elif key == "egress":
+            values[key] = _egress(value, where)
         elif key == "max_timeout_s":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise PolicyError(f"{where}: must be a number of seconds > 0, got {value!r}")
@@ -144,7 +162,34 @@ def _section(raw: Any, base: TenantPolicy, text: str, name: str) -> TenantPolicy
             raise PolicyError(f"{where}: must be a whole number >= 0, got {value!r}")
         else:
             values[key] = value
-    return dataclasses.replace(base, **values)
+    return _network(dataclasses.replace(base, **values), values, text, name)
+
+
+def _egress(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise PolicyError(f'{where}: must be a list of "HOST:PORT" rules, '
+                          f'e.g. ["pypi.org:443", "*.pythonhosted.org:443"]')
+    try:
+        return tuple(str(rule) for rule in parse_rules(value))
+    except BadRequest as err:
+        raise PolicyError(f"{where}: {err}") from None
+
+
+def _network(policy: TenantPolicy, values: dict[str, Any], text: str,
+             name: str) -> TenantPolicy:
+    """The section's network and egress rules, checked together."""
+    if policy.network == "none":
+        if values.get("egress"):
+            raise PolicyError(f"line {_line_of(text, name, 'egress')}: [{name}] egress: rules "
+                              f"have no effect while network = \"none\"; set network = "
+                              f"\"egress\" in [{name}] to grant them")
+        return dataclasses.replace(policy, egress=())
+    if not policy.egress:
+        key = "egress" if "egress" in values else "network"
+        raise PolicyError(f"line {_line_of(text, name, key)}: [{name}] {key}: network = "
+                          f"\"egress\" needs at least one rule in egress, e.g. "
+                          f'egress = ["pypi.org:443"]')
+    return policy
 
 
 def parse(text: str) -> tuple[TenantPolicy, dict[str, TenantPolicy]]:

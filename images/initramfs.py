@@ -1,7 +1,8 @@
 """The initramfs, written in pure Python: a gzip'd cpio "newc" archive.
 
 It holds /init (boot/initramfs-init), a static busybox with the applets /init uses, and the
-kernel modules needed to reach the root disk, the agent's port and the RNG, in load order
+kernel modules needed to reach the root disk, the agent's port, the RNG and the NIC of a guest
+granted egress, in load order
 (modules.dep is not shipped in Debian's kernel .deb, so the order is fixed here and checked
 against each module's own `depends=` list). Compressed modules (.ko.xz, .ko.gz) are unpacked.
 """
@@ -26,6 +27,9 @@ LOAD_ORDER = "lib/modules/load-order"  # one module file name a line, loaded in 
 # The virtio transport, block and console drivers, in an order that satisfies their symbols.
 VIRTIO_MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
                   "virtio_pci", "virtio_blk", "virtio_console")
+# The NIC of a guest granted egress (virtio-net; unused, and no device, in the others):
+# virtio_net needs net_failover, which needs failover, where they are modules.
+NET_MODULES = ("failover", "net_failover", "virtio_net")
 # ext4 and what it needs; packed only where they are modules rather than built in.
 EXT4_MODULES = ("crc16", "crc32c_generic", "mbcache", "jbd2", "ext4")
 # Packed when the kernel has it: with a virtio-rng device the kernel's RNG is ready at once;
@@ -144,11 +148,11 @@ class ModuleSet:
     def select(self) -> list[tuple[str, bytes]]:
         """(name, uncompressed .ko) in load order; BuildError when a dependency is unmet."""
         chosen: list[tuple[str, bytes]] = []
-        for name in VIRTIO_MODULES + EXT4_MODULES + ENTROPY_MODULES:
+        for name in VIRTIO_MODULES + NET_MODULES + EXT4_MODULES + ENTROPY_MODULES:
             if name in self.builtin:
                 continue
             if name not in self.files:
-                if name in VIRTIO_MODULES or name == "ext4":
+                if name in VIRTIO_MODULES or name in ("ext4", "virtio_net"):
                     raise BuildError("initramfs", f"kernel {self.tree.release} has neither a "
                                      f"module nor a built-in {name}")
                 continue

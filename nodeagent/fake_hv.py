@@ -45,6 +45,7 @@ class FakeHypervisor:
         self.started: list[str] = []
         self.saved: list[str] = []
         self.restored: list[str] = []
+        self.nics: dict[str, Path] = {}  # domain -> the egress proxy socket its NIC leads to
         self._lock = threading.Lock()
 
     def start(self, spec: DomainSpec) -> None:
@@ -59,6 +60,8 @@ class FakeHypervisor:
             (Path(dom.root.name) / "root").mkdir()
             self.domains[spec.name] = dom
             self.started.append(spec.name)
+            if spec.egress_socket is not None:  # no NIC here: only recorded that one was asked
+                self.nics[spec.name] = spec.egress_socket
         spec.console_log.write_text(f"fake console of {spec.name}\n")
         if not self.never_boot:
             dom.thread = threading.Thread(target=self._guest, args=(dom,), daemon=True,

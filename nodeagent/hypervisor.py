@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 DOMAIN_PREFIX = "tryfleet-"
+# A guest granted egress reaches the node's proxy here, and nothing else (see libvirt_hv.py).
+EGRESS_PROXY = "10.0.2.100:3128"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,9 @@ class DomainSpec:
     accel: str = "tcg"  # "kvm" or "tcg"
     cmdline_extra: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # A NIC whose only way out is the node's egress proxy listening on this unix socket (seen
+    # in the guest at EGRESS_PROXY; for libvirt see guestnet.py); None: no NIC at all.
+    egress_socket: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

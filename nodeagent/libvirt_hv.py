@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -20,7 +21,8 @@ import libvirt
 from tryfleet.images.guestagent.wire import PORT_NAME
 
 from .errors import HypervisorError, HypervisorUnavailable
-from .hypervisor import DOMAIN_PREFIX, DomainSpec, RestoreSpec
+from .guestnet import GuestNet, reap_networks
+from .hypervisor import DOMAIN_PREFIX, EGRESS_PROXY, DomainSpec, RestoreSpec
 
 DEFAULT_URI = "qemu:///system"
 CMDLINE = "console=ttyS0 root=/dev/vda rw quiet panic=-1 init=/sbin/tryfleet-init"
@@ -31,12 +33,17 @@ START_HINT = ("start them with `bash scripts/setup.sh` (or by hand: `virtlogd -d
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def domain_xml(spec: DomainSpec) -> str:
-    """The domain definition: no NIC, no host mounts, no USB, no balloon; dies on reboot."""
+def domain_xml(spec: DomainSpec, tap: str | None = None) -> str:
+    """The domain definition: no NIC (unless granted egress: see _nic_xml), no host
+    mounts, no USB, no balloon; dies on reboot."""
     meta = "".join(
         f"<tf:{k}>{escape(v)}</tf:{k}>" for k, v in sorted(spec.metadata.items())
     )
     cmdline = f"{CMDLINE} {spec.cmdline_extra}".strip()
+    nic = ""
+    if tap is not None:  # spec.egress_socket's guest, on the tap of its GuestNet
+        cmdline += f" tryfleet.egress={EGRESS_PROXY}"
+        nic = _nic_xml(tap)
     cpu = "<cpu mode='host-passthrough'/>" if spec.accel == "kvm" else ""
     return f"""<domain type='{'kvm' if spec.accel == 'kvm' else 'qemu'}'>
   <name>{escape(spec.name)}</name>
@@ -55,7 +62,7 @@ def domain_xml(spec: DomainSpec) -> str:
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    {_disk_xml(spec)}<serial type='file'>
+    {_disk_xml(spec)}{nic}<serial type='file'>
       <source path={quoteattr(str(spec.console_log))}/>
       <target port='0'/>
     </serial>
@@ -71,6 +78,17 @@ def domain_xml(spec: DomainSpec) -> str:
     <memballoon model='none'/>
   </devices>
 </domain>"""
+
+
+def _nic_xml(tap: str) -> str:
+    """The one NIC of a guest granted egress: a tap the node made (managed='no': libvirt only
+    opens it), which the node then moves into a network namespace of that guest's own, where
+    nothing but the proxy's port answers (see nodeagent/guestnet.py)."""
+    return f"""<interface type='ethernet'>
+      <target dev={quoteattr(tap)} managed='no'/>
+      <model type='virtio'/>
+    </interface>
+    """
 
 
 def _disk_xml(spec: DomainSpec) -> str:
@@ -138,6 +156,7 @@ class LibvirtHypervisor:
         self.uri = uri
         self._lock = threading.Lock()
         self._handle = self._open()
+        self._nets: dict[str, GuestNet] = {}  # domains granted egress: their network
 
     def _open(self) -> Any:
         try:
@@ -160,13 +179,26 @@ class LibvirtHypervisor:
             return self._handle
 
     def start(self, spec: DomainSpec) -> None:
+        net = None
+        if spec.egress_socket is not None:
+            net = self._nets[spec.name] = GuestNet.of(spec.name, spec.egress_socket)
         try:
-            self._conn.createXML(domain_xml(spec), libvirt.VIR_DOMAIN_START_AUTODESTROY)
-        except libvirt.libvirtError as err:
-            raise HypervisorError(
-                f"failed to start domain {spec.name} ({spec.accel}, kernel {spec.kernel}): "
-                f"{err.get_error_message()}"
-            ) from err
+            if net is not None:
+                net.make()
+            try:
+                self._conn.createXML(domain_xml(spec, net.tap if net else None),
+                                     libvirt.VIR_DOMAIN_START_AUTODESTROY)
+            except libvirt.libvirtError as err:
+                raise HypervisorError(
+                    f"failed to start domain {spec.name} ({spec.accel}, kernel {spec.kernel}): "
+                    f"{err.get_error_message()}"
+                ) from err
+            if net is not None:  # at once: the guest is still in its firmware
+                net.isolate()
+        except BaseException:
+            if net is not None:
+                self.destroy(spec.name)
+            raise
 
     def channel_path(self, name: str) -> str:
         xml = self.domain_xml(name)
@@ -195,6 +227,14 @@ class LibvirtHypervisor:
                 time.sleep(0.01)
 
     def destroy(self, name: str) -> None:
+        try:
+            self._destroy(name)
+        finally:
+            net = self._nets.pop(name, None)
+            if net is not None:  # after its QEMU: nothing holds the tap any more
+                net.remove()
+
+    def _destroy(self, name: str) -> None:
         try:
             dom = self._conn.lookupByName(name)
         except libvirt.libvirtError as err:
@@ -245,6 +285,13 @@ class LibvirtHypervisor:
         except libvirt.libvirtError:
             return None
 
+    def reap_networks(self, gone: Callable[[str], bool]) -> list[str]:
+        """The egress networks (namespaces, relays, taps) of owners that are gone."""
+        return reap_networks(gone)
+
     def close(self) -> None:
+        for name in list(self._nets):
+            with contextlib.suppress(HypervisorError):
+                self.destroy(name)
         with contextlib.suppress(libvirt.libvirtError):
             self._handle.close()

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from tryfleet.images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
 from tryfleet.private import harden, private_dir
-from tryfleet.wire import Capacity, Pressure
+from tryfleet.wire import Capacity, Ids, Pressure
 
 from .clone import Cloner
+from .egress_node import EgressGrant, NodeEgress
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .host import AccelReport, probe_accel, read_capacity, read_pressure
@@ -110,6 +111,7 @@ class NodeAgent:
         self._build_image = build_image or self._build_from_recipe
         self._build_lock = threading.Lock()
         self.hostname = socket.gethostname()
+        self.egress = NodeEgress(config.data_dir, self.hostname)
         self._snapshots: Snapshots | None = None
         self._snapshots_lock = threading.Lock()
         self.pool: WarmPool | None = None
@@ -174,16 +176,21 @@ class NodeAgent:
         return read_pressure()
 
     # ---- sandboxes -------------------------------------------------------------------------
-    def acquire(self, spec: SandboxSpec,
-                should_stop: Callable[[], bool] | None = None) -> Sandbox:
+    def acquire(self, spec: SandboxSpec, should_stop: Callable[[], bool] | None = None, *,
+                ids: Ids | None = None, sandbox: str = "") -> Sandbox:
         """A VM whose guest agent answers: from the warm pool, else restored from a saved
-        guest, else booted. Raises if it cannot be had."""
+        guest, else booted. One granted egress (spec.egress: its rules; ids and sandbox say
+        whose it is, for the audit) is always booted: a pooled or saved guest has no NIC.
+        Raises if it cannot be had."""
         check_sizes(spec, self.capacity())
         image = self.image(spec.image)
         if spec.disk_mib is not None and spec.disk_mib < image.disk_mib:
             raise BadRequest(f"disk_mib={spec.disk_mib} is smaller than image {spec.image!r} "
                              f"({image.disk_mib} MiB); ask for at least that much")
         key = self._key(spec, image)
+        if spec.egress:
+            grant = EgressGrant(tuple(spec.egress), ids or Ids(), sandbox)
+            return self._boot(key, image, spec.boot_timeout_s, should_stop, grant)
         if self.pool is not None:
             box = self.pool.take(key)
             if box is not None:
@@ -219,14 +226,20 @@ class NodeAgent:
         return sandbox
 
     def _boot(self, key: PoolKey, image: BuiltImage, boot_timeout_s: float | None,
-              should_stop: Callable[[], bool] | None) -> Sandbox:
-        sandbox = self._new_sandbox(f"{DOMAIN_PREFIX}{self.owner.id}-{next(self._seq)}")
+              should_stop: Callable[[], bool] | None,
+              egress: EgressGrant | None = None) -> Sandbox:
+        name = f"{DOMAIN_PREFIX}{self.owner.id}-{next(self._seq)}"
+        def detach(_box: Sandbox) -> None:  # also when its boot failed
+            self.egress.detach(name)
+
+        sandbox = self._new_sandbox(name, on_destroy=None if egress is None else detach)
         sandbox.origin = "boot"
         try:
             overlay = sandbox.vm_dir / "disk.qcow2"
             self.cloner.clone(image.rootfs, overlay, key.disk_mib)
+            sock = None if egress is None else self.egress.attach(name, egress)
             self._start_and_wait(sandbox, key, image, overlay, image.rootfs, boot_timeout_s,
-                                 should_stop)
+                                 should_stop, sock)
         except BaseException as err:
             kept = sandbox.destroy(keep_logs=not isinstance(err, Cancelled),
                                    details={"phase": "boot", "error": str(err)})
@@ -238,13 +251,15 @@ class NodeAgent:
 
     def _start_and_wait(self, sandbox: Sandbox, key: PoolKey, image: BuiltImage, disk: Path,
                         backing: Path, boot_timeout_s: float | None,
-                        should_stop: Callable[[], bool] | None) -> None:
+                        should_stop: Callable[[], bool] | None,
+                        egress_socket: Path | None = None) -> None:
         accel = self.accel().accel
         self.hv.start(DomainSpec(
             name=sandbox.name, vcpus=key.cpus, mem_mib=key.mem_mib, kernel=image.kernel,
             initrd=image.initrd, disk=disk, backing=backing,
             console_log=sandbox.console_log, accel=accel,
             metadata={"owner": self.owner.id, "image": image.digest},
+            egress_socket=egress_socket,
         ))
         channel = GuestChannel(self.hv.open_channel(sandbox.name))
         sandbox.attach(channel)
@@ -366,13 +381,15 @@ class NodeAgent:
                 self.pool.close()
             self.destroy_all()
         finally:
+            self.egress.close()
             self.hv.close()
             shutil.rmtree(self.owner.dir, ignore_errors=True)
 
     # ---- iterations ------------------------------------------------------------------------
     def run_iteration(self, it: IterationSpec, on_output: OutputSink | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> IterationOutcome:
-        return _IterationRun(self, it, on_output, should_stop).run()
+                      should_stop: Callable[[], bool] | None = None,
+                      ids: Ids | None = None) -> IterationOutcome:
+        return _IterationRun(self, it, on_output, should_stop, ids).run()
 
 
 def _warm(box: Sandbox, image: BuiltImage, should_stop: Callable[[], bool] | None) -> None:
@@ -403,8 +420,9 @@ def check_sizes(spec: SandboxSpec, host: Capacity) -> None:
 
 class _IterationRun:
     def __init__(self, node: NodeAgent, it: IterationSpec, on_output: OutputSink | None,
-                 should_stop: Callable[[], bool] | None) -> None:
+                 should_stop: Callable[[], bool] | None, ids: Ids | None = None) -> None:
         self.node, self.it, self.on_output, self.should_stop = node, it, on_output, should_stop
+        self.ids = ids
         self.started_at = time.time()
         self.t0 = time.monotonic()
         self.phases: list[tuple[str, float]] = []
@@ -416,9 +434,9 @@ class _IterationRun:
 
     def run(self) -> IterationOutcome:
         it = self.it
-        spec = SandboxSpec(it.image, it.cpus, it.mem_mib, it.disk_mib)
+        spec = SandboxSpec(it.image, it.cpus, it.mem_mib, it.disk_mib, egress=it.egress)
         try:
-            sandbox = self.node.acquire(spec, should_stop=self.should_stop)
+            sandbox = self.node.acquire(spec, should_stop=self.should_stop, ids=self.ids)
         except Cancelled as err:
             return self._outcome(State.CANCELLED, error=str(err))
         except NodeAgentError as err:

@@ -97,6 +97,15 @@ def reap(hv: Hypervisor, run_dir: Path, keep: str | None = None) -> ReapReport:
                 domains.append(name)
             except HypervisorError:
                 continue  # reported again at the next reap; never blocks start-up
+    reap_nets = getattr(hv, "reap_networks", None)  # the real hypervisor's egress networks
+    if reap_nets is not None:
+        reap_nets(gone)
+    egress = run_dir.parent / "egress"  # the proxy sockets of egress guests, <vm>.sock
+    if egress.is_dir():
+        for sock in egress.glob(f"{DOMAIN_PREFIX}*.sock"):
+            owner_id = owner_of(sock.name.removesuffix(".sock"), hv)
+            if owner_id is not None and gone(owner_id):
+                sock.unlink(missing_ok=True)
     dirs = []
     if run_dir.is_dir():
         for entry in sorted(run_dir.iterdir()):

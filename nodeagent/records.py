@@ -18,6 +18,9 @@ class SandboxSpec:
     mem_mib: int = 512
     disk_mib: int | None = None
     boot_timeout_s: float | None = None
+    # egress allowlist rules: a NIC whose only way out is the node's proxy; () no NIC at all.
+    # Such a VM is always booted (never pooled nor restored: a saved guest has no NIC).
+    egress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,7 @@ class NodeService:
             log.debug("attempt started in image %s", spec.image)
             try:
                 outcome = _outcome(att.key, self.host, self.node.run_iteration(
-                    spec, on_output=on_output, should_stop=att.stop.is_set),
+                    spec, on_output=on_output, should_stop=att.stop.is_set, ids=att.ids),
                     att.stop.is_set())
             except Exception as err:  # a request this host can never run, or a failure
                 outcome = self._failed(att, err)
@@ -245,8 +245,8 @@ class NodeService:
         if vm is not None:
             return vm
         with logs.bind(**logs.ids_of(req.ids), sandbox=req.sid):
-            box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib,
-                                                req.disk_mib))
+            box = self.node.acquire(SandboxSpec(req.image, req.cpus, req.mem_mib, req.disk_mib,
+                                                egress=req.egress), ids=req.ids, sandbox=req.sid)
             self.boxes.add(req.sid, box, req.timeout_s)
             log.info("sandbox %s open in %s (%s)", req.sid, box.name, box.origin)
         return box.name

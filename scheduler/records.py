@@ -80,9 +80,15 @@ class Iteration:
     # the tenant's secrets exposed as environment variables: names only, their values are
     # read on the head when an attempt starts (never in the ledger)
     secrets: tuple[str, ...] = ()
+    # egress allowlist rules, set by the gateway from the tenant's policy (never by the
+    # caller); kept in the ledger with the rest, so every attempt of it gets the same
+    egress: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "egress", tuple(self.egress))
+        if not all(isinstance(r, str) and r for r in self.egress):
+            raise InvalidIteration("egress must be a list of \"HOST:PORT\" rules")
         object.__setattr__(self, "limits", tuple(self.limits))
         object.__setattr__(self, "secrets", tuple(self.secrets))
         if not all(isinstance(n, str) and n for n in self.secrets):
@@ -118,6 +124,7 @@ class Iteration:
             "mem_mib": self.mem_mib, "disk_mib": self.disk_mib, "limits": list(self.limits),
             "retries": self.retries, "priority": self.priority, "cwd": self.cwd, "id": self.id,
             **({"secrets": list(self.secrets)} if self.secrets else {}),
+            **({"egress": list(self.egress)} if self.egress else {}),
         }
 
     def to_spec(self) -> IterationSpec:
@@ -127,7 +134,7 @@ class Iteration:
             cwd=self.cwd, put=tuple((path, text.encode() if isinstance(text, str) else text)
                                     for path, text in dict(self.files).items()),
             timeout_s=float(self.timeout_s), cpus=self.cpus, mem_mib=self.mem_mib,
-            disk_mib=self.disk_mib)
+            disk_mib=self.disk_mib, egress=self.egress)
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Iteration:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tryfleet.errors import (
@@ -89,6 +89,12 @@ def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+def _rules(egress: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(egress, str) or not all(isinstance(r, str) and r for r in egress):
+        raise BadRequest(f"egress must be a list of \"HOST:PORT\" rules, got {egress!r}")
+    return tuple(egress)
+
+
 class SandboxOps:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -99,9 +105,10 @@ class SandboxOps:
                    disk_mib: int | None, timeout_s: float, *,
                    metadata: Mapping[str, str] | None = None, key_id: str = "",
                    request_id: str = "", limits: Mapping[str, int] | None = None,
-                   wait_s: float = 0.0) -> SandboxRecord:
+                   wait_s: float = 0.0, egress: Sequence[str] = ()) -> SandboxRecord:
         """A sandbox open on some host, recorded; QuotaExceeded, CannotPlace, NoRoom after
-        wait_s, or InfrastructureError when its host could not open it."""
+        wait_s, or InfrastructureError when its host could not open it. egress: the
+        allowlist rules of the tenant's policy (none: its VM has no network device)."""
         if not isinstance(image, str) or not image:
             raise BadRequest(f"image must be a name, got {image!r}")
         demand = Demand(_int("cpus", cpus, 1), _int("mem_mib", mem_mib, 128),
@@ -124,7 +131,7 @@ class SandboxOps:
             raise
         self.engine.mark_opening(sid)
         try:
-            vm = await self._open_on_host(rec, timeout_s)
+            vm = await self._open_on_host(rec, timeout_s, _rules(egress))
         finally:
             self.engine.opening.discard(sid)
         self.book.set_vm(sid, vm)
@@ -154,11 +161,13 @@ class SandboxOps:
                              "later or wait longer (wait_s)")
             await self.engine.room_changed(left)
 
-    async def _open_on_host(self, rec: SandboxRecord, timeout_s: float) -> str:
+    async def _open_on_host(self, rec: SandboxRecord, timeout_s: float,
+                            egress: tuple[str, ...] = ()) -> str:
         ep = self.engine.hosts.endpoint(rec.host)
         req = SandboxOpen(rec.id, rec.image, rec.cpus, rec.mem_mib, rec.disk_mib, timeout_s,
                           Ids(tenant=rec.tenant, host=rec.host, request_id=rec.request_id,
-                              key=rec.key_id))
+                              key=rec.key_id),
+                          egress=egress)
         try:
             if ep is None:
                 raise InfrastructureError(f"host {rec.host} is gone")

@@ -194,14 +194,17 @@ class Scheduler:
                            timeout_s: float = 600.0, metadata: dict[str, str] | None = None,
                            key_id: str = "", request_id: str = "",
                            limits: dict[str, int] | None = None,
-                           wait_s: float = 0.0) -> dict[str, Any]:
+                           wait_s: float = 0.0, egress: list[str] | None = None
+                           ) -> dict[str, Any]:
         """A sandbox opened on a host and recorded; `limits` are the tenant's quotas
-        (max_sandboxes, max_vcpus_in_use, max_mem_mib_in_use), checked with what it holds.
+        (max_sandboxes, max_vcpus_in_use, max_mem_mib_in_use), checked with what it holds;
+        `egress` its policy's allowlist rules (none: no network device).
         QuotaExceeded, CannotPlace, NoRoom (after waiting wait_s), InfrastructureError."""
         await self._ensure_started()
         rec = await self.sandboxes.open(tenant, image, cpus, mem_mib, disk_mib, timeout_s,
                                         metadata=metadata, key_id=key_id,
-                                        request_id=request_id, limits=limits, wait_s=wait_s)
+                                        request_id=request_id, limits=limits, wait_s=wait_s,
+                                        egress=tuple(egress or ()))
         return rec.to_json()
 
     async def get_sandbox(self, sid: str, tenant: str | None = None) -> dict[str, Any]:

@@ -85,6 +85,9 @@ class IterationSpec:
     mem_mib: int = 512
     disk_mib: int | None = None
     max_output: int = 16 * 1024 * 1024
+    # egress allowlist rules ("HOST:PORT", canonical) from the tenant's policy, never from the
+    # request: () means no network device at all
+    egress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,7 @@ class SandboxOpen:
     disk_mib: int | None = None
     timeout_s: float = 600.0
     ids: Ids = field(default_factory=Ids)
+    egress: tuple[str, ...] = ()  # as IterationSpec.egress: the tenant policy's rules
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,7 @@ async def _submit(request: Request, who: Principal, asked: str | None, suite: st
                          disk_mib=it.disk_mib, timeout_s=it.timeout_s, what=what)
             policy.check_secrets(it.secrets, what)
 
-    await enforce(request, who, tenant, allowed)
+    policy = await enforce(request, who, tenant, allowed)
     named = sorted({n for it in its for n in it.secrets})
     if named:  # each held now (404 naming those missing); read again when an attempt starts
         request.app.state.secrets.values(tenant, named)
@@ -101,8 +101,10 @@ async def _submit(request: Request, who: Principal, asked: str | None, suite: st
         if clash:
             raise Problem(400, "bad-request", f"iteration {it.id or ''}: {', '.join(clash)} "
                           "is both in env and a secret named in secrets: give it once")
+    egress = list(policy.egress_rules())  # the policy's alone: IterationIn has no such field
+    wires = [{**it.to_wire(), **({"egress": egress} if egress else {})} for it in its]
     ids = await request.app.state.fleet.sched(
-        "submit", [it.to_wire() for it in its], suite, tenant, expect_limits, max_iterations,
+        "submit", wires, suite, tenant, expect_limits, max_iterations,
         max_wall_s, request.state.request_id, who.key_id)
     return tenant, list(ids)
 

@@ -316,7 +316,7 @@ async def open_for(request: Request, who: Principal, tenant: str, image: str, cp
                    metadata: dict[str, str], wait_s: float) -> SandboxRecord:
     """A sandbox opened for `tenant` by the caller: its policy checked here (PolicyDenied),
     its quotas in the scheduler, atomically (QuotaExceeded); recorded with the caller's key
-    and the request's id."""
+    and the request's id. Its network is the policy's alone (egress rules, or none)."""
     def allowed(policy: TenantPolicy) -> None:
         policy.check_interactive()
         policy.check(image=image, cpus=cpus, mem_mib=mem_mib, disk_mib=disk_mib,
@@ -329,7 +329,8 @@ async def open_for(request: Request, who: Principal, tenant: str, image: str, cp
     async with auditing.policy_checked(auditing.call_of(request), tenant):  # its quotas
         got = await request.app.state.fleet.sched(
             "open_sandbox", tenant, image, cpus, mem_mib, disk_mib, timeout_s, metadata,
-            who.key_id, request.state.request_id, limits, wait_s)
+            who.key_id, request.state.request_id, limits, wait_s,
+            list(policy.egress_rules()))
     return SandboxRecord(**got)
 
 

@@ -73,8 +73,11 @@ class Proc:
 
 class Agent(fsops.FileOps):
     def __init__(self, chan_fd: int, *, pid1: bool, use_signals: bool, exit_on_eof: bool,
-                 fs_root: str = "/", switch_user: bool = False) -> None:
+                 fs_root: str = "/", switch_user: bool = False,
+                 base_env: dict[str, str] | None = None) -> None:
         self.chan = chan_fd
+        # Under every command's own environment: the egress proxy's variables, when granted.
+        self.base_env = dict(base_env or {})
         # Whether a command that names a user runs with its uid, gid and groups (the agent
         # is root in a VM); the fake hypervisor's agent only gives it the user's environment.
         self.switch_user = switch_user
@@ -291,7 +294,7 @@ class Agent(fsops.FileOps):
     def _op_exec(self, req: int, msg: dict[str, Any]) -> None:
         if req in self.procs:
             raise RequestError(f"exec id {req} is already running")
-        spec = spawn.parse(msg, self.fs_root)
+        spec = spawn.parse(msg, self.fs_root, self.base_env)
         cwd = self._path(spec.cwd)
         try:
             popen = subprocess.Popen(
@@ -482,8 +485,13 @@ def main() -> None:
     # The port raises SIGIO when the host side connects or disconnects.
     fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    try:
+        with open("/proc/cmdline") as fh:
+            cmdline = fh.read()
+    except OSError:
+        cmdline = ""
     agent = Agent(fd, pid1=os.getpid() == 1, use_signals=True, exit_on_eof=False,
-                  switch_user=os.geteuid() == 0)
+                  switch_user=os.geteuid() == 0, base_env=spawn.egress_env(cmdline))
     print(f"tryfleet-agent: ready on {path}", file=sys.stderr, flush=True)
     agent.run()
 

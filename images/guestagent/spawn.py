@@ -23,6 +23,10 @@ DEFAULT_ENV = {
     "LANG": "C.UTF-8",
     "TERM": "dumb",
 }
+# On the kernel command line of a guest granted egress: the proxy's address in the guest
+# (a host-side allowlisting proxy, reached through QEMU's guestfwd; nothing else is reachable).
+EGRESS_ARG = "tryfleet.egress="
+NO_PROXY = "localhost,127.0.0.1"
 DEFAULT_CWD = "/root"
 DEFAULT_OUTPUT_CAP = 16 * 1024 * 1024
 MAX_ACCOUNT_FILE_BYTES = 4 * 1024 * 1024
@@ -80,14 +84,30 @@ def lookup(root: str, name: str) -> Account:
                              code="unknown_user")
 
 
-def parse(msg: dict[str, Any], root: str) -> Spec:
-    """The exec request in msg, checked; RequestError for what cannot be run as given."""
+def egress_env(cmdline: str) -> dict[str, str]:
+    """The proxy variables every command of a guest granted egress gets (both spellings:
+    curl reads only the lower-case http_proxy), from the kernel command line; {} without."""
+    proxy = ""
+    for word in cmdline.split():
+        if word.startswith(EGRESS_ARG):
+            proxy = word[len(EGRESS_ARG):]
+    host, _, port = proxy.rpartition(":")
+    if not host or not port.isdigit() or not all(c.isdigit() or c == "." for c in host):
+        return {}
+    url = f"http://{host}:{port}"
+    return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
+            "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY}
+
+
+def parse(msg: dict[str, Any], root: str, base_env: dict[str, str] | None = None) -> Spec:
+    """The exec request in msg, checked; RequestError for what cannot be run as given.
+    base_env (the proxy's variables) comes under the request's own env: a caller's wins."""
     argv = _field(msg, "argv", list)
     if not argv or not all(isinstance(a, str) for a in argv):
         raise fsops.RequestError("argv must be a non-empty list of strings")
     user = _field(msg, "user", str, None)
     account = lookup(root, user) if user is not None else None
-    env = dict(DEFAULT_ENV)
+    env = {**DEFAULT_ENV, **(base_env or {})}
     if account is not None:
         env.update(HOME=account.home, USER=account.name, LOGNAME=account.name,
                    SHELL=account.shell)
@@ -112,4 +132,5 @@ def identity(spec: Spec, switch_user: bool) -> dict[str, Any]:
     return {"user": acct.uid, "group": acct.gid, "extra_groups": list(acct.groups)}
 
 
-__all__ = ["DEFAULT_CWD", "DEFAULT_ENV", "Account", "Spec", "identity", "lookup", "parse"]
+__all__ = ["DEFAULT_CWD", "DEFAULT_ENV", "EGRESS_ARG", "Account", "Spec", "egress_env", "identity",
+           "lookup", "parse"]

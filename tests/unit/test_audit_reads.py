@@ -46,6 +46,7 @@ def test_filters_match_every_field_given(trail):
     assert seqs(trail.select(Filter(tenant="acme", sandbox="sbx-1"))) == [3, 5, 6]
     assert seqs(trail.select(Filter(action="exec.start"))) == [4, 5]
     assert seqs(trail.select(Filter(action="exec.*"))) == [4, 5, 6]
+    assert seqs(trail.select(Filter(action="exec"))) == [4, 5, 6]  # no action is bare
     assert seqs(trail.select(Filter(action="api.*", tenant="bolt"))) == [2]
 
 

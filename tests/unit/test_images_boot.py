@@ -11,6 +11,7 @@ from tryfleet.images.digest import BOOT_DIR
 from tryfleet.images.errors import BuildError
 from tryfleet.images.initramfs import (
     LOAD_ORDER,
+    NET_MODULES,
     VIRTIO_MODULES,
     build_initramfs,
     chardev,
@@ -91,7 +92,9 @@ def fake_kernel(root, modules, builtin=("kernel/fs/ext4/ext4.ko",), xz=()):
 
 VIRTIO_DEPS = {"virtio_ring": "", "virtio": "virtio_ring", "virtio_pci_modern_dev": "",
                "virtio_pci_legacy_dev": "", "virtio_pci": "virtio_ring,virtio",
-               "virtio_blk": "virtio,virtio_ring", "virtio_console": "virtio,virtio_ring"}
+               "virtio_blk": "virtio,virtio_ring", "virtio_console": "virtio,virtio_ring",
+               "failover": "", "net_failover": "failover",
+               "virtio_net": "net_failover,virtio,virtio_ring"}
 
 
 @pytest.fixture
@@ -111,7 +114,7 @@ def test_initramfs_holds_init_busybox_and_modules_in_load_order(tmp_path, busybo
     out = tmp_path / "initrd.img"
     packed = build_initramfs(out, tree, INIT, busybox)
     # ext4 is built in here, jbd2 is a module; virtio-rng's file name has a dash
-    assert packed == [*VIRTIO_MODULES, "jbd2", "virtio_rng"]
+    assert packed == [*VIRTIO_MODULES, *NET_MODULES, "jbd2", "virtio_rng"]
     files = unpack_initrd(out)
     assert files["init"].data == (INIT).read_bytes()
     assert stat.S_IMODE(files["init"].mode) == 0o755
@@ -150,3 +153,9 @@ def test_boot_scripts_are_executable_and_poweroff_on_failure():
         assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
     init = (INIT).read_text()
     assert "TRYFLEET-CANARY-OK" in init and "switch_root" in init and "poweroff -f" in init
+
+
+def test_initramfs_needs_virtio_net_for_guests_granted_egress(tmp_path, busybox):
+    deps = {k: v for k, v in VIRTIO_DEPS.items() if k != "virtio_net"}
+    with pytest.raises(BuildError, match="neither a module nor a built-in virtio_net"):
+        build_initramfs(tmp_path / "i", fake_kernel(tmp_path / "k", deps), INIT, busybox)

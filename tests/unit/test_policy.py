@@ -16,6 +16,17 @@ def test_a_tenant_section_overrides_the_default():
 
 @pytest.mark.parametrize(("text", "where"), [
     ('[default]\nnetwork = "open"\n', 'line 2: [default] network: must be "none"'),
+    ('[default]\nnetwork = "egress"\negress = ["ok.test:80", "10.0.0.1:80"]\n',
+     "line 3: [default] egress: egress rule '10.0.0.1:80'"),
+    ('[default]\nnetwork = "egress"\negress = "ok.test:80"\n',
+     'line 3: [default] egress: must be a list of "HOST:PORT" rules'),
+    ('[tenant.acme]\nnetwork = "egress"\negress = []\n',
+     'line 3: [tenant.acme] egress: network = "egress" needs at least one rule'),
+    ('[tenant.acme]\nnetwork = "egress"\n',
+     'line 2: [tenant.acme] network: network = "egress" needs at least one rule'),
+    ('[tenant.acme]\negress = ["ok.test:80"]\n',
+     'line 2: [tenant.acme] egress: rules have no effect while network = "none"; '
+     'set network = "egress"'),
     ('[default]\n\n[tenant.acme]\nimages = ["base"]\nnetwork = 1\n',
      "line 5: [tenant.acme] network"),
     ("[default]\ninteractive = 1\n", "line 2: [default] interactive: must be true or false"),
@@ -63,3 +74,20 @@ def test_a_bad_file_keeps_the_last_good_one_in_force_and_says_why(tmp_path):
     policies.reload()
     assert not policies.for_tenant("acme").interactive
     assert policies.error is not None and "line 3: [tenant.acme] network" in policies.error
+
+
+def test_egress_rules_are_kept_in_their_canonical_form():
+    default, _ = parse('[default]\nnetwork = "egress"\n'
+                       'egress = ["Allowed.Test.:80", "*.pythonhosted.org:443", "x.test:*"]\n')
+    assert default.egress_rules() == ("allowed.test:80", "*.pythonhosted.org:443", "x.test:*")
+
+
+def test_a_tenant_setting_network_none_drops_the_rules_it_inherits():
+    _, tenants = parse('[default]\nnetwork = "egress"\negress = ["a.test:80"]\n\n'
+                       '[tenant.acme]\nnetwork = "none"\n\n[tenant.bolt]\nmax_cpus = 1\n')
+    assert tenants["acme"].egress_rules() == ()
+    assert tenants["bolt"].egress_rules() == ("a.test:80",)
+
+
+def test_the_default_grants_no_network():
+    assert TenantPolicy().network == "none" and TenantPolicy().egress_rules() == ()

@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> None:
     ls.add_argument("--sandbox")
     ls.add_argument("--iteration")
     ls.add_argument("--request", help="a request id")
-    ls.add_argument("--action", help="a name (exec.start) or a family (exec.*)")
+    ls.add_argument("--action", help="a name (exec.start) or a family (exec.* or exec)")
     ls.add_argument("--since", help="15m, 2h, 7d, an ISO time (2026-05-09T10:00:00Z; "
                     "without a zone: local) or seconds since the epoch")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
