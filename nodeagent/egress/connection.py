@@ -21,7 +21,15 @@ from tryfleet.errors import BadRequest
 from tryfleet.wire import MAX_EGRESS_REQUEST_CHARS, EgressEvent, Ids
 
 from .addresses import IPAddress, describe
-from .httphead import ESTABLISHED, HeadError, ProxyRequest, answer, parse_head, request_line
+from .httphead import (
+    ESTABLISHED,
+    HeadError,
+    ProxyRequest,
+    answer,
+    parse_head,
+    parse_response_head,
+    request_line,
+)
 from .resolver import ResolveFailed, Resolver
 from .rules import Rule, allowed, canonical_host
 
@@ -205,11 +213,13 @@ class Connection:
         # what the guest sent after the head is still in its reader: the pump takes it
         if req.tunnel:
             self.writer.write(ESTABLISHED)
-        else:
+            up = asyncio.create_task(self._pump(self.reader, origin_w, True, None))
+            down = asyncio.create_task(self._pump(origin_r, self.writer, False, None))
+        else:  # the request's own body only, and the answer to it
             origin_w.write(req.head)
             self._count_up(len(req.head))
-        up = asyncio.create_task(self._pump(self.reader, origin_w, up=True))
-        down = asyncio.create_task(self._pump(origin_r, self.writer, up=False))
+            up = asyncio.create_task(self._pump(self.reader, origin_w, True, req.body_bytes))
+            down = asyncio.create_task(self._response(origin_r, req.method))
         pending = {up, down}
         how = "closed"
         try:
@@ -228,25 +238,55 @@ class Connection:
             await asyncio.gather(*pending, return_exceptions=True)
         return how
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    up: bool) -> None:
-        while data := await src.read(BUFFER_BYTES):
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool,
+                    limit: int | None) -> None:
+        """Relay src to dst: limit bytes, or (None) until src ends, then pass the end on
+        (upwards: the guest is done sending; the answer may still come)."""
+        left = limit
+        while left is None or left > 0:
+            data = await src.read(BUFFER_BYTES if left is None else min(left, BUFFER_BYTES))
+            if not data:
+                break
+            if left is not None:
+                left -= len(data)
             dst.write(data)
             self.last = time.monotonic()
             if up:
                 self._count_up(len(data))
             else:
-                self.down += len(data)
-                self.vm.bytes_down += len(data)
-                self.ctx.bytes_down.inc(len(data))
+                self._count_down(len(data))
             await dst.drain()
-        if up and dst.can_write_eof():
-            dst.write_eof()  # the guest is done sending; its answer may still come
+        if up and limit is None and dst.can_write_eof():
+            dst.write_eof()
+
+    async def _response(self, origin: asyncio.StreamReader, method: str) -> None:
+        """Relay the origin's answer: its heads rewritten (Connection: close), then its body
+        (as long as its head says, or until the origin closes)."""
+        while True:
+            try:
+                raw = await origin.readuntil(b"\r\n\r\n")
+                head = parse_response_head(raw, method)
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, HeadError) as err:
+                what = err if isinstance(err, HeadError) else "its answer has no valid head"
+                await self._answer(502, f"{self.host}:{self.port}: {what}")
+                return
+            self.writer.write(head.head)
+            self._count_down(len(head.head))
+            self.last = time.monotonic()
+            if not head.interim:
+                break
+        await self._pump(origin, self.writer, False, head.body_bytes)
+        await self.writer.drain()
 
     def _count_up(self, n: int) -> None:
         self.up += n
         self.vm.bytes_up += n
         self.ctx.bytes_up.inc(n)
+
+    def _count_down(self, n: int) -> None:
+        self.down += n
+        self.vm.bytes_down += n
+        self.ctx.bytes_down.inc(n)
 
     async def _refuse(self, refusal: Refused) -> None:
         try:

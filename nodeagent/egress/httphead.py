@@ -4,7 +4,10 @@ proxy gives of its own. Pure: bytes in, a record or an HTTP answer out.
 Two forms are taken: `CONNECT host:port` (a tunnel, for https and anything else over TCP) and
 an absolute-form `METHOD http://host[:port]/path` (plain http), which goes to the origin in
 origin form with the hop-by-hop and Proxy-* headers dropped and `Connection: close`: one
-request per proxy connection, so that every request's destination is decided and audited.
+request per proxy connection, so that every request's destination is decided and audited. Of
+such a request only its own body goes on (Content-Length bytes; a chunked body as it comes),
+and the answer's head says `Connection: close` too, so that a client opens a new connection
+(and gets a new decision) for its next request instead of sending it to this origin.
 
 Parsed by hand rather than with h11 or http.server: the proxy needs only the request line
 and the header names, must refuse rather than repair anything ambiguous (bare LF, folded
@@ -49,6 +52,18 @@ class ProxyRequest:
     tunnel: bool
     head: bytes
     line: str  # method and target, for the audit ("CONNECT a.test:443", "GET http://a.test/")
+    body_bytes: int | None = 0  # of the request's body; None: chunked, as long as it goes on
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """The head of an origin's answer as the guest gets it, and how much body follows (None:
+    until the origin closes). interim: a 1xx answer; another head follows."""
+
+    status: int
+    head: bytes
+    body_bytes: int | None
+    interim: bool
 
 
 def request_line(raw: bytes) -> str:
@@ -75,9 +90,13 @@ def parse_head(raw: bytes) -> ProxyRequest:
     if "transfer-encoding" in names and "content-length" in names:
         raise HeadError(400, "a request must not carry both Content-Length and "
                              "Transfer-Encoding")
-    lengths = {v.strip() for n, v in headers if n.lower() == "content-length"}
-    if len(lengths) > 1 or not all(v.isascii() and v.isdigit() for v in lengths):
+    lengths = {_length(v) for n, v in headers if n.lower() == "content-length"}
+    if len(lengths) > 1 or None in lengths:
         raise HeadError(400, "the request's Content-Length is not one number")
+    chunked = "transfer-encoding" in names
+    if chunked and not _chunked_last(headers):
+        raise HeadError(400, "a request's Transfer-Encoding must end with chunked")
+    body = None if chunked else lengths.pop() if lengths else 0
     line = f"{method} {target}"[:MAX_EGRESS_REQUEST_CHARS]
     if method == "CONNECT":
         host, port = _authority(target, None)
@@ -96,7 +115,35 @@ def parse_head(raw: bytes) -> ProxyRequest:
         path = "/" + path
     host, port = _authority(authority, 80)
     return ProxyRequest(method, host, port, False,
-                        _origin_head(method, path, version, authority, headers), line)
+                        _origin_head(method, path, version, authority, headers), line, body)
+
+
+def parse_response_head(raw: bytes, method: str) -> ResponseHead:
+    """An origin's answer head (ending in an empty line) for a request of method, rewritten
+    for the guest: hop-by-hop headers dropped, `Connection: close` added. Raises HeadError
+    (status 502) when it is not an HTTP/1.x answer."""
+    lines = raw[:-4].decode("latin-1").split("\r\n") if raw.endswith(b"\r\n\r\n") else []
+    parts = lines[0].split(" ", 2) if lines else []
+    if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not (
+            parts[1].isascii() and parts[1].isdigit() and len(parts[1]) == 3):
+        raise HeadError(502, "the destination's answer is not HTTP/1.x")
+    status = int(parts[1])
+    try:
+        headers = [_header(line) for line in lines[1:]]
+    except HeadError:
+        raise HeadError(502, "the destination's answer has a malformed header") from None
+    if 100 <= status < 200 and status != 101:
+        return ResponseHead(status, raw, 0, True)
+    names = {n.lower() for n, _ in headers}
+    lengths = {_length(v) for n, v in headers if n.lower() == "content-length"}
+    body: int | None = None  # until the origin closes: chunked, no length, or a bad one
+    if method == "HEAD" or status in (101, 204, 304):
+        body = None if status == 101 else 0
+    elif "transfer-encoding" not in names and len(lengths) == 1:
+        body = lengths.pop()
+    kept = "".join(f"{n}: {v}\r\n" for n, v in headers if not _hop(n, headers))
+    return ResponseHead(status, f"{lines[0]}\r\n{kept}Connection: close\r\n\r\n"
+                        .encode("latin-1"), body, False)
 
 
 def answer(status: int, text: str) -> bytes:
@@ -157,16 +204,32 @@ def _authority(text: str, default_port: int | None) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _length(value: str) -> int | None:
+    """A Content-Length's value, or None when it is not a number of at most 18 digits."""
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+
+
+def _chunked_last(headers: list[tuple[str, str]]) -> bool:
+    codings = [c.strip().lower() for n, v in headers if n.lower() == "transfer-encoding"
+               for c in v.split(",")]
+    return bool(codings) and codings[-1] == "chunked"
+
+
+def _hop(name: str, headers: list[tuple[str, str]]) -> bool:
+    """Whether a header stays on this hop: hop-by-hop, named in Connection, or Proxy-*."""
+    low = name.lower()
+    if low in HOP_BY_HOP or low.startswith("proxy-"):
+        return True
+    return low in {token.strip().lower() for n, v in headers if n.lower() == "connection"
+                   for token in v.split(",")}
+
+
 def _origin_head(method: str, path: str, version: str, authority: str,
                  headers: list[tuple[str, str]]) -> bytes:
-    named = {token.strip().lower() for n, v in headers if n.lower() == "connection"
-             for token in v.split(",")}
-    kept = [f"{n}: {v}\r\n" for n, v in headers
-            if n.lower() not in HOP_BY_HOP and n.lower() not in named
-            and not n.lower().startswith("proxy-")]
+    kept = [f"{n}: {v}\r\n" for n, v in headers if not _hop(n, headers)]
     return (f"{method} {path} {version}\r\nHost: {authority}\r\n{''.join(kept)}"
             "Connection: close\r\n\r\n").encode("latin-1")
 
 
-__all__ = ["ESTABLISHED", "HOP_BY_HOP", "HeadError", "ProxyRequest", "answer", "parse_head",
-           "request_line"]
+__all__ = ["ESTABLISHED", "HOP_BY_HOP", "HeadError", "ProxyRequest", "ResponseHead", "answer",
+           "parse_head", "parse_response_head", "request_line"]

@@ -269,3 +269,69 @@ def test_a_vm_cannot_be_attached_twice(kit):
     kit.attach("vm1", "allowed.test:80")
     with pytest.raises(BadRequest, match="already attached"):
         kit.attach("vm1", "allowed.test:80")
+
+
+def test_a_name_not_on_the_allowlist_is_never_resolved(kit):
+    path = kit.attach("vm1", "allowed.test:80")
+    assert kit.ask(path, b"CONNECT secret-data.exfil.test:443 HTTP/1.1\r\n\r\n").startswith(
+        b"HTTP/1.1 403 ")
+    assert kit.lookups == []
+
+
+def test_an_allowed_destination_that_refuses_the_connection_is_answered_502(kit):
+    closed = Origin(echo)
+    port = closed.port
+    closed.close()  # nothing listens there now
+    path = kit.attach("vm1", f"allowed.test:{port}")
+    got = kit.ask(path, connect_head(port))
+    assert got.startswith(b"HTTP/1.1 502 ")
+    assert f"could not connect to allowed.test:{port} (127.0.0.1)".encode() in got
+    assert [(e.kind, e.reason) for e in until(lambda: len(kit.events) == 2 and kit.events)] \
+        == [("decision", "allowlisted"), ("end", "connect-failed")]
+
+
+def test_a_request_body_streams_to_the_origin(kit):
+    def count_body(sock):
+        head = read_head(sock)
+        assert head.startswith(b"POST /up HTTP/1.1\r\n")
+        body = b""
+        while len(body) < 100_000:
+            body += sock.recv(65536)
+        reply = f"got {len(body)}".encode()
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
+
+    origin = Origin(count_body)
+    try:
+        path = kit.attach("vm1", f"allowed.test:{origin.port}")
+        got = kit.ask(path, (f"POST http://allowed.test:{origin.port}/up HTTP/1.1\r\n"
+                             "Content-Length: 100000\r\n\r\n").encode() + b"b" * 100_000)
+        assert got.endswith(b"got 100000")
+    finally:
+        origin.close()
+
+
+def test_an_origin_keeping_the_connection_gets_only_the_one_request_and_the_guest_its_answer(
+        kit):
+    heads = []
+
+    def keep_alive(sock):
+        data = b""
+        while chunk := sock.recv(65536):  # everything it is sent, until the proxy closes
+            data += chunk
+        heads.append(data)
+
+    def answer_then_keep(sock):
+        read_head(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+        keep_alive(sock)
+
+    origin = Origin(answer_then_keep)
+    try:
+        path = kit.attach("vm1", f"allowed.test:{origin.port}")
+        one = f"POST http://allowed.test:{origin.port}/ HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        two = "GET http://elsewhere.test/ HTTP/1.1\r\n\r\n"  # pipelined: never forwarded
+        got = kit.ask(path, (one + two).encode())
+        assert got == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        assert until(lambda: heads) == [b"abc"]  # the body, after the head read_head took
+    finally:
+        origin.close()
