@@ -24,7 +24,7 @@ from tryfleet.audit.errors import AuditUnavailable
 from tryfleet.secretstore import SecretStore
 from tryfleet.wire import Outcome
 
-from . import audit_records
+from . import audit_records, exporter
 from . import core as c
 from .admission import Policy, PressureLimits
 from .dispatch import Dispatcher
@@ -205,6 +205,7 @@ class Engine:
                 if not all(done):
                     refused = [lc.id for lc, ok in zip(a.launches, done, strict=True) if not ok]
                     raise LedgerDisagrees(f"placements of {refused[:5]} refused")
+                exporter.ATTEMPTS_STARTED.inc(len(a.launches))
             elif isinstance(a, c.StartOnHost):
                 for lc in a.launches:
                     log.debug("attempt %d of %s started on %s", lc.attempt, lc.row.id, a.host,
@@ -231,6 +232,7 @@ class Engine:
                 log.warning("retrying %s after attempt %d: %s", a.id, a.attempt, a.error,
                             extra={} if w is None else row_ids(w.row, a.attempt, None))
         self.ledger.commit(writes)  # a write that no longer applies was fenced: harmless
+        exporter.counted(writes)
         self.poke()
 
     def _spawn(self, coro: Any) -> None:
