@@ -208,8 +208,8 @@ def _host_samples(g: dict[str, GaugeMetricFamily], host: str, s: HostStatus,
         g["tryfleet_host_pressure_ratio"].add_metric([host, resource, kind], pct / 100)
     g["tryfleet_host_vms"].add_metric([host], len(s.vms))
     g["tryfleet_host_running_attempts"].add_metric([host], s.running)
-    ready: dict[str, int] = {}
-    wanted: dict[str, int] = {}
+    ready = dict.fromkeys(s.images, 0)  # 0 for an image without a pool: a series all along
+    wanted = dict.fromkeys(s.images, 0)
     for row in s.pool:
         ready[row.image] = ready.get(row.image, 0) + row.ready
         wanted[row.image] = wanted.get(row.image, 0) + row.wanted

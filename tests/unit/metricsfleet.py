@@ -21,9 +21,11 @@ Labels = tuple[tuple[str, str], ...]
 @contextlib.contextmanager
 def fleet_after_a_batch(tmp_path: Path) -> Iterator[Api]:
     """The fleet, once a batch of suite `s1` of tenant acme ended: one iteration SUCCEEDED,
-    one FAILED."""
+    one FAILED; a limit ci-db=2 is set."""
     with api_fleet(tmp_path, audit=True) as api:
         admin = api.key("ops", Scope.ADMIN)
+        limit = api.put("/v1/fleet/limits/ci-db", headers=admin, json={"value": 2})
+        assert limit.status_code == 200, limit.text
         sent = api.post("/v1/batches", headers=admin, json={
             "suite": "s1", "tenant": "acme", "iterations": [
                 {"image": "base", "command": ["true"]},
