@@ -5,9 +5,12 @@ every kind; and /metrics read back as samples."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.waiting import until
@@ -16,6 +19,7 @@ from tryfleet.gateway.keys import Scope
 from .apifleet import Api, api_fleet
 
 Labels = tuple[tuple[str, str], ...]
+README = Path(__file__).parents[2] / "README.md"
 
 
 @contextlib.contextmanager
@@ -33,6 +37,19 @@ def fleet_after_a_batch(tmp_path: Path) -> Iterator[Api]:
         assert sent.status_code == 201, sent.text
         until(lambda: ended(api, admin) == 2, 60, lambda: ended(api, admin))
         yield api
+
+
+def readme_metrics() -> str:
+    """The README's "Metrics" section."""
+    return README.read_text().split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_scrape_config() -> dict[str, Any]:
+    """The yaml block of the README's "Metrics" section, as Prometheus would read it."""
+    found = re.search(r"```yaml\n(.*?)```", readme_metrics(), re.S)
+    assert found, "the README's Metrics section has no yaml block"
+    config: dict[str, Any] = yaml.safe_load(found[1])
+    return config
 
 
 def ended(api: Api, headers: dict[str, str]) -> int:
@@ -56,4 +73,5 @@ def names(text: str) -> set[str]:
     return {name for name, _ in samples(text)}
 
 
-__all__ = ["ended", "fleet_after_a_batch", "names", "samples"]
+__all__ = ["ended", "fleet_after_a_batch", "names", "readme_metrics", "readme_scrape_config",
+           "samples"]

@@ -12,7 +12,13 @@ from tryfleet.scheduler import exporter
 from tryfleet.wire import NODE_ACTOR_PREFIX
 
 from .apifleet import HOST
-from .metricsfleet import fleet_after_a_batch, names, samples
+from .metricsfleet import (
+    fleet_after_a_batch,
+    names,
+    readme_metrics,
+    readme_scrape_config,
+    samples,
+)
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +194,19 @@ def test_suites_with_work_come_first_up_to_a_cap_then_only_the_most_recent_other
     live = [("a", "live-1"), ("b", "live-2"), ("b", "live-3")]  # live-3: older than recent
     chosen = exporter.FleetCollector(_engine(live, recent))._suites()
     assert chosen == [("a", "live-1"), ("b", "live-2"), ("a", "new-done")]
+
+
+# ---- the README says how to scrape them ------------------------------------------------------
+def test_the_readmes_scrape_config_sends_a_key_file_as_a_bearer_token_to_the_gateway():
+    (job,) = readme_scrape_config()["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"]["type"] == "Bearer"
+    assert job["authorization"]["credentials_file"].endswith(".key")
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:8470"]}]
+
+
+def test_the_readme_gives_the_bounds_the_code_keeps():
+    text = " ".join(readme_metrics().split())
+    assert f"within {exporter.NODE_TIMEOUT_S:g} s" in text
+    assert f"(the {exporter.MAX_LIVE_SUITES} newest)" in text
+    assert f"the {exporter.RECENT_SUITES} most recent others" in text
