@@ -26,7 +26,7 @@ from tryfleet.secretstore import SecretStore
 
 from . import auditing, e2b, problems
 from .keys import KeyStore
-from .metrics import Measured
+from .metrics import Measured, serving
 from .policy import Policies
 from .routes import audit as audit_routes
 from .routes import fleet as fleet_routes
@@ -165,6 +165,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.add_middleware(auditing.AuditCalls)  # inside RequestIds: the request id is known
     app.add_middleware(RequestIds)
     app.add_middleware(Measured)  # outermost: every answer counted, refusals of size too
+    serving()
     return app
 
 

@@ -7,8 +7,13 @@ fleet as its engine sees it (queue, admission waits, hosts, pools, suites, switc
 each node agent's (start-time and exec histograms, egress), gathered at once within a
 deadline. The families are merged by name; a process met twice (a fleet in one process, as in
 tests) is counted once; of other processes only `tryfleet_` families are kept (their
-`process_` and `python_` ones would clash with the gateway's). A scheduler that does not
-answer in time is `tryfleet_scheduler_up 0`, and the scrape still answers.
+`process_` and `python_` ones would clash with the gateway's); of a family another process
+served, the gateway's own copy is left out. A scheduler that does not answer in time is
+`tryfleet_scheduler_up 0`, and the scrape still answers.
+
+So a process's default registry holds what it measures: a metric is registered (and its
+label values set to 0) by the part that measures it when it starts, not when its module is
+imported, since other processes import it too.
 """
 
 from __future__ import annotations
@@ -55,8 +60,13 @@ DURATION = Histogram("tryfleet_api_request_duration_seconds", "Time from a reque
                               2.5, 5.0, 10.0, 30.0, 60.0, 300.0))
 DENIALS = Counter("tryfleet_authorization_denials", "Requests refused for who is calling, by "
                   "reason: " + ", ".join(DENIAL_REASONS), ["reason"])
-for _reason in DENIAL_REASONS:
-    DENIALS.labels(_reason)
+
+
+def serving() -> None:
+    """This process serves the API: its denial counters start at 0 for every reason (not on
+    import: a process that only imports this module serves none of them)."""
+    for reason in DENIAL_REASONS:
+        DENIALS.labels(reason)
 
 
 def denied(reason: str) -> None:
@@ -119,10 +129,8 @@ class _Merged:
         self.families: dict[str, Metric] = {}
         self._seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
 
-    def add(self, metrics: Iterable[Metric], remote: bool) -> None:
+    def add(self, metrics: Iterable[Metric]) -> None:
         for m in metrics:
-            if remote and not m.name.startswith("tryfleet_"):
-                continue
             fam = self.families.get(m.name)
             if fam is None:
                 fam = self.families[m.name] = Metric(m.name, m.documentation, m.type, m.unit)
@@ -136,8 +144,16 @@ class _Merged:
                     self._seen.add(key)
                     fam.samples.append(s)
 
-    def add_text(self, text: bytes) -> None:
-        self.add(text_string_to_metric_families(text.decode()), remote=True)
+    def add_remote(self, text: bytes) -> None:
+        """Another process's families: only `tryfleet_` ones."""
+        self.add(m for m in text_string_to_metric_families(text.decode())
+                 if m.name.startswith("tryfleet_"))
+
+    def add_local(self, metrics: Iterable[Metric]) -> None:
+        """This process's default registry, after the others: of a family another process
+        served, this process's copy (a module it imported, not what it measures) is left out."""
+        served = set(self.families)
+        self.add(m for m in metrics if m.name not in served)
 
     def exposition(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
@@ -149,24 +165,24 @@ async def exposition(fleet: Any, audit: Any) -> bytes:
     """The whole fleet's metrics in Prometheus's text format (see the module's docstring).
     fleet: the app's FleetCalls (or a stand-in); audit: its Audit, or None."""
     merged = _Merged()
-    merged.add(REGISTRY.collect(), remote=False)
     pids = {os.getpid()}
     up = 0
     try:
         got = await asyncio.wait_for(fleet.sched("metrics", NODE_TIMEOUT_S), SCHEDULER_TIMEOUT_S)
         if got["pid"] not in pids:
             pids.add(got["pid"])
-            merged.add_text(got["shared"])
-        merged.add_text(got["fleet"])
+            merged.add_remote(got["shared"])
+        merged.add_remote(got["fleet"])
         for packed in got["nodes"]:
             node = unpack(Exposition, packed)
             if node.pid not in pids:
                 pids.add(node.pid)
-                merged.add_text(node.text)
+                merged.add_remote(node.text)
         up = 1
     except Exception as err:  # the gateway's own metrics still answer
         log.warning("/metrics without the scheduler's side: %s", err or type(err).__name__)
-    merged.add(_own(up, audit, await _head_seq(audit)), remote=False)
+    merged.add_local(REGISTRY.collect())
+    merged.add(_own(up, audit, await _head_seq(audit)))
     return merged.exposition()
 
 
@@ -195,4 +211,4 @@ def _own(scheduler_up: int, audit: Any, head: int | None) -> Iterator[Metric]:
 
 
 __all__ = ["DENIALS", "DENIAL_REASONS", "DURATION", "REQUESTS", "Measured", "denied",
-           "denied_for", "exposition"]
+           "denied_for", "exposition", "serving"]

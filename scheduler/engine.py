@@ -56,6 +56,7 @@ class Engine:
                  suite_cap: int | None = None, tenant_cap: int | None = None,
                  audit: Audit | None = None) -> None:
         self.ledger = Ledger(Path(ledger_path))
+        exporter.counters()  # this process schedules: its counters are served from now on
         self.audit = audit  # None: nothing recorded (audit_records.py says what is)
         self.rows = audit_records.Rows()
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
@@ -205,7 +206,7 @@ class Engine:
                 if not all(done):
                     refused = [lc.id for lc, ok in zip(a.launches, done, strict=True) if not ok]
                     raise LedgerDisagrees(f"placements of {refused[:5]} refused")
-                exporter.ATTEMPTS_STARTED.inc(len(a.launches))
+                exporter.started(len(a.launches))
             elif isinstance(a, c.StartOnHost):
                 for lc in a.launches:
                     log.debug("attempt %d of %s started on %s", lc.attempt, lc.row.id, a.host,

@@ -15,9 +15,11 @@ and the RECENT_SUITES most recent others; `tryfleet_ledger_iterations` counts ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -47,26 +49,44 @@ MAX_LIVE_SUITES = 50
 RECENT_SUITES = 10
 NODE_TIMEOUT_S = 2.0
 
-ITERATIONS_ENDED = Counter(
-    "tryfleet_iterations", "Iterations that reached a terminal state, by that state (counted "
-    "by the scheduler since it started)", ["state"])
-ATTEMPTS_STARTED = Counter("tryfleet_attempts_started",
-                           "Attempts of iterations placed on a host and started")
-RETRIES = Counter("tryfleet_iteration_retries",
-                  "Attempts that ended and whose iteration was queued for another attempt")
-for _state in TERMINAL:
-    ITERATIONS_ENDED.labels(_state)
+@dataclass(frozen=True, slots=True)
+class Counters:
+    ended: Counter
+    started: Counter
+    retries: Counter
+
+
+@functools.cache
+def counters() -> Counters:
+    """The scheduler's counters, registered in this process's default registry by its first
+    Engine: not on import, so that a process that imports this module without scheduling (the
+    gateway's) serves no zeros of them, which Prometheus would take for counter resets."""
+    made = Counters(
+        Counter("tryfleet_iterations", "Iterations that reached a terminal state, by that "
+                "state (counted by the scheduler since it started)", ["state"]),
+        Counter("tryfleet_attempts_started",
+                "Attempts of iterations placed on a host and started"),
+        Counter("tryfleet_iteration_retries",
+                "Attempts that ended and whose iteration was queued for another attempt"))
+    for state in TERMINAL:
+        made.ended.labels(state)
+    return made
+
+
+def started(n: int) -> None:
+    counters().started.inc(n)
 
 
 def counted(writes: Sequence[object]) -> None:
     """The ledger writes of a scheduling pass, committed: iterations ended, retries."""
+    c = counters()
     for a in writes:
         if isinstance(a, Finish):
-            ITERATIONS_ENDED.labels(a.state.value).inc()
+            c.ended.labels(a.state.value).inc()
         elif isinstance(a, Abandon):
-            ITERATIONS_ENDED.labels(Phase.INFRA_ERROR.value).inc()
+            c.ended.labels(Phase.INFRA_ERROR.value).inc()
         elif isinstance(a, Requeue):
-            RETRIES.inc()
+            c.retries.inc()
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -247,5 +267,5 @@ async def gather(engine: Engine, timeout_s: float = NODE_TIMEOUT_S) -> dict[str,
             "fleet": generate_latest(fleet), "nodes": nodes}
 
 
-__all__ = ["ATTEMPTS_STARTED", "ITERATIONS_ENDED", "MAX_LIVE_SUITES", "RECENT_SUITES",
-           "RETRIES", "FleetCollector", "counted", "gather"]
+__all__ = ["MAX_LIVE_SUITES", "NODE_TIMEOUT_S", "RECENT_SUITES", "Counters", "FleetCollector",
+           "counted", "counters", "gather", "started"]

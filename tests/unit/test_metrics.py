@@ -5,9 +5,11 @@ import asyncio
 import types
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from tryfleet.errors import FleetUnavailable
 from tryfleet.gateway.keys import Scope
+from tryfleet.gateway.metrics import exposition
 from tryfleet.scheduler import exporter
 from tryfleet.wire import NODE_ACTOR_PREFIX
 
@@ -175,6 +177,23 @@ def test_without_the_scheduler_the_gateway_still_answers_with_its_own(api, scrap
     assert got[("tryfleet_scheduler_up", ())] == 0
     assert "tryfleet_api_requests_total" in {name for name, _ in got}
     assert "tryfleet_host_up" not in {name for name, _ in got}
+
+
+def test_of_a_family_another_process_serves_the_gateways_own_copy_is_left_out():
+    """A gateway in a process of its own imports the scheduler's modules: its copy of the
+    scheduler's counters (zeros) must not stand in for the scheduler's."""
+    theirs = CollectorRegistry()
+    Counter("tryfleet_iterations", "ended", ["state"], registry=theirs).labels(
+        "SUCCEEDED").inc(5)
+    exporter.counters().ended.labels("SUCCEEDED")  # this process has the family too
+
+    class Elsewhere:
+        async def sched(self, method, *args):
+            return {"pid": -1, "shared": generate_latest(theirs), "fleet": b"", "nodes": []}
+
+    got = samples(asyncio.run(exposition(Elsewhere(), None)).decode())
+    assert got[("tryfleet_iterations_total", (("state", "SUCCEEDED"),))] == 5
+    assert got[("tryfleet_scheduler_up", ())] == 1
 
 
 # ---- suites, named by users, are bounded -----------------------------------------------------
