@@ -46,6 +46,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 log = logging.getLogger("tryfleet.gateway")
 SCHEDULER_TIMEOUT_S = 5.0  # the whole answer of the scheduler's side
 NODE_TIMEOUT_S = 2.0  # each node agent's, asked by the scheduler
+OURS = ("tryfleet_", "process_", "python_")  # the gateway's own families served
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Why a request was refused for who is calling: no key; a key unknown, revoked or expired; a
 # scope it lacks; another tenant's; the tenant's policy; its quota; a kill switch.
@@ -151,9 +152,10 @@ class _Merged:
 
     def add_local(self, metrics: Iterable[Metric]) -> None:
         """This process's default registry, after the others: of a family another process
-        served, this process's copy (a module it imported, not what it measures) is left out."""
+        served, this process's copy (a module it imported, not what it measures) is left out;
+        so is what libraries in this process registered there (only OURS)."""
         served = set(self.families)
-        self.add(m for m in metrics if m.name not in served)
+        self.add(m for m in metrics if m.name not in served and m.name.startswith(OURS))
 
     def exposition(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)

@@ -135,3 +135,18 @@ def test_prometheus_answers_the_sandbox_start_time_histogram(prometheus, batch):
                                "(tryfleet_sandbox_start_seconds_bucket))")
     (seconds,) = median.values()
     assert 0 < seconds < 120
+
+
+def test_the_gateway_serves_tryfleets_metrics_and_no_library_s(prometheus, batch):
+    names = {dict(labels)["__name__"] for labels in _series(prometheus, '{job="tryfleet"}')}
+    scraped = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
+               "scrape_samples_post_metric_relabeling", "scrape_series_added"}
+    assert {"tryfleet_iterations_total", "process_resident_memory_bytes"} <= names
+    assert {n for n in names - scraped
+            if not n.startswith(("tryfleet_", "process_", "python_"))} == set()
+
+
+def _series(url: str, match: str) -> list[tuple[tuple[str, str], ...]]:
+    got = httpx.get(f"{url}/api/v1/series", params={"match[]": match}, timeout=10).json()
+    assert got["status"] == "success", got
+    return [tuple(sorted(s.items())) for s in got["data"]]

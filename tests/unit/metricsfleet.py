@@ -35,7 +35,7 @@ def fleet_after_a_batch(tmp_path: Path) -> Iterator[Api]:
                 {"image": "base", "command": ["true"]},
                 {"image": "base", "command": ["sh", "-c", "exit 3"]}]})
         assert sent.status_code == 201, sent.text
-        until(lambda: ended(api, admin) == 2, 60, lambda: ended(api, admin))
+        until(lambda: ended(api, admin) == 2, 180, lambda: ended(api, admin))
         yield api
 
 
