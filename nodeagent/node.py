@@ -194,16 +194,15 @@ class NodeAgent:
             raise BadRequest(f"disk_mib={spec.disk_mib} is smaller than image {spec.image!r} "
                              f"({image.disk_mib} MiB); ask for at least that much")
         key = self._key(spec, image)
+        box = None
         if spec.egress:
             grant = EgressGrant(tuple(spec.egress), ids or Ids(), sandbox)
             box = self._boot(key, image, spec.boot_timeout_s, should_stop, grant)
-        else:
-            box = self.pool.take(key) if self.pool is not None else None
-            if box is not None:
-                box.origin = "pool"
-            else:
-                box = self._restore_any(key, image, should_stop) \
-                    or self._boot(key, image, spec.boot_timeout_s, should_stop)
+        elif self.pool is not None and (box := self.pool.take(key)) is not None:
+            box.origin = "pool"
+        if box is None:
+            box = self._restore_any(key, image, should_stop) \
+                or self._boot(key, image, spec.boot_timeout_s, should_stop)
         exporter.started(self.label, spec.image, box.origin, time.monotonic() - t0)
         return box
 
