@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import query
+from . import query, store
 from .checkpoints import AuditPaths
 from .errors import AuditUnavailable
 from .record import Entry, Record
@@ -123,6 +123,19 @@ class Audit:
         atexit.unregister(self._at_exit)
 
     # ---- reading ---------------------------------------------------------------------------
+    @property
+    def appended(self) -> int:
+        """How many records this process's writer appended since it started."""
+        return self._writer.appended
+
+    def head_seq(self) -> int:
+        """The seq of the trail's last record, whoever appended it (0: none yet)."""
+        db = store.open_read(self.paths.db)
+        try:
+            return store.head(db)[0]
+        finally:
+            db.close()
+
     def select(self, f: query.Filter) -> list[Record]:
         return query.select(self.paths.db, f)
 

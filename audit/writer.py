@@ -95,6 +95,7 @@ class Writer:
         self._opened_once = False
         self._head: tuple[int, str] | None = None  # the last head this writer committed
         self._uncovered = 0  # records of this writer since its last checkpoint
+        self.appended = 0  # records this writer appended (its metrics)
         self._due: float | None = None  # monotonic time the next checkpoint is due
         self._closed = False
         self._lock = threading.Lock()
@@ -209,6 +210,7 @@ class Writer:
                       "removed behind tryfleet's back (`tryfleet audit verify` names them); "
                       "appending after it", self._head[0], records[0].seq - 1)
         self._head = (records[-1].seq, records[-1].hash)
+        self.appended += len(records)
         self._uncovered += len(records)
         if self._due is None:
             self._due = time.monotonic() + self.checkpoint_s

@@ -26,12 +26,14 @@ from tryfleet.secretstore import SecretStore
 
 from . import auditing, e2b, problems
 from .keys import KeyStore
+from .metrics import Measured, serving
 from .policy import Policies
 from .routes import audit as audit_routes
 from .routes import fleet as fleet_routes
 from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
 from .routes import meta, sandbox_files, sandboxes
+from .routes import metrics as metrics_routes
 from .routes import secrets as secret_routes
 from .routes import suites as suite_routes
 from .routes import switches as switch_routes
@@ -157,10 +159,13 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.include_router(suite_routes.router)
     app.include_router(fleet_routes.router)
     app.include_router(switch_routes.router)
+    app.include_router(metrics_routes.router)
     e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
     _mount_mcp(app)
     app.add_middleware(auditing.AuditCalls)  # inside RequestIds: the request id is known
     app.add_middleware(RequestIds)
+    app.add_middleware(Measured)  # outermost: every answer counted, refusals of size too
+    serving()
     return app
 
 

@@ -15,6 +15,7 @@ from tryfleet import logs
 
 from .auditing import call_of, route_of
 from .keys import KeyStore, Principal, Scope, check_tenant
+from .metrics import denied
 from .problems import forbidden, unauthorized
 
 
@@ -31,11 +32,13 @@ async def principal(request: Request) -> Principal:
     dependency in a worker thread, a hop that costs more than the key check itself)."""
     token = _token(request)
     if not token:
+        denied("no_key")
         raise unauthorized("this API needs a key: send `Authorization: Bearer <key>` (make "
                            "one with `tryfleet key create --tenant T`)")
     keys: KeyStore = request.app.state.keys
     who = keys.verify(token)
     if who is None:
+        denied("bad_key")
         raise unauthorized("the key is not valid: unknown, revoked or expired")
     request.state.principal = who
     call_of(request).admit(who)  # its key on the request's audit records and log lines
@@ -51,6 +54,7 @@ def needs(*scopes: Scope) -> Callable[[Principal], Awaitable[Principal]]:
 
     async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not any(who.may(s) for s in scopes):
+            denied("scope")
             raise forbidden(f"this key lacks the scope this needs: {names}", scopes=[
                 s.value for s in scopes])
         return who
@@ -63,6 +67,7 @@ def tenant_of(who: Principal, asked: str | None) -> str:
     if asked is None or asked == who.tenant:
         return who.tenant
     if not who.admin:
+        denied("tenant")
         raise forbidden(f"a key of tenant {who.tenant!r} acts only for that tenant")
     return check_tenant(asked)
 

@@ -56,6 +56,7 @@ class Scope(enum.StrEnum):
     BATCH = "batch"  # submit and cancel iterations
     READ = "read"  # see the tenant's sandboxes, iterations and suites
     ADMIN = "admin"  # everything, every tenant: keys, fleet, limits
+    METRICS = "metrics"  # read /metrics (the whole fleet's, every tenant's suites); nothing else
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from tryfleet.errors import FleetUnavailable
 from tryfleet.scheduler.ledger_reads import LedgerView
 
 from .keys import Principal, check_tenant
+from .metrics import denied
 from .problems import forbidden
 
 END_POLL_S = 0.1  # how often the high-water mark of endings is read while a stream waits
@@ -60,6 +61,7 @@ def read_tenant(who: Principal, asked: str | None) -> str | None:
     an admin's choice, or None for every tenant."""
     if not who.admin:
         if asked is not None and asked != who.tenant:
+            denied("tenant")
             raise forbidden(f"a key of tenant {who.tenant!r} acts only for that tenant")
         return who.tenant
     return None if asked is None else check_tenant(asked)

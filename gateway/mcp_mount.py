@@ -31,6 +31,7 @@ from .auditing import current
 from .keys import KeyStore, Principal
 from .keys import Scope as KeyScope
 from .mcp_backend import MCP_PATH, GatewayBackend
+from .metrics import denied
 
 MAX_MCP_BODY_BYTES = 16 * 1024 * 1024  # a write_file of 8 MiB, as base64 in JSON-RPC
 # tryfleet keys are not OAuth tokens: no authorization server, so none is advertised (no
@@ -53,6 +54,7 @@ class KeyVerifier:
     async def verify_token(self, token: str) -> AccessToken | None:
         who = self.keys.verify(token)
         if who is None:
+            denied("bad_key")
             return None
         call = current()  # the /mcp request's: its key on the request's audit records
         if call is not None:

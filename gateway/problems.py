@@ -34,6 +34,8 @@ from tryfleet.errors import (
     TryfleetError,
 )
 
+from .metrics import denied_for
+
 log = logging.getLogger("tryfleet.gateway")
 MEDIA_TYPE = "application/problem+json"
 
@@ -65,6 +67,7 @@ def not_found(what: str) -> Problem:
 def of_error(err: TryfleetError) -> Problem:
     """The problem a tryfleet error is, by its family."""
     detail = str(err)
+    denied_for(err)
     if isinstance(err, QuotaExceeded):
         return Problem(429, "quota-exceeded", detail, limit=err.limit, value=err.value,
                        headers={"Retry-After": "5"})

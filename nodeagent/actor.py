@@ -32,6 +32,7 @@ from tryfleet.wire import (
     unpack_list,
 )
 
+from . import exporter
 from .node import NodeConfig, PoolTarget
 from .service import NodeService
 
@@ -94,6 +95,10 @@ class NodeActor:
 
     def shutdown(self) -> None:
         self.svc.close()
+
+    def metrics(self) -> bytes:
+        """Packed wire.Exposition: this process's Prometheus metrics (exporter.py)."""
+        return exporter.exposition()
 
     # ---- the SDK's calls -------------------------------------------------------------------
     def ping(self) -> str:

@@ -21,6 +21,7 @@ from tryfleet.images import BuiltImage, ImageError, ImageNotBuilt, ImageStore
 from tryfleet.private import harden, private_dir
 from tryfleet.wire import Capacity, Ids, Pressure
 
+from . import exporter
 from .clone import Cloner
 from .egress_node import EgressGrant, NodeEgress
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
@@ -86,7 +87,10 @@ class PoolTarget:
 class NodeAgent:
     def __init__(self, config: NodeConfig, hypervisor: Hypervisor | None = None,
                  reap_on_start: bool = True,
-                 build_image: Callable[[str], object] | None = None) -> None:
+                 build_image: Callable[[str], object] | None = None,
+                 host: str | None = None) -> None:
+        """host: the name this host goes by in the fleet (its metrics' `host` label); this
+        machine's hostname unless given."""
         if hypervisor is None:
             from .libvirt_hv import LibvirtHypervisor
 
@@ -111,7 +115,8 @@ class NodeAgent:
         self._build_image = build_image or self._build_from_recipe
         self._build_lock = threading.Lock()
         self.hostname = socket.gethostname()
-        self.egress = NodeEgress(config.data_dir, self.hostname)
+        self.label = host or self.hostname
+        self.egress = NodeEgress(config.data_dir, self.label)
         self._snapshots: Snapshots | None = None
         self._snapshots_lock = threading.Lock()
         self.pool: WarmPool | None = None
@@ -182,24 +187,24 @@ class NodeAgent:
         guest, else booted. One granted egress (spec.egress: its rules; ids and sandbox say
         whose it is, for the audit) is always booted: a pooled or saved guest has no NIC.
         Raises if it cannot be had."""
+        t0 = time.monotonic()
         check_sizes(spec, self.capacity())
         image = self.image(spec.image)
         if spec.disk_mib is not None and spec.disk_mib < image.disk_mib:
             raise BadRequest(f"disk_mib={spec.disk_mib} is smaller than image {spec.image!r} "
                              f"({image.disk_mib} MiB); ask for at least that much")
         key = self._key(spec, image)
+        box = None
         if spec.egress:
             grant = EgressGrant(tuple(spec.egress), ids or Ids(), sandbox)
-            return self._boot(key, image, spec.boot_timeout_s, should_stop, grant)
-        if self.pool is not None:
-            box = self.pool.take(key)
-            if box is not None:
-                box.origin = "pool"
-                return box
-        box = self._restore_any(key, image, should_stop)
-        if box is not None:
-            return box
-        return self._boot(key, image, spec.boot_timeout_s, should_stop)
+            box = self._boot(key, image, spec.boot_timeout_s, should_stop, grant)
+        elif self.pool is not None and (box := self.pool.take(key)) is not None:
+            box.origin = "pool"
+        if box is None:
+            box = self._restore_any(key, image, should_stop) \
+                or self._boot(key, image, spec.boot_timeout_s, should_stop)
+        exporter.started(self.label, spec.image, box.origin, time.monotonic() - t0)
+        return box
 
     def _fill(self, key: PoolKey, should_stop: Callable[[], bool]) -> Sandbox:
         """One VM for the warm pool: restored when a slot is (or can be made) ready."""
@@ -221,6 +226,7 @@ class NodeAgent:
                 on_destroy(box)
 
         sandbox = Sandbox(name, vm_dir, self.hv, self.logs_dir, on_destroy=forget)
+        sandbox.host = self.label
         with self._lock:
             self._live[vm_dir.name] = sandbox
         return sandbox
@@ -273,6 +279,7 @@ class NodeAgent:
         assert snaps is not None
         slot = snaps.new_slot(key)
         box = Sandbox(slot.name, slot.dir, self.hv, self.logs_dir)
+        box.host = self.label
         try:
             self.cloner.clone(image.rootfs, slot.disk, key.disk_mib)
             self._start_and_wait(box, key, image, slot.disk, image.rootfs, None, should_stop)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tryfleet.private import private_dir
 
+from . import exporter
 from .errors import NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .hypervisor import Hypervisor
@@ -37,6 +38,7 @@ class Sandbox:
         self._xml: str | None = None
         self.destroyed = False
         self.origin = "boot"  # or "pool" (handed out ready) or "restore" (from a saved guest)
+        self.host = ""  # the host it runs on, as its metrics name it
 
     def attach(self, channel: GuestChannel) -> None:
         self._channel = channel
@@ -53,9 +55,12 @@ class Sandbox:
              timeout_s: float | None = None, max_output: int = 16 * 1024 * 1024,
              on_output: OutputSink | None = None,
              should_stop: Callable[[], bool] | None = None) -> ExecResult:
-        return self.channel.exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
-                                 timeout_s=timeout_s, max_output=max_output,
-                                 on_output=on_output, should_stop=should_stop)
+        t0 = time.monotonic()
+        result = self.channel.exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
+                                   timeout_s=timeout_s, max_output=max_output,
+                                   on_output=on_output, should_stop=should_stop)
+        exporter.ran(self.host, time.monotonic() - t0)
+        return result
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.channel.write_file(path, data, mode)

@@ -86,7 +86,7 @@ class NodeService:
     def __init__(self, config: NodeConfig, host: str | None = None,
                  hypervisor: Hypervisor | None = None,
                  build_image: Callable[[str], object] | None = None) -> None:
-        self.node = NodeAgent(config, hypervisor, build_image=build_image)
+        self.node = NodeAgent(config, hypervisor, build_image=build_image, host=host)
         self.host = host or self.node.hostname
         self._attempts: dict[AttemptKey, _Attempt] = {}
         self.boxes = OpenSandboxes(self.host)

@@ -39,6 +39,8 @@ from tryfleet.wire import (
     unpack_list,
 )
 
+from . import exporter
+
 SIM_GROUP_PREFIX = NODE_ACTOR_PREFIX + "sim-"  # a node-agent actor serving a group of hosts
 
 
@@ -150,6 +152,10 @@ class SimHosts:
             for att in list(h.attempts.values()):
                 if att.timer is not None:
                     att.timer.cancel()
+
+    async def metrics(self) -> bytes:
+        """This process's Prometheus metrics (simulated hosts measure nothing of their own)."""
+        return exporter.exposition()
 
     # ---- wire.NodeProtocol: attempts -------------------------------------------------------
     async def start_many(self, host: str, requests: bytes) -> bytes:

@@ -73,19 +73,31 @@ class Usage:
             del self.started[suite]
 
 
-def blocked(c: Candidate, usage: Usage, policy: Policy) -> str | None:
-    """Why c may not start now ("limit ci-db=8 reached", ...), or None."""
+# Why a queued iteration waits, as a bounded set of names (the metrics' `reason` label):
+# admission's own reasons here; waits.py adds "frozen", "pressure" and "no_room".
+LIMIT, SUITE_CAP, TENANT_CAP = "limit", "suite_cap", "tenant_cap"
+
+
+def blocked_by(c: Candidate, usage: Usage, policy: Policy) -> tuple[str, str] | None:
+    """Why c may not start now: (LIMIT | SUITE_CAP | TENANT_CAP, "limit ci-db=8 reached"),
+    or None."""
     for name in c.limits:
         cap = policy.limits.get(name)
         if cap is not None and usage.limits[name] >= cap:
-            return f"limit {name}={cap} reached"
+            return LIMIT, f"limit {name}={cap} reached"
     suite_cap = policy.suite_caps.get(c.suite, policy.default_suite_cap)
     if suite_cap is not None and usage.suites[c.suite] >= suite_cap:
-        return f"suite {c.suite} at its cap of {suite_cap}"
+        return SUITE_CAP, f"suite {c.suite} at its cap of {suite_cap}"
     tenant_cap = policy.tenant_caps.get(c.tenant, policy.default_tenant_cap)
     if tenant_cap is not None and usage.tenants[c.tenant] >= tenant_cap:
-        return f"tenant {c.tenant} at its cap of {tenant_cap}"
+        return TENANT_CAP, f"tenant {c.tenant} at its cap of {tenant_cap}"
     return None
+
+
+def blocked(c: Candidate, usage: Usage, policy: Policy) -> str | None:
+    """Why c may not start now ("limit ci-db=8 reached", ...), or None."""
+    why = blocked_by(c, usage, policy)
+    return None if why is None else why[1]
 
 
 def admit(queue: Sequence[Candidate], usage: Usage, policy: Policy,

@@ -24,7 +24,7 @@ from tryfleet.audit.errors import AuditUnavailable
 from tryfleet.secretstore import SecretStore
 from tryfleet.wire import Outcome
 
-from . import audit_records
+from . import audit_records, exporter
 from . import core as c
 from .admission import Policy, PressureLimits
 from .dispatch import Dispatcher
@@ -56,6 +56,7 @@ class Engine:
                  suite_cap: int | None = None, tenant_cap: int | None = None,
                  audit: Audit | None = None) -> None:
         self.ledger = Ledger(Path(ledger_path))
+        exporter.counters()  # this process schedules: its counters are served from now on
         self.audit = audit  # None: nothing recorded (audit_records.py says what is)
         self.rows = audit_records.Rows()
         self.hosts = Hosts(PressureLimits(**(pressure or {})), cpu_overcommit)
@@ -205,6 +206,7 @@ class Engine:
                 if not all(done):
                     refused = [lc.id for lc, ok in zip(a.launches, done, strict=True) if not ok]
                     raise LedgerDisagrees(f"placements of {refused[:5]} refused")
+                exporter.started(len(a.launches))
             elif isinstance(a, c.StartOnHost):
                 for lc in a.launches:
                     log.debug("attempt %d of %s started on %s", lc.attempt, lc.row.id, a.host,
@@ -231,6 +233,7 @@ class Engine:
                 log.warning("retrying %s after attempt %d: %s", a.id, a.attempt, a.error,
                             extra={} if w is None else row_ids(w.row, a.attempt, None))
         self.ledger.commit(writes)  # a write that no longer applies was fenced: harmless
+        exporter.counted(writes)
         self.poke()
 
     def _spawn(self, coro: Any) -> None:

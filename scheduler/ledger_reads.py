@@ -279,6 +279,12 @@ class Reads:
                                  (tenant, name)).fetchone()
         return None if r is None else dict(r)
 
+    def recent_suites(self, limit: int) -> list[tuple[str, str]]:
+        """(tenant, name) of the `limit` suites made last, newest first."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT tenant, name FROM suites ORDER BY created_at DESC LIMIT ?", (limit,))]
+
     def suite_tenants(self, name: str) -> list[str]:
         """The tenants that have a suite of this name."""
         with self._lock:

@@ -24,6 +24,7 @@ from tryfleet.logs import LogSetup
 from tryfleet.selfstart import kick_self
 from tryfleet.wire import AttemptKey, Output, pack, unpack
 
+from . import exporter
 from .core import DEFAULT_DISK_MIB, Scope
 from .engine import Engine
 from .ledger_reads import AmbiguousId
@@ -260,6 +261,12 @@ class Scheduler:
         """Counters of the dispatch path since the start (or the last reset): placement
         decision times, passes, ledger commits, Ray calls to hosts, outcomes collected."""
         return self.engine.stats(reset)
+
+    async def metrics(self, node_timeout_s: float = exporter.NODE_TIMEOUT_S) -> dict[str, Any]:
+        """The fleet's Prometheus metrics for the gateway's /metrics (exporter.gather): this
+        process's, the fleet as the engine sees it, and each node agent's that answered
+        within node_timeout_s. Does not wait for the engine's start."""
+        return await exporter.gather(self.engine, min(max(node_timeout_s, 0.1), 10.0))
 
     async def counts(self, suite: str | None = None, tenant: str | None = None
                      ) -> dict[str, int]:

@@ -179,7 +179,7 @@ def _key_parser(sub: Any) -> None:
     create = ksub.add_parser("create", help="make a key; it is printed once, never again")
     create.add_argument("--tenant", required=True, help="the tenant the key acts for")
     create.add_argument("--scope", action="append", default=[],
-                        choices=("sandbox", "batch", "read", "admin"),
+                        choices=("sandbox", "batch", "read", "admin", "metrics"),
                         help="what it may do, repeatable (default: sandbox and batch)")
     create.add_argument("--expires", default=None, metavar="DURATION",
                         help="stop working after this long: 30d, 12h, 90m, 3600s")

@@ -220,6 +220,15 @@ class HostStatus:
         return sum(row.mem_mib * row.ready for row in self.pool)
 
 
+@dataclass(frozen=True, slots=True)
+class Exposition:
+    """A node agent's Prometheus metrics: its process's default registry in the text format,
+    and the process id (so that a gateway in the same process counts them once)."""
+
+    pid: int
+    text: bytes
+
+
 # ---- interactive sandboxes -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SandboxOpen:
@@ -425,13 +434,15 @@ class NodeProtocol(Protocol):
 
     def shutdown(self) -> None: ...  # stop every host served here (their VMs go)
 
+    def metrics(self) -> bytes: ...  # Exposition: this process's Prometheus metrics
+
 
 __all__ = [
     "MAX_EGRESS_REQUEST_CHARS", "MAX_GUEST_PATH_BYTES", "NAMESPACE", "NODE_ACTOR_PREFIX",
     "AttemptInfo", "AttemptKey", "Capacity", "EgressEvent", "ExecChunk", "ExecReply",
-    "ExecRequest", "Failure", "FileInfo", "FileType", "HostStatus", "Ids", "IterationSpec",
-    "Listing", "NodeProtocol", "Outcome", "Output", "PoolRow", "Pressure", "ProcEvent",
-    "ProcEventKind", "ProcInfo", "ProcStart", "ProcessGone", "SandboxGone", "SandboxOpen",
-    "StartRequest", "State", "WireError", "WrongHost", "guest_path_problem", "pack", "unpack",
-    "unpack_list", "unpack_map",
+    "ExecRequest", "Exposition", "Failure", "FileInfo", "FileType", "HostStatus", "Ids",
+    "IterationSpec", "Listing", "NodeProtocol", "Outcome", "Output", "PoolRow", "Pressure",
+    "ProcEvent", "ProcEventKind", "ProcInfo", "ProcStart", "ProcessGone", "SandboxGone",
+    "SandboxOpen", "StartRequest", "State", "WireError", "WrongHost", "guest_path_problem",
+    "pack", "unpack", "unpack_list", "unpack_map",
 ]

@@ -34,6 +34,7 @@ from tryfleet.errors import (
 )
 
 from ..keys import KeyStore, Principal
+from ..metrics import denied_for
 from ..problems import Problem
 from . import connect
 
@@ -104,6 +105,7 @@ def api_error(err: BaseException) -> ApiError:
 
 def _of_tryfleet(err: TryfleetError) -> ApiError:
     text = str(err)
+    denied_for(err)
     final = {"Should-Retry": "false"}  # the SDKs retry 429 and 503 unless told not to
     if isinstance(err, QuotaExceeded):
         return ApiError(429, text, final)

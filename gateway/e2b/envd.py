@@ -32,6 +32,7 @@ from tryfleet.wire import ExecReply, ExecRequest, SandboxGone, guest_path_proble
 
 from ..auditing import call_of, sandbox_closing
 from ..keys import KeyStore, Principal, Scope
+from ..metrics import denied
 from ..routes.sandboxes import book, seen_by
 from .common import ApiError, sandbox_missing, token_principal
 from .connect import HTTP_STATUS, Code, ConnectError
@@ -124,12 +125,15 @@ def _caller(request: Request, sid: str) -> Principal:
     elif key:
         who = keys.verify(key)
     else:
+        denied("no_key")
         raise ApiError(401, "this sandbox needs its access token (X-Access-Token, as the "
                        "E2B SDK sends it) or a tryfleet key (X-API-KEY)")
     if who is None:
+        denied("bad_key")
         raise ApiError(401, "the access token or key is not valid for this sandbox: "
                        "unknown, revoked, expired, or made for another sandbox")
     if not who.may(Scope.SANDBOX):
+        denied("scope")
         raise ApiError(403, "this key lacks the scope this needs: `sandbox`")
     return who
 

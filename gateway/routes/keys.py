@@ -20,8 +20,8 @@ MAX_EXPIRY_S = 10 * 365 * 86400
 
 class KeyCreate(BaseModel):
     tenant: str = Field(description="the tenant the key acts for", examples=["acme"])
-    scopes: list[str] = Field(min_length=1, max_length=4,
-                              description="some of sandbox, batch, read, admin",
+    scopes: list[str] = Field(min_length=1, max_length=5,
+                              description="some of sandbox, batch, read, admin, metrics",
                               examples=[["sandbox", "batch"]])
     expires_in_s: float | None = Field(None, gt=0, le=MAX_EXPIRY_S,
                                        description="seconds until the key stops working")

@@ -24,6 +24,7 @@ from tryfleet.scheduler import (
     retry,
     switches,
     switching,
+    waits,
 )
 
 SCHEDULER_DIR = pathlib.Path(tryfleet.scheduler.__file__).parent
@@ -49,7 +50,7 @@ def test_the_import_check_sees_full_dotted_and_relative_names(tmp_path):
 
 
 @pytest.mark.parametrize("module", [core, events, retry, placement, admission, backlog, metrics,
-                                    switches, switching])
+                                    switches, switching, waits])
 def test_pure_scheduler_modules_import_no_runtime(module):
     assert banned_imports(module) == set()
 
