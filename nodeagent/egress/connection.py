@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 BUFFER_BYTES = 64 * 1024
 MAX_RULES_SHOWN = 20
+LINGER_S = 2.0  # after a refusal, how long the proxy reads what the guest still sends
+LINGER_BYTES = 1024 * 1024  # and how much of it at most
 
 
 class AuditDown(Exception):
@@ -152,6 +154,8 @@ class Connection:
     async def _decide(self, req: ProxyRequest) -> IPAddress:
         """The address to connect to; raises Refused."""
         rules = self.vm.rules
+        with contextlib.suppress(BadRequest):  # else it stays as written: no rule allows it
+            self.host = canonical_host(req.host)
         if not allowed(rules, req.host, req.port):
             shown = ", ".join(str(r) for r in rules[:MAX_RULES_SHOWN]) or "nothing"
             more = f" and {len(rules) - MAX_RULES_SHOWN} more" if len(rules) > MAX_RULES_SHOWN \
@@ -159,9 +163,8 @@ class Connection:
             raise Refused(403, f"{self.host}:{req.port} is not on this sandbox's allowlist "
                                f"(allowed: {shown}{more})", "not-allowlisted")
         try:
-            self.host = canonical_host(req.host)
             addresses = await self.ctx.resolver.resolve(self.host)
-        except (ResolveFailed, BadRequest) as err:
+        except ResolveFailed as err:
             raise Refused(502, str(err), "resolve-failed") from None
         own = self.ctx.own_addresses()
         for address in addresses:
@@ -268,7 +271,7 @@ class Connection:
                 head = parse_response_head(raw, method)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, HeadError) as err:
                 what = err if isinstance(err, HeadError) else "its answer has no valid head"
-                await self._answer(502, f"{self.host}:{self.port}: {what}")
+                await self._answer(502, f"{self.host}:{self.port}: {what}", linger=False)
                 return
             self.writer.write(head.head)
             self._count_down(len(head.head))
@@ -296,10 +299,21 @@ class Connection:
             return
         await self._answer(refusal.status, str(refusal))
 
-    async def _answer(self, status: int, text: str) -> None:
+    async def _answer(self, status: int, text: str, linger: bool = True) -> None:
+        """The proxy's own answer. linger: then end the sending side and read what the guest
+        still sends, for a while, before the connection closes: closing with its request
+        unread would reset the connection, and the guest might never see the answer."""
         self.writer.write(answer(status, f"tryfleet egress: {text}"))
         with contextlib.suppress(ConnectionError, TimeoutError):
-            await asyncio.wait_for(self.writer.drain(), self.ctx.connect_timeout_s)
+            await asyncio.wait_for(self._linger() if linger else self.writer.drain(), LINGER_S)
+
+    async def _linger(self) -> None:
+        await self.writer.drain()
+        if self.writer.can_write_eof():
+            self.writer.write_eof()
+        left = LINGER_BYTES
+        while left > 0 and (data := await self.reader.read(min(left, BUFFER_BYTES))):
+            left -= len(data)
 
     async def _record(self, kind: str, decision: str, reason: str, address: str = "") -> None:
         """Record a decision (counted in the totals and the metric); raises AuditDown."""

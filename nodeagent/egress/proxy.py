@@ -119,7 +119,8 @@ class EgressProxy:
         return self._call(self._detach(vm))
 
     def attached(self) -> list[str]:
-        return sorted(self._vms)
+        """The VMs attached now."""
+        return self._call(self._attached())
 
     def close(self) -> None:
         """Detach every VM and stop the proxy's thread."""
@@ -162,6 +163,8 @@ class EgressProxy:
         self._open.inc()
         try:
             await Connection(self._ctx, state, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # detached: this task is the connection's own, and it ends here
         finally:
             state.tasks.discard(task)
             self._open.dec()
@@ -180,6 +183,9 @@ class EgressProxy:
         if tasks:
             await asyncio.wait(tasks, timeout=CALL_TIMEOUT_S / 2)
         return EgressTotals(state.bytes_up, state.bytes_down, state.allowed, state.denied)
+
+    async def _attached(self) -> list[str]:
+        return sorted(self._vms)
 
     async def _detach_all(self) -> None:
         for vm in list(self._vms):

@@ -335,3 +335,28 @@ def test_an_origin_keeping_the_connection_gets_only_the_one_request_and_the_gues
         assert until(lambda: heads) == [b"abc"]  # the body, after the head read_head took
     finally:
         origin.close()
+
+
+def test_the_decision_names_the_destination_canonically(kit):
+    path = kit.attach("vm1", "allowed.test:1")
+    kit.ask(path, b"CONNECT Other.TEST.:1 HTTP/1.1\r\n\r\n")
+    assert [(e.host, e.port, e.reason) for e in kit.events] == \
+        [("other.test", 1, "not-allowlisted")]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bytes_and_abrupt_closes_leave_the_proxy_serving(kit, web, seed):
+    import random
+    import socket
+    import struct
+
+    rnd = random.Random(seed)
+    path = kit.attach("vm1", f"allowed.test:{web.port}")
+    for _ in range(20):
+        sock = kit.connect(path, rnd.randbytes(rnd.randrange(1, 40000)))
+        if rnd.random() < 0.5:  # reset instead of a clean close
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    got = kit.ask(path, f"GET http://allowed.test:{web.port}/ HTTP/1.1\r\n\r\n".encode())
+    assert got.endswith(b"hello")
+    assert kit.proxy.attached() == ["vm1"]
