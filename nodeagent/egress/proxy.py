@@ -62,8 +62,18 @@ class EgressProxy:
     anything is connected or answered (in a thread: it may block on the audit; if it raises
     the connection is refused with 503) and at every allowed connection's end.
 
-    blocked(address, own) says why an address is refused (None: it is not); tests that serve
-    on loopback pass their own, production keeps blocked_reason."""
+    Decisions (EgressEvent kind "decision"): allow "allowlisted"; deny "not-allowlisted"
+    (403), "blocked-address:<kind>" (403, kinds in addresses.KINDS), "resolve-failed" (502),
+    "bad-request" (400, 408 no head in time, 431 head too large), "too-many-connections"
+    (429). A decision that could not be recorded is answered 503 and counted in the metric as
+    deny "audit-unavailable". End events (kind "end", of allowed connections) give in reason
+    how it ended: "closed", "idle-timeout", "detached", "connect-failed" (502 to the guest),
+    "connect-timeout" (504).
+
+    head_timeout_s: for the whole request head. node_name: the `host` label of the metrics.
+    socket_group: the group given each VM's socket (mode 0660); with no such group, 0666.
+    blocked(address, own): why an address is refused (None: it is not); tests that serve on
+    loopback pass their own, production keeps blocked_reason."""
 
     def __init__(self, record: Callable[[EgressEvent], None], resolver: Resolver,
                  own_addresses: Callable[[], Collection[IPAddress]], *,

@@ -1,5 +1,7 @@
 """Egress allowlist rules: parsing "HOST:PORT", their canonical text, and matching."""
 
+import importlib
+
 import pytest
 
 from tests.unit.builders import banned_imports
@@ -14,10 +16,16 @@ def test_the_public_names_are_pinned():
         assert getattr(egress, name) is not None, name
 
 
-def test_rules_are_pure_and_import_nothing_of_the_scheduler():
+def test_rules_are_pure():
     assert banned_imports(rules, {"ray", "libvirt", "sqlite3", "prometheus_client",
-                                  "threading", "asyncio", "tryfleet.scheduler",
-                                  "tryfleet.gateway"}) == set()
+                                  "threading", "asyncio", "psutil"}) == set()
+
+
+@pytest.mark.parametrize("name", ["addresses", "connection", "httphead", "metrics", "proxy",
+                                  "resolver", "rules"])
+def test_egress_imports_nothing_of_the_scheduler_or_the_gateway(name):
+    module = importlib.import_module(f"tryfleet.nodeagent.egress.{name}")
+    assert banned_imports(module, {"tryfleet.scheduler", "tryfleet.gateway", "ray"}) == set()
 
 
 @pytest.mark.parametrize(("text", "rule", "canonical"), [
