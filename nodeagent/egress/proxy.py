@@ -1,13 +1,13 @@
 """The host-side egress proxy: one per node agent, its own asyncio loop in a daemon thread, one
 unix socket per attached VM.
 
-A guest reaches it only through QEMU: a user-mode network with restrict=on and a guestfwd to
-the proxy's address that runs `socat - UNIX-CONNECT:<socket>` for each guest connection, as
-QEMU's user (libvirt-qemu on Debian). So each VM's socket is made group `socket_group`
-(libvirt-qemu) with mode 0660, and 0666 when no such group exists; it must sit in a directory
-QEMU's user can traverse (the VM's own directory, 0711 like the run directory above it, as its
-overlay needs already). Nothing but the socket's path names the VM: every connection on it is
-that VM's, decided against that VM's allowlist and recorded with its ids.
+A guest reaches it only through a relay that hands each of its connections to that VM's socket:
+the socat in the guest's own network namespace (nodeagent/guestnet.py, run as root; QEMU's
+guestfwd, which would run socat as QEMU's user, is forbidden by libvirt's seccomp filter). So
+each socket is made group `socket_group` with mode 0660 (0666 when no such group exists), and
+must sit in a directory the relay's user can traverse. Nothing but the socket's path names the
+VM: every connection on it is that VM's, decided against that VM's allowlist and recorded with
+its ids.
 
     proxy = EgressProxy(record, Resolver(hosts_file), host_addresses, node_name="h1")
     proxy.start()
