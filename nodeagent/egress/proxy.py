@@ -133,7 +133,7 @@ class EgressProxy:
         return self._call(self._attached())
 
     def close(self) -> None:
-        """Detach every VM and stop the proxy's thread."""
+        """Detach every VM, stop the proxy's thread, and close its resolver."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -146,6 +146,7 @@ class EgressProxy:
                 loop.close()
             self._loop = self._thread = None
             self._audit_pool.shutdown(wait=False)
+            self._ctx.resolver.close()
 
     # ---- in the proxy's loop -----------------------------------------------------------------
     async def _attach(self, vm: str, path: Path, rules: tuple[Rule, ...], ids: Ids) -> None:
