@@ -24,7 +24,7 @@ from tryfleet.scheduler.sandboxes import SandboxBook
 from tryfleet.scheduler.switch_book import SwitchBook
 from tryfleet.secretstore import SecretStore
 
-from . import auditing, e2b, problems
+from . import auditing, controlroom, e2b, problems
 from .keys import KeyStore
 from .metrics import Measured, serving
 from .policy import Policies
@@ -32,6 +32,7 @@ from .routes import audit as audit_routes
 from .routes import fleet as fleet_routes
 from .routes import iterations as iteration_routes
 from .routes import keys as keys_routes
+from .routes import live as live_routes
 from .routes import meta, sandbox_files, sandboxes
 from .routes import metrics as metrics_routes
 from .routes import secrets as secret_routes
@@ -150,6 +151,8 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     app.state.secrets = SecretStore(policies.path.parent)  # both in the data directory
     problems.install(app)
     app.include_router(meta.router)
+    app.include_router(controlroom.router)  # the control room's page, and its live view
+    app.include_router(live_routes.router)
     app.include_router(keys_routes.router)
     app.include_router(secret_routes.router)
     app.include_router(audit_routes.router)

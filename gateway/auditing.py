@@ -51,7 +51,9 @@ from tryfleet.errors import PolicyDenied, QuotaExceeded
 from .keys import Principal
 
 STATE_KEY = "audit_call"
-UNAUDITED = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+UNAUDITED = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect",
+                       "/"})  # and the control room's files (UNAUDITED_PREFIX): no data
+UNAUDITED_PREFIX = "/controlroom/"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _current: ContextVar[Call | None] = ContextVar("tryfleet_audit_call", default=None)
 
@@ -224,7 +226,8 @@ class AuditCalls:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         audit = getattr(getattr(scope.get("app"), "state", None), "audit", None)
-        if scope["type"] != "http" or audit is None or scope["path"] in UNAUDITED:
+        if scope["type"] != "http" or audit is None or scope["path"] in UNAUDITED or \
+                scope["path"].startswith(UNAUDITED_PREFIX):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -378,6 +381,6 @@ async def policy_checked(call: Call, tenant: str) -> AsyncIterator[None]:
         raise
 
 
-__all__ = ["STATE_KEY", "UNAUDITED", "AuditCalls", "Call", "Command", "FileMove",
-           "FleetSettling", "call_of", "command_started", "current", "drained",
+__all__ = ["STATE_KEY", "UNAUDITED", "UNAUDITED_PREFIX", "AuditCalls", "Call", "Command",
+           "FileMove", "FleetSettling", "call_of", "command_started", "current", "drained",
            "policy_checked", "route_of", "sandbox_closing", "trace_id_of"]

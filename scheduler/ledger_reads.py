@@ -306,6 +306,33 @@ class Reads:
                 "a.outcome, a.error FROM attempts a JOIN iterations i ON i.key = "
                 "a.iteration_key WHERE a.iteration_key = ? ORDER BY a.attempt", (key,))]
 
+    def ended_per_minute(self, since: float, tenant: str | None = None
+                         ) -> list[tuple[int, str, int]]:
+        """How many iterations (of tenant) ended in each minute since `since`, by state:
+        (minute as seconds since the epoch, state, count), oldest first."""
+        where = "ended_at >= ?"
+        args: list[Any] = [since]
+        if tenant is not None:
+            where, args = where + " AND tenant = ?", [*args, tenant]
+        with self._lock:
+            return [(int(r[0]) * 60, r[1], r[2]) for r in self._db.execute(
+                f"SELECT CAST(ended_at / 60 AS INTEGER) AS m, state, COUNT(*) FROM iterations "
+                f"WHERE {where} GROUP BY m, state ORDER BY m", args)]
+
+    def suites_progress(self, tenant: str | None = None, limit: int = 20
+                        ) -> list[dict[str, Any]]:
+        """The newest suites (of tenant), newest first, each with its counts by state."""
+        where, args = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
+        with self._read() as db:
+            found = [dict(r) for r in db.execute(
+                f"SELECT * FROM suites {where} ORDER BY created_at DESC LIMIT ?",
+                (*args, limit))]
+            for s in found:
+                s["counts"] = {r[0]: r[1] for r in db.execute(
+                    "SELECT state, COUNT(*) FROM iterations WHERE tenant = ? AND suite = ? "
+                    "GROUP BY state", (s["tenant"], s["name"]))}
+        return found
+
     def limits(self) -> dict[str, int]:
         """The sizes admins set for shared-resource limits."""
         with self._lock:
