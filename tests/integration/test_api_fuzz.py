@@ -28,10 +28,10 @@ Left out or limited, and why:
   are not in /openapi.json (their contracts are E2B's and MCP's, tested by their own SDKs in
   test_e2b_*.py and test_mcp.py), so schemathesis does not see them;
 - the server-sent event endpoints (POST /v1/sandboxes/{sid}/exec/stream, GET
-  /v1/events/iterations, GET /v1/iterations/{iid}/output?follow=true) are read for at most
-  STREAM_READ_S: the ending stream never ends by itself. Their answers are checked for status
-  and content type, and each event's data must be a JSON object; their refusals are checked
-  in full, as any other answer;
+  /v1/events/iterations, GET /v1/iterations/{iid}/output?follow=true, GET /v1/live) are read
+  for at most STREAM_READ_S: the ending stream and the live view never end by themselves.
+  Their answers are checked for status and content type, and each event's data must be a
+  JSON object; their refusals are checked in full, as any other answer;
 - what cannot be fuzzed safely is pinned, and only that, in a way that keeps a valid body
   valid and an invalid one invalid: a command (exec's argv, an iteration's command) runs
   `echo` with what was generated as its arguments (the fake hypervisor runs commands as
@@ -80,7 +80,7 @@ from tryfleet.gateway.keys import KeyStore, Scope
 EXAMPLES = 25  # per operation and key
 STREAM_READ_S = 0.5
 STREAMS = {("POST", "/v1/sandboxes/{sid}/exec/stream"), ("GET", "/v1/events/iterations"),
-           ("GET", "/v1/iterations/{iid}/output")}
+           ("GET", "/v1/iterations/{iid}/output"), ("GET", "/v1/live")}
 SANDBOX = {"image": "base", "cpus": 1, "mem_mib": 256, "timeout_s": 3600, "wait_s": 10}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance, negative_data_rejection,

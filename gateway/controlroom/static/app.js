@@ -101,6 +101,7 @@ function signOut(why) {
   for (const id of ["iteration", "trace", "confirm"]) if ($(id).open) $(id).close();
   $("iterations-panel").hidden = true;
   $("commands-box").hidden = true;
+  for (const part of Object.keys(drawn)) delete drawn[part];
   document.body.classList.remove("in", "admin");
   $("signin-error").textContent = typeof why === "string" ? why : "";
   status("signed out");
@@ -164,27 +165,37 @@ function render(snap) {
   $("running").textContent = sum(c, ["PLACED", "RUNNING"]);
   $("succeeded").textContent = c.SUCCEEDED || 0;
   $("failed").textContent = sum(c, FAILED);
+  // each part drawn again only when what it shows changed: what is under a pointer stays put
+  const sw = snap.switches || [];
   if (snap.fleet) {
     $("in-flight").textContent = snap.fleet.in_flight;
-    fill($("hosts").tBodies[0], snap.fleet.hosts.map(hostRow));
+    changed("hosts", [snap.fleet.hosts, sw], () => fill($("hosts").tBodies[0], snap.fleet.hosts.map(hostRow)));
   }
-  if (snap.throughput) chart(snap.throughput);
-  renderSuites(snap.suites || []);
-  renderSandboxes(snap.sandboxes || []);
-  if (snap.switches) renderSwitches(snap.switches);
+  if (snap.throughput) changed("chart", snap.throughput.points, () => chart(snap.throughput));
+  changed("suites", [snap.suites, sw, S.suite], () => renderSuites(snap.suites || []));
+  changed("sandboxes", [snap.sandboxes, sw], () => renderSandboxes(snap.sandboxes || []));
+  if (snap.switches) changed("switches", sw, () => renderSwitches(sw));
+}
+const drawn = {};
+function changed(part, data, draw) {
+  const sig = JSON.stringify(data);
+  if (drawn[part] === sig) return;
+  drawn[part] = sig;
+  draw();
 }
 function pressure(p) {
   if (!p) return "-";
-  return Object.entries(p).filter(([, v]) => typeof v === "number")
-    .map(([k, v]) => `${k} ${Math.round(v)}`).slice(0, 3).join(" · ");
+  return `${Math.round(p.cpu_some_avg10 || 0)}% · ${Math.round(p.memory_some_avg10 || 0)}%`;
 }
 function hostRow(h) {
   const sw = switchOn("host", h.host);
   return el("tr", { data: { host: h.host } },
-    el("td", { class: h.lost ? "bad" : h.pressured ? "pressured" : null }, h.host,
-       h.lost ? " (lost)" : "", sw ? ` [${sw.strength}]` : ""),
-    el("td", {}, h.accel || "-"), el("td", {}, h.cpus ?? "-"), el("td", {}, h.mem_mib ?? "-"),
-    el("td", {}, h.running ?? "-"), el("td", { title: JSON.stringify(h.pressure) }, pressure(h.pressure)),
+    el("td", { class: h.lost ? "bad" : h.pressured ? "pressured" : null, title: h.host }, h.host,
+       h.lost ? " (lost)" : h.pressured ? " (pressured)" : "",
+       sw ? el("span", { class: sw.strength === "kill" ? "killed" : "frozen" }, ` ${sw.strength === "kill" ? "killed" : "frozen"}`) : ""),
+    el("td", {}, h.accel || "-"), el("td", { title: `${h.mem_mib ?? "-"} MiB free for VMs` }, h.cpus ?? "-"),
+    el("td", {}, h.running ?? "-"),
+    el("td", { title: `PSI avg10 (cpu, memory); memory in use ${Math.round((h.pressure || {}).mem_used_pct || 0)}%` }, pressure(h.pressure)),
     el("td", {}, controls("host", h.host, null)));
 }
 function chart(tp) {
@@ -236,6 +247,7 @@ function pickSuite(s) {
   S.suiteSig = JSON.stringify(s.counts);
   $("its-suite").textContent = s.name;
   $("iterations-panel").hidden = false;
+  if (S.snap) render(S.snap);
   loadIterations();
 }
 async function loadIterations() {
@@ -251,9 +263,9 @@ async function loadIterations() {
 async function openIteration(id, tenant) {
   S.iteration = { id, tenant };
   clearInterval(S.itTimer);
+  S.itTimer = setInterval(() => showIteration().catch(() => {}), 2000);  // while it runs
   await showIteration();
   if (!$("iteration").open) $("iteration").showModal();
-  S.itTimer = setInterval(() => showIteration().catch(() => {}), 2000);
 }
 async function showIteration() {
   const { id, tenant } = S.iteration;
@@ -277,11 +289,10 @@ function closeIteration() { clearInterval(S.itTimer); $("iteration").close(); }
 function renderSandboxes(boxes) {
   fill($("sandboxes"), boxes.map((b) => {
     const sw = switchOn("sandbox", b.id);
-    return el("li", { class: "clickable", data: { sandbox: b.id }, on: { click: () => commands(b.id) } },
-      el("span", { class: "mono" }, b.id), ` ${b.tenant} · ${b.image} · ${b.cpus} vCPU · ${b.mem_mib} MiB`,
+    return el("li", { data: { sandbox: b.id } },
+      el("a", { class: "mono link sid", title: "its recent commands", on: { click: () => commands(b.id).catch(alertError) } }, b.id), ` ${b.tenant} · ${b.image} · ${b.cpus} vCPU · ${b.mem_mib} MiB`,
       b.host ? ` · ${b.host}` : "", ` · until ${when(b.expires_at)}`,
-      sw ? el("span", { class: "frozen" }, ` ${sw.strength}`) : "", " ",
-      el("span", { on: { click: (e) => e.stopPropagation() } }, controls("sandbox", b.id, null)));
+      sw ? el("span", { class: "frozen" }, ` ${sw.strength}`) : "", " ", controls("sandbox", b.id, null));
   }));
 }
 async function commands(sid) {
@@ -401,6 +412,7 @@ function addAudit(items, older) {
   renderFeed();
 }
 function matches(r) {
+  if (!$("audit-calls").checked && (r.action === "api.request" || r.action === "api.response")) return false;
   const action = $("audit-action").value.trim(), tenant = $("audit-tenant").value.trim();
   const text = $("audit-text").value.trim().toLowerCase();
   if (action && !(action.endsWith(".*") ? r.action.startsWith(action.slice(0, -1)) : r.action === action)) return false;
@@ -417,8 +429,14 @@ function renderFeed() {
     r.request_id ? el("a", { class: "link", title: "the request's trace", on: { click: () => trace(r.request_id) } }, "trace") : "",
     el("span", { class: "details" }, JSON.stringify(r.details)))));
 }
+let searching = null;
+function filtered() {  // the feed filtered now; the trail searched once typing pauses
+  renderFeed();
+  clearTimeout(searching);
+  searching = setTimeout(() => searchAudit().catch(alertError), 400);
+}
 async function searchAudit(ev) {
-  ev.preventDefault();
+  if (ev) ev.preventDefault();
   const action = $("audit-action").value.trim(), tenant = $("audit-tenant").value.trim();
   if (action || tenant) {
     try {
@@ -456,7 +474,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("switch-form").addEventListener("submit", switchForm);
   $("switch-history-box").addEventListener("toggle", () => switchHistory().catch(alertError));
   $("audit-filter").addEventListener("submit", searchAudit);
-  for (const id of ["audit-action", "audit-tenant", "audit-text"]) $(id).addEventListener("input", renderFeed);
+  for (const id of ["audit-action", "audit-tenant"]) $(id).addEventListener("input", filtered);
+  $("audit-text").addEventListener("input", renderFeed);
+  $("audit-calls").addEventListener("change", renderFeed);
   $("it-close").addEventListener("click", closeIteration);
   $("iteration").addEventListener("close", () => clearInterval(S.itTimer));
   $("trace-close").addEventListener("click", () => $("trace").close());
