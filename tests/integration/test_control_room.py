@@ -4,10 +4,10 @@ Ray in this process, the real node agent with real VMs, the scheduler, the gatew
 loopback port). The steps of a person at the page, in order, each one test:
 
 sign in with an admin key and see the host; watch a batch's progress move; open an iteration's
-output; freeze its suite from the page (the confirmation says what will stop) and see its
-queued work stay queued while other work runs; thaw it and see it finish; find the freeze in
-the audit feed, with who did it; see a sandbox and its recent commands; sign in with another
-tenant's key and see none of that work.
+output (markup it prints shown as text); freeze its suite from the page (the confirmation says
+what will stop) and see its queued work stay queued while other work runs; thaw it and see it
+finish; find the freeze in the audit feed, with who did it; see a sandbox and its recent
+commands; sign in with another tenant's key and see none of that work.
 
 The batch: 6 iterations of `sleep 3; echo N`, each holding the limit `one` (sized 1), so one
 runs at a time and the rest wait queued. A screenshot of each step goes to
@@ -44,6 +44,7 @@ HOST = "roomtest"
 SUITE = "room"
 N = 6
 SHOTS = Path(__file__).parents[1] / "output" / "control-room"
+MARKUP = "<img src=x onerror=alert(1)>"  # what a hostile guest prints, shown as text
 WAIT_S = 180  # a step that waits on VMs (TCG here: a VM boots in seconds)
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 QUIET = ("--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -160,7 +161,8 @@ def room(data_dir: Path, browser: WebDriver) -> Iterator[Room]:
         r.api(r.admin, "PUT", "/v1/fleet/limits/one", json={"value": 1})
         small = {"image": "base", "cpus": 1, "mem_mib": 256, "limits": ["one"]}
         r.api(r.acme, "POST", "/v1/batches", json={"suite": SUITE, "iterations": [
-            {**small, "id": f"it-{n}", "command": ["sh", "-c", f"sleep 3; echo N={n}"]}
+            {**small, "id": f"it-{n}",
+             "command": ["sh", "-c", f"sleep 3; echo N={n}; echo {MARKUP!r}"]}
             for n in range(N)]})
         r.api(r.bolt, "POST", "/v1/batches", json={"suite": "bolts", "iterations": [
             {**small, "id": "bolt-1", "command": ["echo", "bolt's own"]}]})
@@ -196,6 +198,7 @@ def test_an_iterations_output_opens(room: Room) -> None:
     n = iid.removeprefix("it-")
     room.click(f"#iterations tbody tr[data-iteration='{iid}']")
     room.wait("its output", lambda: f"N={n}" in room.text("#it-stdout"), 30)
+    assert MARKUP in room.text("#it-stdout") and room.find("#iteration img") == []
     facts = room.text("#it-facts")
     assert HOST in facts and "SUCCEEDED" in facts  # an admin sees the host
     assert room.find("#it-attempts tbody tr")
@@ -207,7 +210,7 @@ def test_freezing_the_suite_from_the_page_holds_its_queued_work(room: Room) -> N
     room.click("#suites tbody tr[data-suite='room'] button[data-act='freeze']")
     text = room.confirm("queued iteration")
     assert "will not start" in text and "running continue" in text
-    room.one("#confirm-reason").send_keys("looking at it")
+    room.one("#confirm-reason").send_keys("looking at it <i>now</i>")
     room.shot("04-freeze-confirmation")
     room.one("#confirm-ok").click()
     room.wait("the suite shown frozen", lambda: "frozen" in room.suite_row(), 30)
@@ -240,7 +243,8 @@ def test_the_freeze_is_in_the_audit_feed_with_who_did_it(room: Room) -> None:
     flip = "#audit li[data-action='switch.flip']"
     room.wait("the freeze in the feed", lambda: room.find(flip), 10)
     text = room.text(flip)
-    assert f"key:{room.admin_id}" in text and "ana@laptop" in text and "looking at it" in text
+    assert f"key:{room.admin_id}" in text and "ana@laptop" in text
+    assert "looking at it <i>now</i>" in text and room.find("#audit i") == []
     assert room.find("#audit li[data-action='switch.lift']")
     room.shot("07-audit-feed")
     room.click(f"{flip} a")  # the request's trace
