@@ -96,7 +96,7 @@ function signOut(why) {
   Object.assign(S, { me: null, live: null, snap: null, feed: [], cursor: null, suite: null,
                      iteration: null, suiteSig: "" });
   for (const id of ["hosts", "suites", "iterations"]) fill($(id).tBodies[0]);
-  for (const id of ["switches", "switch-history", "sandboxes", "commands", "audit", "chart",
+  for (const id of ["switches", "switch-history", "sandboxes", "commands", "audit", "chart", "limits",
                     "it-stdout", "it-stderr", "trace-list", "trace-chart", "whoami"]) fill($(id));
   for (const id of ["iteration", "trace", "confirm"]) if ($(id).open) $(id).close();
   $("iterations-panel").hidden = true;
@@ -169,6 +169,9 @@ function render(snap) {
   const sw = snap.switches || [];
   if (snap.fleet) {
     $("in-flight").textContent = snap.fleet.in_flight;
+    const limits = Object.entries(snap.fleet.limits || {});
+    $("limits").textContent = limits.length
+      ? `limits: ${limits.map(([k, v]) => `${k} ${v.in_use}/${v.size}`).join(" · ")}` : "";
     changed("hosts", [snap.fleet.hosts, sw], () => fill($("hosts").tBodies[0], snap.fleet.hosts.map(hostRow)));
   }
   if (snap.throughput) changed("chart", snap.throughput.points, () => chart(snap.throughput));
