@@ -106,8 +106,9 @@ INDEXES = [
     "CREATE INDEX IF NOT EXISTS iterations_tenant_seq ON iterations(tenant, seq)",
     "CREATE INDEX IF NOT EXISTS iterations_tenant_suite_seq ON iterations(tenant, suite, seq)",
     "CREATE INDEX IF NOT EXISTS iterations_end_seq ON iterations(end_seq)",
-    # the control room's chart of endings per minute over the last hour
-    "CREATE INDEX IF NOT EXISTS iterations_ended_at ON iterations(ended_at)",
+    # the control room's chart of endings per minute over the last hour (covering: read from
+    # the index alone, for every tenant or one)
+    "CREATE INDEX IF NOT EXISTS iterations_ended_at ON iterations(ended_at, state, tenant)",
     "CREATE INDEX IF NOT EXISTS iterations_tenant_end_seq ON iterations(tenant, end_seq)",
     "CREATE INDEX IF NOT EXISTS iterations_tenant_suite_end_seq ON iterations(tenant, suite, "
     "end_seq)",

@@ -321,7 +321,7 @@ function controls(level, target, tenant) {
             " ", b("Kill", () => flip(level, target, tenant, "kill"), "danger"));
 }
 // What a switch will stop, in words, from what the page knows now.
-function consequence(level, target, tenant, strength) {
+function consequence(level, target, tenant, strength, tenants) {
   const snap = S.snap || {}, kill = strength === "kill";
   const say = (q, r) => kill
     ? `${q} queued iteration${q === 1 ? "" : "s"} will be cancelled; ${r} running will be stopped and their VMs destroyed.`
@@ -331,7 +331,7 @@ function consequence(level, target, tenant, strength) {
     return say(s.queued, s.running);
   }
   if (level === "tenant") {
-    const c = (snap.tenants || {})[target] || {};
+    const c = (tenants || {})[target] || {};
     return `${say(c.QUEUED || 0, sum(c, ["PLACED", "RUNNING"]))} Its open sandboxes ${kill ? "will be closed" : "stay open"}; nothing new of it is admitted.`;
   }
   if (level === "everything") {
@@ -367,7 +367,9 @@ function confirmDialog(title, text) {
 async function flip(level, target, tenant, strength) {
   const what = level === "everything" ? "everything" : `${level} ${target}${tenant ? ` (tenant ${tenant})` : ""}`;
   const verb = strength === "kill" ? "Kill" : "Freeze";
-  const ok = await confirmDialog(`${verb} ${what}?`, `${verb} ${what}: ${consequence(level, target, tenant, strength)}`);
+  // a tenant's counts come from the fleet's status (a scan of the ledger: not in every snapshot)
+  const tenants = level === "tenant" ? (await api("/v1/fleet").catch(() => ({}))).tenants : null;
+  const ok = await confirmDialog(`${verb} ${what}?`, `${verb} ${what}: ${consequence(level, target, tenant, strength, tenants)}`);
   if (!ok) return;
   const person = sessionStorage.getItem(PERSON);
   const body = { level, target: level === "everything" ? "" : target, strength, reason: $("confirm-reason").value };
