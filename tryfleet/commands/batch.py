@@ -41,7 +41,8 @@ def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
     """Every valid line as an Iteration, and one message per bad line (with its number)."""
     from tryfleet.scheduler.records import InvalidIteration, Iteration
 
-    fields = set(Iteration.__dataclass_fields__)
+    # egress is the tenant policy's to grant (the gateway fills it in), never a spec's
+    fields = set(Iteration.__dataclass_fields__) - {"egress"}
     its, problems = [], []
     try:
         lines = path.read_text().splitlines()
@@ -56,6 +57,10 @@ def read_specs(path: Path, suite: str) -> tuple[list[Any], list[str]]:
             if not isinstance(data, dict):
                 raise InvalidIteration("a line must be a JSON object")
             unknown = set(data) - fields
+            if "egress" in unknown:
+                raise InvalidIteration("'egress' is not a spec field: network comes from the "
+                                       "tenant's policy (network = \"egress\", egress = [...] in "
+                                       "policy.toml), for every iteration of the tenant")
             if unknown:
                 raise InvalidIteration(f"unknown field(s) {', '.join(sorted(unknown))}; "
                                        f"known: {', '.join(sorted(fields))}")
