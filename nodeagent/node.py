@@ -24,6 +24,7 @@ from tryfleet.wire import Capacity, Ids, Pressure
 from . import exporter
 from .clone import Cloner
 from .egress_node import EgressGrant, NodeEgress
+from .endings import explain
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .host import AccelReport, probe_accel, read_capacity, read_pressure
@@ -463,8 +464,10 @@ class _IterationRun:
                                   on_output=self.on_output, should_stop=self.should_stop)
             t = self._phase("exec", t)
             state = _state_of(result, self.should_stop)
+            error = explain(state, result, it.timeout_s, it.mem_mib, sandbox.console_log)
             if not result.timed_out and state is not State.CANCELLED:
-                files, error = self._fetch(sandbox)
+                files, problems = self._fetch(sandbox)
+                error = "; ".join(e for e in (error, problems) if e) or None
             self._phase("get", t)
         except GuestError as err:
             error = f"guest failed during the iteration: {err}"
