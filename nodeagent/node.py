@@ -23,6 +23,7 @@ from tryfleet.wire import Capacity, Ids, Pressure
 
 from . import exporter
 from .clone import Cloner
+from .cpuweight import CpuWeights
 from .egress_node import EgressGrant, NodeEgress
 from .endings import explain
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
@@ -120,6 +121,8 @@ class NodeAgent:
         self.egress = NodeEgress(config.data_dir, self.label)
         self._snapshots: Snapshots | None = None
         self._snapshots_lock = threading.Lock()
+        self.cpu_weights = CpuWeights(self.hv, self._live_boxes)
+        self.cpu_weights.start()
         self.pool: WarmPool | None = None
         if config.warm_pool:
             self.pool = WarmPool(self._fill, self._pool_budget(), self._pool_targets(),
@@ -367,6 +370,10 @@ class NodeAgent:
         with self._lock:
             self._live.pop(sandbox.vm_dir.name, None)
 
+    def _live_boxes(self) -> list[Sandbox]:
+        with self._lock:
+            return list(self._live.values())
+
     def live(self) -> list[str]:
         """Names of this agent's VMs: running iterations, sandboxes, and pooled ones."""
         with self._lock:
@@ -385,6 +392,7 @@ class NodeAgent:
     def close(self) -> None:
         """Destroy what is still running and let go of this owner's directory."""
         try:
+            self.cpu_weights.close()
             if self.pool is not None:
                 self.pool.close()
             self.destroy_all()
