@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,8 +71,8 @@ class Hostile:
         self.neighbour = self.open()
 
     @classmethod
-    def start(cls, fleet: VmFleet) -> Hostile:
-        _, token = fleet.keys.create("acme", frozenset({Scope.SANDBOX, Scope.BATCH,
+    def start(cls, fleet: VmFleet, tenant: str = "acme") -> Hostile:
+        _, token = fleet.keys.create(tenant, frozenset({Scope.SANDBOX, Scope.BATCH,
                                                         Scope.READ}), created_by="test")
         return cls(fleet, token)
 
@@ -120,12 +122,27 @@ class Hostile:
 
     # ---- after every attack ----------------------------------------------------------------
     def leftovers(self) -> list[str]:
-        """Domains and VM folders of this fleet's node agent that it does not hold."""
+        """Domains and VM folders of this fleet's node agent that it does not hold, and the
+        network namespaces and taps of egress guests it no longer runs."""
         names, folders = ray.get(self.fleet.node.__ray_call__.remote(_held))
         extra = [d for d in domains_of({self.owner}) if d not in names]
         extra += [p.name for p in self.owner_dir.iterdir() if p.is_dir() and p.name not in
                   folders]
-        return extra
+        seqs = {n.rsplit("-", 1)[1] for n in names if n.startswith(f"tryfleet-{self.owner}-")}
+        extra += [n for n in self.networks() if n.rsplit("-", 1)[1] not in seqs]
+        return extra + self.loose_taps()
+
+    def networks(self) -> list[str]:
+        """The egress network namespaces of this fleet's node agent (guestnet.py)."""
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return re.findall(rf"^(tfeg-{self.owner}-\d+)", out, re.MULTILINE)
+
+    def loose_taps(self) -> list[str]:
+        """Taps of this fleet's node agent in the host's namespace: made for a guest and never
+        moved into its own (or left behind)."""
+        out = subprocess.run(["ip", "-o", "link", "show", "type", "tun"], capture_output=True,
+                             text=True).stdout
+        return re.findall(rf"^\d+: (tf{self.owner}[0-9a-z]+)", out, re.MULTILINE)
 
     def survived(self) -> None:
         """Nothing left behind, and the host side answers as before the attack."""
