@@ -2,7 +2,9 @@
 on the same host (a fork bomb, a memory bomb, an output flood), against the same neighbour on
 a quiet host. The phases alternate in one run (quiet, hostile, quiet, ...): the hostile guests
 are started before each hostile phase and destroyed after it, so both sides see the same host
-load from everything else. Also the egress proxy's added latency for a small HTTP fetch, from
+load from everything else. Each round also runs the hostile phase once with the node's CPU
+weights (nodeagent/cpuweight.py) paused, every VM at the default weight: the baseline the
+weights are measured against. Also the egress proxy's added latency for a small HTTP fetch, from
 benchmarks/egress.py, when that scenario is there.
 
 Targets (issue 12): neighbour_p99_ratio <= 2.0 on a 2-core host; egress_overhead_p50_ms <= 5."""
@@ -27,8 +29,10 @@ from .vmbench import node
 CHART = [
     ("beside hostile guests: neighbour exec true p50 (ms)", "hostile_p50_ms"),
     ("quiet host: neighbour exec true p50 (ms)", "quiet_p50_ms"),
+    ("hostile, CPU weights off: neighbour exec true p50 (ms)", "unweighted_p50_ms"),
     ("beside hostile guests: neighbour exec true p99 (ms)", "hostile_p99_ms"),
     ("quiet host: neighbour exec true p99 (ms)", "quiet_p99_ms"),
+    ("hostile, CPU weights off: neighbour exec true p99 (ms)", "unweighted_p99_ms"),
 ]
 NEIGHBOUR = SandboxSpec("base", 1, 256, None)
 HOSTILE = SandboxSpec("base", 1, 256, None)
@@ -127,16 +131,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     agent = node(warm_pool=False, restore=True)
     quiet: list[float] = []
     hostile: list[float] = []
+    unweighted: list[float] = []  # the same, every VM at the default CPU weight
     endings: list[str] = []
     try:
         neighbour = agent.acquire(NEIGHBOUR)
         try:
             sample(neighbour, 5)  # the guest's page cache warm
-            for _ in range(rounds):
+            for i in range(rounds):
                 quiet += sample(neighbour, per_phase)
-                with hostile_guests(agent) as ended:
-                    hostile += sample(neighbour, per_phase)
-                endings += ended
+                for paused in (bool(i % 2), not i % 2):  # which goes first alternates
+                    agent.cpu_weights.paused = paused
+                    with hostile_guests(agent) as ended:
+                        (unweighted if paused else hostile).extend(sample(neighbour,
+                                                                          per_phase))
+                    endings += ended
+                agent.cpu_weights.paused = False
         finally:
             neighbour.destroy()
         accel = agent.accel().accel
@@ -144,12 +153,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         agent.close()
     overhead, how = egress_overhead(50 if args.quick else 200)
     return report(quiet, hostile, rounds, accel, {"before": before, "after": load()},
-                  overhead, how, sorted(set(endings)))
+                  overhead, how, sorted(set(endings)), unweighted)
 
 
 def report(quiet: list[float], hostile: list[float], rounds: int, accel: str,
            host_load: dict[str, Any], overhead: float | None, overhead_note: str,
-           endings: list[str]) -> dict[str, Any]:
+           endings: list[str], unweighted: list[float] | None = None) -> dict[str, Any]:
     q50, q99 = percentile(quiet, 50), percentile(quiet, 99)
     h50, h99 = percentile(hostile, 50), percentile(hostile, 99)
     result: dict[str, Any] = {
@@ -164,6 +173,11 @@ def report(quiet: list[float], hostile: list[float], rounds: int, accel: str,
         "target_egress_overhead_ms": TARGET_EGRESS_MS,
         "host_load": host_load, "hostile_endings": endings,
     }
+    if unweighted:  # the baseline: nodeagent/cpuweight.py paused
+        u50, u99 = percentile(unweighted, 50), percentile(unweighted, 99)
+        result.update({"unweighted_p50_ms": round(u50, 2), "unweighted_p99_ms": round(u99, 2),
+                       "unweighted_p50_ratio": round(u50 / q50, 2),
+                       "unweighted_p99_ratio": round(u99 / q99, 2)})
     print_table(f"hostile: neighbour `exec true`, {rounds} rounds of quiet then hostile "
                 f"phases, {len(quiet)} samples a side ({accel})", [
         ("quiet p50 / p99", f"{result['quiet_p50_ms']} / {result['quiet_p99_ms']} ms"),
@@ -171,6 +185,8 @@ def report(quiet: list[float], hostile: list[float], rounds: int, accel: str,
         ("ratio p50 / p99", f"{result['neighbour_p50_ratio']} / "
                             f"{result['neighbour_p99_ratio']} (target p99 <= "
                             f"{TARGET_P99_RATIO})"),
+        ("CPU weights off p50 / p99", f"{result.get('unweighted_p50_ms')} / "
+                                      f"{result.get('unweighted_p99_ms')} ms"),
         ("egress overhead p50", f"{overhead} ms ({overhead_note})"),
         ("host load before / after", f"{host_load['before']} / {host_load['after']}"),
     ])

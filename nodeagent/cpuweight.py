@@ -59,6 +59,7 @@ class CpuWeights:
     def __init__(self, hv: Hypervisor, live: Callable[[], list[Sandbox]]) -> None:
         self._hv, self._live = hv, live
         self._seen: dict[str, _Seen] = {}
+        self.paused = False  # every VM at the default weight (the benchmark's baseline)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="cpu-weights")
 
@@ -95,7 +96,8 @@ class CpuWeights:
                     -BUSY_SAMPLES:]
                 seen.cpu_ns, seen.at = cpu_ns, now
             since = box.command_since
-            want = shares_for(None if since is None else now - since, seen.busy)
+            want = DEFAULT_SHARES if self.paused else \
+                shares_for(None if since is None else now - since, seen.busy)
             if want != seen.shares:
                 with contextlib.suppress(HypervisorError):  # gone meanwhile
                     self._hv.set_cpu_shares(name, want)

@@ -58,6 +58,9 @@ def test_a_vm_running_one_long_command_is_weighed_down_while_it_runs(node):
     box._running.append(10.0)  # as exec does for a command that began at 10.0
     assert weights.step(10.5) == {box.name: DEFAULT_SHARES}
     assert weights.step(10.0 + LONG_COMMAND_S + 0.5) == {box.name: LOW_SHARES}
+    weights.paused = True  # the default weight for all while paused
+    assert weights.step(12.0 + LONG_COMMAND_S) == {box.name: DEFAULT_SHARES}
+    weights.paused = False
     box._running.clear()
     assert weights.step(20.0) == {box.name: DEFAULT_SHARES}
     box.destroy()
