@@ -22,6 +22,7 @@ SCENARIOS = {
     "soak": "the scheduler under chaos (processes killed, hosts removed): nothing lost",
     "audit": "audit trail: append latency under concurrent appends, verify records/s",
     "api": "the HTTP API against the in-cluster path: exec, sandbox create, status, SSE",
+    "hostile": "a neighbour's exec latency beside fork, memory and output bombs vs quiet",
 }
 
 

@@ -114,12 +114,15 @@ class ImageStore:
 
     def _read(self, name: str, folder: Path) -> BuiltImage | None:
         try:
+            # Its real place: a VM's overlay, and a saved guest's, names its backing file by
+            # this path, and must outlive a data dir that reaches the build by a symlink.
+            digest, folder = folder.name, folder.resolve(strict=True)
             manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
             files = [folder / f for f in (ROOTFS, KERNEL, INITRD)]
             if not all(f.is_file() for f in files):
                 return None
             return BuiltImage(
-                name=name, digest=folder.name, rootfs=files[0], kernel=files[1],
+                name=name, digest=digest, rootfs=files[0], kernel=files[1],
                 initrd=files[2], size_bytes=dir_bytes(folder), disk_mib=int(manifest["disk_mib"]),
                 built_at=str(manifest["built_at"]),
                 kernel_version=str(manifest["kernel_version"]),

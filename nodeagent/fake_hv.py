@@ -46,6 +46,8 @@ class FakeHypervisor:
         self.saved: list[str] = []
         self.restored: list[str] = []
         self.nics: dict[str, Path] = {}  # domain -> the egress proxy socket its NIC leads to
+        self.cpu_ns: dict[str, int] = {}  # what cpu_time_ns answers (0 when not set)
+        self.cpu_shares: dict[str, int] = {}  # set_cpu_shares's last word per domain
         self._lock = threading.Lock()
 
     def start(self, spec: DomainSpec) -> None:
@@ -141,6 +143,16 @@ class FakeHypervisor:
         with self._lock:
             dom = self.domains.get(name)
         return None if dom is None else f"<domain type='fake'><name>{name}</name></domain>"
+
+    def cpu_time_ns(self, name: str) -> int | None:
+        with self._lock:
+            return self.cpu_ns.get(name, 0) if name in self.domains else None
+
+    def set_cpu_shares(self, name: str, shares: int) -> None:
+        with self._lock:
+            if name not in self.domains:
+                raise HypervisorError(f"failed to set the CPU shares of {name}: no such domain")
+            self.cpu_shares[name] = shares
 
     def guest_root(self, name: str) -> Path:
         return Path(self.domains[name].root.name)

@@ -71,5 +71,11 @@ class Hypervisor(Protocol):
         """Start the domain saved at `path` again, with its disk and logs moved as `spec`
         says; returns its name."""
 
+    def cpu_time_ns(self, name: str) -> int | None:
+        """CPU time the domain has used so far, all its threads; None once it is gone."""
+
+    def set_cpu_shares(self, name: str, shares: int) -> None:
+        """The domain's CPU weight against the others (its cgroup's cpu.shares)."""
+
     def close(self) -> None:
         """Release the connection; domains started with it are destroyed with it."""

@@ -289,6 +289,20 @@ class LibvirtHypervisor:
         """The egress networks (namespaces, relays, taps) of owners that are gone."""
         return reap_networks(gone)
 
+    def cpu_time_ns(self, name: str) -> int | None:
+        try:
+            return int(self._conn.lookupByName(name).info()[4])
+        except libvirt.libvirtError:
+            return None
+
+    def set_cpu_shares(self, name: str, shares: int) -> None:
+        try:
+            self._conn.lookupByName(name).setSchedulerParametersFlags(
+                {"cpu_shares": shares}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(f"failed to set the CPU shares of {name} to {shares}: "
+                                  f"{err.get_error_message()}") from err
+
     def close(self) -> None:
         for name in list(self._nets):
             with contextlib.suppress(HypervisorError):

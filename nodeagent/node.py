@@ -23,7 +23,9 @@ from tryfleet.wire import Capacity, Ids, Pressure
 
 from . import exporter
 from .clone import Cloner
+from .cpuweight import CpuWeights
 from .egress_node import EgressGrant, NodeEgress
+from .endings import explain
 from .errors import BadRequest, Cancelled, GuestError, NodeAgentError
 from .guest import GuestChannel, OutputSink
 from .host import AccelReport, probe_accel, read_capacity, read_pressure
@@ -119,6 +121,8 @@ class NodeAgent:
         self.egress = NodeEgress(config.data_dir, self.label)
         self._snapshots: Snapshots | None = None
         self._snapshots_lock = threading.Lock()
+        self.cpu_weights = CpuWeights(self.hv, self._live_boxes)
+        self.cpu_weights.start()
         self.pool: WarmPool | None = None
         if config.warm_pool:
             self.pool = WarmPool(self._fill, self._pool_budget(), self._pool_targets(),
@@ -366,6 +370,10 @@ class NodeAgent:
         with self._lock:
             self._live.pop(sandbox.vm_dir.name, None)
 
+    def _live_boxes(self) -> list[Sandbox]:
+        with self._lock:
+            return list(self._live.values())
+
     def live(self) -> list[str]:
         """Names of this agent's VMs: running iterations, sandboxes, and pooled ones."""
         with self._lock:
@@ -384,6 +392,7 @@ class NodeAgent:
     def close(self) -> None:
         """Destroy what is still running and let go of this owner's directory."""
         try:
+            self.cpu_weights.close()
             if self.pool is not None:
                 self.pool.close()
             self.destroy_all()
@@ -463,8 +472,10 @@ class _IterationRun:
                                   on_output=self.on_output, should_stop=self.should_stop)
             t = self._phase("exec", t)
             state = _state_of(result, self.should_stop)
+            error = explain(state, result, it.timeout_s, it.mem_mib, sandbox.console_log)
             if not result.timed_out and state is not State.CANCELLED:
-                files, error = self._fetch(sandbox)
+                files, problems = self._fetch(sandbox)
+                error = "; ".join(e for e in (error, problems) if e) or None
             self._phase("get", t)
         except GuestError as err:
             error = f"guest failed during the iteration: {err}"

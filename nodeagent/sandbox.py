@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,10 @@ class Sandbox:
         self.destroyed = False
         self.origin = "boot"  # or "pool" (handed out ready) or "restore" (from a saved guest)
         self.host = ""  # the host it runs on, as its metrics name it
+        # When the oldest of the commands running now began (host monotonic; None: none
+        # runs): how long a VM has kept at one command weighs its CPU share (cpuweight.py).
+        self._running: list[float] = []
+        self._running_lock = threading.Lock()
 
     def attach(self, channel: GuestChannel) -> None:
         self._channel = channel
@@ -55,12 +60,24 @@ class Sandbox:
              timeout_s: float | None = None, max_output: int = 16 * 1024 * 1024,
              on_output: OutputSink | None = None,
              should_stop: Callable[[], bool] | None = None) -> ExecResult:
-        t0 = time.monotonic()
-        result = self.channel.exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
-                                   timeout_s=timeout_s, max_output=max_output,
-                                   on_output=on_output, should_stop=should_stop)
-        exporter.ran(self.host, time.monotonic() - t0)
+        began = time.monotonic()
+        with self._running_lock:
+            self._running.append(began)
+        try:
+            result = self.channel.exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
+                                       timeout_s=timeout_s, max_output=max_output,
+                                       on_output=on_output, should_stop=should_stop)
+        finally:
+            with self._running_lock:
+                self._running.remove(began)
+        exporter.ran(self.host, time.monotonic() - began)
         return result
+
+    @property
+    def command_since(self) -> float | None:
+        """When the oldest command running now began (host monotonic); None: none runs."""
+        with self._running_lock:
+            return min(self._running, default=None)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.channel.write_file(path, data, mode)

@@ -370,3 +370,14 @@ def test_cmd_build_of_an_unknown_image_fails_with_one_line(tmp_path, capsys):
 def test_human_bytes():
     assert [cli.human_bytes(n) for n in (5, 2048, 236 * 1024 * 1024, 3 << 30)] == \
         ["5 B", "2 KiB", "236.0 MiB", "3.0 GiB"]
+
+
+def test_a_build_reached_through_a_symlink_names_its_files_by_their_real_place(tmp_path):
+    from tests.unit.builders import make_image
+
+    real = make_image(tmp_path / "shared", "base")
+    own = tmp_path / "own" / "images" / "base"
+    own.mkdir(parents=True)
+    (own / real.name).symlink_to(real)  # as a test's data dir pins a build of the shared one
+    built = ImageStore(tmp_path / "own").find("base", real.name)
+    assert built.digest == real.name and built.rootfs == real.resolve() / "rootfs.qcow2"
