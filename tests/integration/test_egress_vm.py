@@ -18,6 +18,7 @@ from tests.waiting import until
 from tryfleet.audit import Filter, select
 from tryfleet.gateway.keys import Scope
 
+from .probes import CONNECT_PROBE
 from .testnet import served_network
 from .vmfleet import vm_fleet
 
@@ -135,25 +136,8 @@ def test_the_hosts_own_address_is_refused_through_the_proxy(fleet, netco, box):
     assert got["stdout"] == "403", got
 
 
-PROBE = """
-import json, socket, sys
-out = {}
-for host, port in json.loads(sys.argv[1]):
-    s = socket.socket()
-    s.settimeout(3)
-    try:
-        s.connect((host, port))
-        out[f"{host}:{port}"] = "open"
-    except OSError as err:
-        out[f"{host}:{port}"] = type(err).__name__
-    finally:
-        s.close()
-print(json.dumps(out))
-"""
-
-
 def probe(fleet, headers, sid, targets) -> dict[str, str]:
-    got = fleet.run(headers, sid, ["python3", "-c", PROBE, json.dumps(targets)])
+    got = fleet.run(headers, sid, ["python3", "-c", CONNECT_PROBE, json.dumps(targets), "3"])
     assert got["exit_code"] == 0, got
     return json.loads(got["stdout"])
 

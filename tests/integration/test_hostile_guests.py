@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from .hostile import Hostile, RssPeak
+from .probes import CONNECT_PROBE
 from .vmfleet import vm_fleet
 
 pytestmark = pytest.mark.vm
@@ -94,21 +95,6 @@ def test_a_command_past_its_deadline_is_timed_out_and_its_vm_gone(fleet):
     fleet.survived()
 
 
-PROBE = """
-import errno, json, socket, sys
-out = {}
-for host, port in json.loads(sys.argv[1]):
-    s = socket.socket()
-    s.settimeout(20)
-    try:
-        s.connect((host, port))
-        out[f"{host}:{port}"] = "connected"
-    except OSError as e:
-        out[f"{host}:{port}"] = errno.errorcode.get(e.errno, str(e))
-print(json.dumps(out))
-"""
-
-
 def test_host_addresses_rays_ports_and_the_metadata_address_are_unreachable(fleet):
     gcs_host, gcs_port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
     gateway_port = int(fleet.fleet.url.rsplit(":", 1)[1])
@@ -116,8 +102,8 @@ def test_host_addresses_rays_ports_and_the_metadata_address_are_unreachable(flee
                ("10.0.2.2", int(gcs_port)), ("10.0.2.2", gateway_port),
                ("169.254.169.254", 80), ("192.168.122.1", 22)]
     with fleet.sandbox() as sid:
-        fleet.put(sid, "/root/probe.py", PROBE.encode())
-        r = fleet.exec(sid, f"python3 /root/probe.py '{json.dumps(targets)}'; ls /sys/class/net")
+        fleet.put(sid, "/root/probe.py", CONNECT_PROBE.encode())
+        r = fleet.exec(sid, f"python3 /root/probe.py '{json.dumps(targets)}' 20; ls /sys/class/net")
         assert r.status_code == 200, r.text
         said, nics = r.json()["stdout"].split("\n", 1)
         # No network device but lo, so no route: each fails at once, none waits for a timeout.

@@ -63,12 +63,9 @@ def echo(sock: socket.socket) -> None:
 def http_origin(seen: list[bytes]) -> Callable[[socket.socket], None]:
     """Reads one request head (kept in seen), answers 200 "hello" and closes."""
     def handle(sock: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(65536)
-            if not data:
-                return
-            head += data
+        head = read_head(sock, 65536)
+        if b"\r\n\r\n" not in head:
+            return  # closed before its head ended
         seen.append(head)
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
     return handle
@@ -81,10 +78,12 @@ def read_all(sock: socket.socket) -> bytes:
     return out
 
 
-def read_head(sock: socket.socket) -> bytes:
+def read_head(sock: socket.socket, chunk: int = 1) -> bytes:
+    """Up to the end of an HTTP head (by default byte by byte: nothing after it is taken), or
+    what came before the peer closed."""
     out = b""
     while b"\r\n\r\n" not in out:
-        data = sock.recv(1)
+        data = sock.recv(chunk)
         if not data:
             break
         out += data
