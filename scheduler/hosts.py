@@ -65,6 +65,7 @@ class HostSummary:
     running: int | None
     images: tuple[str, ...] | None
     pressure: Pressure | None
+    vms: int | None = None  # VMs running there, pooled ones too
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "images": None if self.images is None else list(self.images)}
@@ -173,5 +174,6 @@ class Hosts:
             accel=h.status.accel if h.status else None,
             running=h.status.running if h.status else None,
             images=h.status.images if h.status else None,
-            pressure=h.status.pressure if h.status else None)
+            pressure=h.status.pressure if h.status else None,
+            vms=len(h.status.vms) if h.status else None)
             for h in self.by_name.values()]

@@ -188,6 +188,7 @@ class HostOut(BaseModel):
     running: int | None
     images: list[str] | None
     pressure: dict[str, float] | None
+    vms: int | None = None  # VMs running there, pooled ones too
 
 
 class LimitOut(BaseModel):

@@ -175,7 +175,7 @@ def test_an_admin_signs_in_and_sees_the_host(room: Room) -> None:
     room.sign_in(room.admin, "ana@laptop")
     room.wait("the host", lambda: room.find(f"#hosts tbody tr[data-host='{HOST}']"), 60)
     cells = room.text(f"#hosts tbody tr[data-host='{HOST}']")
-    assert "tcg" in cells or "kvm" in cells
+    assert ("tcg" in cells or "kvm" in cells) and "GiB" in cells  # accel and capacity
     room.wait("the suite", room.suite_row, 60)
     room.shot("01-signed-in")
 

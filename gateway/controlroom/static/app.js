@@ -196,8 +196,10 @@ function hostRow(h) {
     el("td", { class: h.lost ? "bad" : h.pressured ? "pressured" : null, title: h.host }, h.host,
        h.lost ? " (lost)" : h.pressured ? " (pressured)" : "",
        sw ? el("span", { class: sw.strength === "kill" ? "killed" : "frozen" }, ` ${sw.strength === "kill" ? "killed" : "frozen"}`) : ""),
-    el("td", {}, h.accel || "-"), el("td", { title: `${h.mem_mib ?? "-"} MiB free for VMs` }, h.cpus ?? "-"),
-    el("td", {}, h.running ?? "-"),
+    el("td", {}, h.accel || "-"),
+    el("td", { title: `${h.cpus ?? "-"} vCPUs, ${h.mem_mib ?? "-"} MiB for VMs` },
+       `${h.cpus ?? "-"} · ${h.mem_mib == null ? "-" : (h.mem_mib / 1024).toFixed(1) + " GiB"}`),
+    el("td", { title: "VMs running (pooled ones too) · attempts running" }, `${h.vms ?? "-"} · ${h.running ?? "-"}`),
     el("td", { title: `PSI avg10 (cpu, memory); memory in use ${Math.round((h.pressure || {}).mem_used_pct || 0)}%` }, pressure(h.pressure)),
     el("td", {}, controls("host", h.host, null)));
 }
