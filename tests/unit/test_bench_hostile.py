@@ -41,3 +41,8 @@ def test_the_chart_sets_the_neighbour_beside_hostile_guests_against_the_quiet_ho
     assert drawn[("quiet host", "neighbour exec true p99")] == 60.0
     assert drawn[("beside hostile guests", "neighbour exec true p99")] == 90.0
     assert drawn[("hostile, CPU weights off", "neighbour exec true p99")] == 240.0
+
+
+def test_the_egress_overhead_is_read_from_the_egress_scenario_as_it_reports_it():
+    overhead, note = hostile.egress_overhead(3)  # a real proxy, relay and audit on loopback
+    assert isinstance(overhead, float) and "whole path" in note
