@@ -67,6 +67,7 @@ def up(args: argparse.Namespace, data_dir: Path) -> int:
     if status.get("ledger"):
         print(f"ledger: {status['ledger']}")
     print(f"API: {url} (docs at {url}/docs); local admin key in {data_dir}/admin.key")
+    print(f"control room: {url}/ in a browser, signed in with that key; metrics: {url}/metrics")
     print("next: tryfleet batch SPECS.jsonl --suite NAME, tryfleet status, "
           "tryfleet key create --tenant T, tryfleet down")
     return 0
