@@ -26,7 +26,7 @@ from tryfleet.secretstore import SecretStore
 
 from . import auditing, controlroom, e2b, problems
 from .keys import KeyStore
-from .metrics import Measured, serving
+from .metrics import measured, serving
 from .policy import Policies
 from .routes import audit as audit_routes
 from .routes import fleet as fleet_routes
@@ -53,8 +53,9 @@ class RequestIds:
     """Plain ASGI middleware (cheaper than Starlette's): the request's id into
     request.state.request_id and out in the X-Request-Id response header; a body over
     MAX_BODY_BYTES refused with 413 before it is read. The request id and trace id are bound
-    to every log line the request causes here (the key check adds its tenant and key), and
-    one line says how it ended (logger tryfleet.gateway.access)."""
+    to every log line the request causes here (the key check adds its tenant and key); as it
+    ends, it is counted in the metrics and one line says how it ended (logger
+    tryfleet.gateway.access)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -105,15 +106,17 @@ class RequestIds:
 
 
 def _ended(scope: Scope, status: int, started: float) -> None:
-    """The request's access line (status 0: no answer started, the client went away or the
-    app failed); none for health checks."""
+    """The request counted in the metrics (as a 500 when no answer started) and its access
+    line (status 0: no answer started, the client went away or the app failed); no access
+    line for health checks."""
+    seconds = time.perf_counter() - started
+    measured(scope, status or 500, seconds)
     if scope.get("path") == "/healthz" or not access_log.isEnabledFor(logging.INFO):
         return
     route = auditing.route_of(scope)
     who = scope.get("state", {}).get("principal")  # the key check's, whichever task made it
     extra: dict[str, Any] = {"method": scope.get("method", ""), "route": route,
-                             "status": status,
-                             "duration_s": round(time.perf_counter() - started, 6)}
+                             "status": status, "duration_s": round(seconds, 6)}
     if who is not None:
         extra |= {"tenant": who.tenant, "key": who.key_id}
     access_log.info("%s %s -> %d", extra["method"], route, status, extra=extra)
@@ -166,8 +169,7 @@ def create_app(fleet: Any, keys: KeyStore, policies: Policies, ledger_path: Path
     e2b.install(app)  # E2B's SDKs: its control plane and in-sandbox API, same port
     _mount_mcp(app)
     app.add_middleware(auditing.AuditCalls)  # inside RequestIds: the request id is known
-    app.add_middleware(RequestIds)
-    app.add_middleware(Measured)  # outermost: every answer counted, refusals of size too
+    app.add_middleware(RequestIds)  # outermost: every answer counted, refusals of size too
     serving()
     return app
 

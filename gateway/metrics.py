@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -36,7 +35,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from tryfleet.errors import Frozen, PolicyDenied, QuotaExceeded
 from tryfleet.wire import Exposition, unpack
@@ -83,36 +82,17 @@ def denied_for(err: Exception) -> None:
         denied("frozen" if isinstance(err, Frozen) else "policy")
 
 
-class Measured:
-    """ASGI middleware: every HTTP request counted and timed by the route template it matched
+def measured(scope: Scope, status: int, seconds: float) -> None:
+    """One HTTP request counted and timed by the route template it matched
     (`/v1/sandboxes/{sid}/exec`, never the path itself: ids are no labels), "unmatched" when
-    it matched none."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = getattr(scope.get("route"), "path", None)
-            route = path if isinstance(path, str) else "unmatched"
-            method = scope.get("method", "")
-            method = method if method in METHODS else "other"
-            REQUESTS.labels(route, method, str(status)).inc()
-            DURATION.labels(route, method).observe(time.perf_counter() - t0)
+    it matched none. Called by the gateway's outermost middleware (app.RequestIds) as each
+    request ends, its own refusals included."""
+    path = getattr(scope.get("route"), "path", None)
+    route = path if isinstance(path, str) else "unmatched"
+    method = scope.get("method", "")
+    method = method if method in METHODS else "other"
+    REQUESTS.labels(route, method, str(status)).inc()
+    DURATION.labels(route, method).observe(seconds)
 
 
 class _Families(Collector):
@@ -212,5 +192,5 @@ def _own(scheduler_up: int, audit: Any, head: int | None) -> Iterator[Metric]:
         yield appends
 
 
-__all__ = ["DENIALS", "DENIAL_REASONS", "DURATION", "REQUESTS", "Measured", "denied",
+__all__ = ["DENIALS", "DENIAL_REASONS", "DURATION", "REQUESTS", "denied",
            "denied_for", "exposition", "serving"]
