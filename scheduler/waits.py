@@ -25,8 +25,10 @@ REASONS = (FROZEN, LIMIT, SUITE_CAP, TENANT_CAP, PRESSURE, NO_ROOM)
 def waiting(state: SchedulerState) -> dict[str, int]:
     """How many queued iterations wait for each reason (every reason present, 0 or more)."""
     out = dict.fromkeys(REASONS, 0)
-    hosts = state.hosts.values()
-    all_pressured = bool(hosts) and all(v.pressured or v.draining for v in hosts)
+    # drained by a host switch: the core's state keeps those in its switches, not its views
+    drained = state.switches.drained()
+    all_pressured = bool(state.hosts) and all(
+        v.pressured or v.draining or name in drained for name, v in state.hosts.items())
     for w in state.work.values():
         if w.host is not None:
             continue

@@ -40,3 +40,12 @@ def test_queued_work_waits_for_pressure_when_every_host_is_under_it():
     core.handle(c.Submitted((make_row("i-1"),)))
     core.handle(c.Tick(T0))
     assert waiting(core.state)["pressure"] == 1
+
+
+def test_a_host_drained_by_its_switch_counts_as_unable_to_take_work():
+    core = c.Core()
+    core.handle(c.HostsSeen((replace(make_host(), pressured=True), make_host("h2"))))
+    core.handle(c.SwitchOn(switch(Level.HOST, "h2")))
+    core.handle(c.Submitted((make_row("i-1"),)))
+    core.handle(c.Tick(T0))
+    assert waiting(core.state)["pressure"] == 1
