@@ -116,7 +116,7 @@ class SandboxOps:
                         image)
         timeout_s = _seconds("timeout_s", timeout_s, 366 * 86400)
         wait_s = 0.0 if wait_s == 0 else _seconds("wait_s", wait_s, MAX_WAIT_S)
-        meta, quota = _metadata(metadata), quota_of(limits)
+        meta, quota, rules = _metadata(metadata), quota_of(limits), _rules(egress)
         sid = new_sandbox_id()
         host = await self._grant(sid, tenant, demand, timeout_s, quota, wait_s, key_id)
         rec = SandboxRecord(sid, tenant, image, cpus, mem_mib, disk_mib, host, "open",
@@ -131,7 +131,7 @@ class SandboxOps:
             raise
         self.engine.mark_opening(sid)
         try:
-            vm = await self._open_on_host(rec, timeout_s, _rules(egress))
+            vm = await self._open_on_host(rec, timeout_s, rules)
         finally:
             self.engine.opening.discard(sid)
         self.book.set_vm(sid, vm)

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from tests.waiting import until
-from tryfleet.errors import CannotPlace, InfrastructureError, NoRoom, NotFound, QuotaExceeded
+from tryfleet.errors import (
+    BadRequest,
+    CannotPlace,
+    InfrastructureError,
+    NoRoom,
+    NotFound,
+    QuotaExceeded,
+)
 from tryfleet.nodeagent.simhost import SIM_GROUP_PREFIX, SimHosts, SimHostSpec
 from tryfleet.scheduler.service import Scheduler
 from tryfleet.wire import SandboxGone, SandboxOpen, pack, unpack
@@ -175,3 +182,11 @@ def test_a_restarted_scheduler_rebuilds_leases_from_the_ledger(fleet, hosts):
         fleet.call("open_sandbox", "acme", cpus=2)
     with pytest.raises(QuotaExceeded):  # and counts for the quota
         fleet.call("open_sandbox", "acme", limits={"max_sandboxes": 1})
+
+
+def test_bad_egress_rules_are_refused_before_anything_is_leased_or_recorded(fleet):
+    with pytest.raises(BadRequest, match="egress"):
+        fleet.call("open_sandbox", "acme", egress=["ok.test:80", ""],
+                   limits={"max_sandboxes": 1})
+    assert fleet.call("list_sandboxes", "acme", state="all")["items"] == []
+    fleet.call("open_sandbox", "acme", limits={"max_sandboxes": 1})  # its quota is untouched
