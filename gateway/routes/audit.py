@@ -93,7 +93,9 @@ def _item(r: Record) -> AuditRecord:
     return AuditRecord(**r.to_json())
 
 
-async def _read(audit: Audit, fn: Any, *args: Any) -> Any:
+async def read_trail(audit: Audit, fn: Any, *args: Any) -> Any:
+    """fn(*args) on the trail, in a thread, once what was recorded before is on disk; a trail
+    that cannot be read is a 503 (AuditUnavailable)."""
     await drained(audit)  # what the answers before this one did is on disk
     try:
         return await run_in_threadpool(fn, *args)
@@ -115,7 +117,7 @@ async def list_records(
                since=None if since is None else parse_since(since),
                after_seq=cursor_of(cursor), limit=limit)
     audit = trail(request)
-    got: list[Record] = await _read(audit, audit.select, f)
+    got: list[Record] = await read_trail(audit, audit.select, f)
     more = len(got) == limit
     return AuditPage(items=[_item(r) for r in got],
                      next_cursor=str(got[-1].seq) if more else None)
@@ -126,7 +128,7 @@ async def list_records(
 async def trace(request_id: Annotated[str, Path(max_length=128)], who: Reader,
                 request: Request) -> AuditTrace:
     audit = trail(request)
-    got: list[Record] = await _read(audit, audit.trace, request_id,
+    got: list[Record] = await read_trail(audit, audit.trace, request_id,
                                     None if who.admin else who.tenant)
     if not got:  # another tenant's request, like one nobody made
         raise not_found(f"request {request_id!r} in the audit trail")
@@ -139,7 +141,7 @@ async def verify(who: Admin, request: Request) -> AuditReport:
     """`ok` false names each problem: a record edited, removed or moved, records cut off
     after a checkpoint, a checkpoint with a bad signature."""
     audit = trail(request)
-    report: Report = await _read(audit, audit.verify)
+    report: Report = await read_trail(audit, audit.verify)
     return AuditReport(**report.to_json())
 
 
@@ -162,4 +164,4 @@ async def export(who: Reader, request: Request, since: SinceQ = None,
     return StreamingResponse(lines, media_type="application/x-ndjson")
 
 
-__all__ = ["AuditPage", "AuditRecord", "AuditReport", "AuditTrace", "router"]
+__all__ = ["AuditPage", "AuditRecord", "AuditReport", "AuditTrace", "read_trail", "router"]

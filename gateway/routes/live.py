@@ -30,7 +30,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
-from tryfleet.audit import Audit, AuditUnavailable, Filter, Record
+from tryfleet.audit import Audit, Filter, Record
 
 from .. import problems
 from ..auth import needs
@@ -38,6 +38,7 @@ from ..controlroom.snapshot import WINDOW_MIN, Sight, snapshots, throughput
 from ..keys import KeyStore, Principal, Scope
 from ..ledger import read_tenant, view
 from ..problems import documented
+from .audit import read_trail
 from .iterations import cursor_of
 
 router = APIRouter(tags=["live"])
@@ -112,11 +113,7 @@ async def _audit_events(request: Request, tenant: str | None, cursor: int | None
     audit: Audit | None = getattr(request.app.state, "audit", None)
     if audit is None or not audit.paths.db.exists():
         return [], cursor
-    try:
-        got: list[Record] = await run_in_threadpool(_records, audit, tenant, cursor)
-    except OSError as err:
-        raise AuditUnavailable(f"audit unavailable: the audit trail cannot be read ({err})"
-                               ) from None
+    got: list[Record] = await read_trail(audit, _records, audit, tenant, cursor)
     if not got:
         return [], cursor if cursor is not None else 0
     return [ServerSentEvent(event="audit", data={"items": [r.to_json() for r in got]},
@@ -131,9 +128,6 @@ async def live(who: Watcher, request: Request,
                ) -> AsyncIterator[ServerSentEvent]:
     keys: KeyStore = request.app.state.keys
     sight, cursor = start.sight, start.cursor
-    audit_tenant = None if who.admin else who.tenant
-    if who.admin and sight.tenant is not None:
-        audit_tenant = sight.tenant
     next_snapshot = 0.0
     loop = asyncio.get_running_loop()
     while True:
@@ -145,7 +139,7 @@ async def live(who: Watcher, request: Request,
             raw = await snapshots(request).get(request, sight)
             yield ServerSentEvent(event="snapshot", raw_data=raw.decode())
             next_snapshot = loop.time() + SNAPSHOT_S
-        events, cursor = await _audit_events(request, audit_tenant, cursor)
+        events, cursor = await _audit_events(request, sight.tenant, cursor)
         for e in events:
             yield e
         await asyncio.sleep(AUDIT_POLL_S)
