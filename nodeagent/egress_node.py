@@ -24,10 +24,11 @@ from tryfleet.private import private_dir
 from tryfleet.wire import EgressEvent, Ids
 
 from .egress import EgressProxy, EgressTotals, Resolver, host_addresses, parse_rules
+from .hypervisor import EGRESS_SOCKETS
 
 log = logging.getLogger("tryfleet.nodeagent")
 HOSTS_FILE = "egress-hosts"
-SOCKETS_DIR = "egress"
+SOCKETS_DIR = EGRESS_SOCKETS
 ACTIONS = {"decision": "egress.decision", "end": "egress.end"}
 ACTOR = "egress-proxy"
 

@@ -14,6 +14,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,9 @@ class FakeHypervisor:
     def cpu_time_ns(self, name: str) -> int | None:
         with self._lock:
             return self.cpu_ns.get(name, 0) if name in self.domains else None
+
+    def reap_networks(self, gone: Callable[[str], bool]) -> list[str]:
+        return []  # its domains have no networks
 
     def set_cpu_shares(self, name: str, shares: int) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ real guest agent in a thread over a socketpair, for fast tests and simulated hos
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 DOMAIN_PREFIX = "tryfleet-"
 # A guest granted egress reaches the node's proxy here, and nothing else (see libvirt_hv.py).
 EGRESS_PROXY = "10.0.2.100:3128"
+# The folder of the data dir holding the proxy's socket for each egress guest, <vm>.sock.
+EGRESS_SOCKETS = "egress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,10 @@ class Hypervisor(Protocol):
 
     def set_cpu_shares(self, name: str, shares: int) -> None:
         """The domain's CPU weight against the others (its cgroup's cpu.shares)."""
+
+    def reap_networks(self, gone: Callable[[str], bool]) -> list[str]:
+        """Remove what the egress guests of owners for which gone(owner) is true left of
+        their networks (namespaces, relays, taps); the names removed."""
 
     def close(self) -> None:
         """Release the connection; domains started with it are destroyed with it."""

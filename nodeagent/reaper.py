@@ -21,7 +21,7 @@ import psutil
 from tryfleet.private import write_private
 
 from .errors import HypervisorError
-from .hypervisor import DOMAIN_PREFIX, Hypervisor
+from .hypervisor import DOMAIN_PREFIX, EGRESS_SOCKETS, Hypervisor
 from .snapshots import SLOT_PREFIX
 
 OWNER_FILE = "owner.json"
@@ -97,10 +97,8 @@ def reap(hv: Hypervisor, run_dir: Path, keep: str | None = None) -> ReapReport:
                 domains.append(name)
             except HypervisorError:
                 continue  # reported again at the next reap; never blocks start-up
-    reap_nets = getattr(hv, "reap_networks", None)  # the real hypervisor's egress networks
-    if reap_nets is not None:
-        reap_nets(gone)
-    egress = run_dir.parent / "egress"  # the proxy sockets of egress guests, <vm>.sock
+    hv.reap_networks(gone)
+    egress = run_dir.parent / EGRESS_SOCKETS  # the proxy sockets of egress guests, <vm>.sock
     if egress.is_dir():
         for sock in egress.glob(f"{DOMAIN_PREFIX}*.sock"):
             owner_id = owner_of(sock.name.removesuffix(".sock"), hv)
