@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tryfleet import logs
 from tryfleet.private import private_dir
 from tryfleet.wire import EgressEvent, Ids
 
@@ -129,7 +130,7 @@ class NodeEgress:
         path = self.socket_of(vm)
         proxy.attach(vm, path, rules, grant.ids)
         log.info("%s attached to the egress proxy: %s", vm, ", ".join(grant.rules),
-                 extra=asdict(grant.ids))
+                 extra=logs.ids_of(grant.ids))
         return path
 
     def detach(self, vm: str) -> EgressTotals | None:

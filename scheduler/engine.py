@@ -208,9 +208,10 @@ class Engine:
                     raise LedgerDisagrees(f"placements of {refused[:5]} refused")
                 exporter.started(len(a.launches))
             elif isinstance(a, c.StartOnHost):
-                for lc in a.launches:
-                    log.debug("attempt %d of %s started on %s", lc.attempt, lc.row.id, a.host,
-                              extra=row_ids(lc.row, lc.attempt, a.host))
+                if log.isEnabledFor(logging.DEBUG):  # its ids are not made for nothing
+                    for lc in a.launches:
+                        log.debug("attempt %d of %s started on %s", lc.attempt, lc.row.id,
+                                  a.host, extra=row_ids(lc.row, lc.attempt, a.host))
                 self.dispatch.start(a.host, a.launches)
             elif isinstance(a, c.StopOnHost):  # settled: ended here, stopped there regardless
                 self._spawn(self.dispatch.cancel(a.host, a.attempts, _always if a.settled
@@ -242,13 +243,13 @@ class Engine:
         task.add_done_callback(self.tasks.discard)
 
     def _on_outcomes(self, host: str, outcomes: list[Outcome]) -> None:
-        for o in outcomes:  # one line per attempt that ended, with its ids
-            w = self.core.state.work.get(o.id)
-            if w is not None and log.isEnabledFor(logging.INFO):
-                log.info("attempt %d of %s ended %s on %s", o.attempt, w.row.id,
-                         o.state.value, host, extra={
-                             **row_ids(w.row, o.attempt, host), "state": o.state.value,
-                             "exit_code": o.exit_code, "duration_s": o.duration_s})
+        if log.isEnabledFor(logging.INFO):  # one line per attempt that ended, with its ids
+            for o in outcomes:
+                if (w := self.core.state.work.get(o.id)) is not None:
+                    log.info("attempt %d of %s ended %s on %s", o.attempt, w.row.id,
+                             o.state.value, host, extra={
+                                 **row_ids(w.row, o.attempt, host), "state": o.state.value,
+                                 "exit_code": o.exit_code, "duration_s": o.duration_s})
         self.feed(c.OutcomesCollected(host, tuple(masked_outcome(o, self.secrets)
                                                   for o in outcomes)))
 
