@@ -64,17 +64,18 @@ class RequestIds:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        sent = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = sent if _REQUEST_ID.match(sent) else new_request_id()
-        trace = dict(scope["headers"]).get(b"traceparent", b"").decode("latin-1")
+        trace = headers.get(b"traceparent", b"").decode("latin-1")
         with logs.bind(request_id=rid, trace_id=auditing.trace_id_of(trace)):
-            await self._serve(scope, receive, send, rid)
+            await self._serve(scope, receive, send, rid, headers.get(b"content-length"))
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, rid: str,
+                     length: bytes | None) -> None:
         started, status = time.perf_counter(), 0
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode())
-        length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             await _too_large(scope, send, rid)
             _ended(scope, 413, started)
