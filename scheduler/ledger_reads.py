@@ -310,14 +310,12 @@ class Reads:
                          ) -> list[tuple[int, str, int]]:
         """How many iterations (of tenant) ended in each minute since `since`, by state:
         (minute as seconds since the epoch, state, count), oldest first."""
-        where = "ended_at >= ?"
-        args: list[Any] = [since]
-        if tenant is not None:
-            where, args = where + " AND tenant = ?", [*args, tenant]
+        clauses, args = _where(tenant, None)
+        where = " AND ".join(["ended_at >= ?", *clauses])
         with self._lock:
             return [(int(r[0]) * 60, r[1], r[2]) for r in self._db.execute(
                 f"SELECT CAST(ended_at / 60 AS INTEGER) AS m, state, COUNT(*) FROM iterations "
-                f"WHERE {where} GROUP BY m, state ORDER BY m", args)]
+                f"WHERE {where} GROUP BY m, state ORDER BY m", [since, *args])]
 
     def suites_progress(self, tenant: str | None = None, limit: int = 20
                         ) -> list[dict[str, Any]]:
@@ -327,10 +325,8 @@ class Reads:
             found = [dict(r) for r in db.execute(
                 f"SELECT * FROM suites {where} ORDER BY created_at DESC LIMIT ?",
                 (*args, limit))]
-            for s in found:
-                s["counts"] = {r[0]: r[1] for r in db.execute(
-                    "SELECT state, COUNT(*) FROM iterations WHERE tenant = ? AND suite = ? "
-                    "GROUP BY state", (s["tenant"], s["name"]))}
+            for s in found:  # in the same snapshot (the lock is re-entered)
+                s["counts"] = self.counts(s["name"], s["tenant"])
         return found
 
     def limits(self) -> dict[str, int]:
