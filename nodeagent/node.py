@@ -376,17 +376,14 @@ class NodeAgent:
 
     def live(self) -> list[str]:
         """Names of this agent's VMs: running iterations, sandboxes, and pooled ones."""
-        with self._lock:
-            return sorted(box.name for box in self._live.values())
+        return sorted(box.name for box in self._live_boxes())
 
     def destroy_all(self) -> None:
         """The kill switch: every VM goes, pooled ones too, and the pools stay empty until
         work asks for VMs again."""
         if self.pool is not None:
             self.pool.drain()
-        with self._lock:
-            live = list(self._live.values())
-        for sandbox in live:
+        for sandbox in self._live_boxes():
             sandbox.destroy()
 
     def close(self) -> None:

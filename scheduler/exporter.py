@@ -103,16 +103,16 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         e = self.engine
         state = e.core.state
-        queued = sum(1 for w in state.work.values() if w.host is None)
+        by_reason = waiting(state)  # every queued iteration, under one reason each
         yield GaugeMetricFamily("tryfleet_queued_iterations",
-                                "Iterations waiting in the queue", value=queued)
+                                "Iterations waiting in the queue", value=sum(by_reason.values()))
         yield GaugeMetricFamily("tryfleet_running_iterations",
                                 "Iterations placed on a host and not yet ended",
                                 value=e.in_flight)
         waits = _gauge("tryfleet_admission_waiting_iterations",
                        "Queued iterations by why they wait: frozen, limit, suite_cap, "
                        "tenant_cap, pressure, no_room", ("reason",))
-        for reason, n in waiting(state).items():
+        for reason, n in by_reason.items():
             waits.add_metric([reason], n)
         yield waits
         yield GaugeMetricFamily("tryfleet_sandboxes_open",
