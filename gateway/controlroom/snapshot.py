@@ -34,6 +34,7 @@ from tryfleet.scheduler.switch_book import SwitchBook
 from ..keys import Principal, Scope
 from ..ledger import view
 from ..routes.fleet import ShortCache
+from ..routes.iteration_models import hosts_of, limits_of
 
 SNAPSHOT_TTL_S = 1.0
 CHART_TTL_S = 5.0
@@ -110,10 +111,8 @@ def _ledger_parts(ledger: LedgerView, book: SandboxBook, sight: Sight, now: floa
 
 async def _fleet(request: Request) -> dict[str, Any]:
     st: dict[str, Any] = await request.app.state.fleet.sched("status", False, False)
-    in_use = st.get("limits_in_use", {})
-    return {"hosts": st["hosts"], "in_flight": st["in_flight"],
-            "limits": {k: {"size": v, "in_use": in_use.get(k, 0)}
-                       for k, v in st["limits"].items()}}
+    return {"hosts": [h.model_dump() for h in hosts_of(st)], "in_flight": st["in_flight"],
+            "limits": {k: v.model_dump() for k, v in limits_of(st).items()}}
 
 
 class Charts:

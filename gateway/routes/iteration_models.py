@@ -243,12 +243,20 @@ def full(r: Result, out: tuple[bytes, bytes], attempts: list[dict[str, Any]],
                           outcome=a["outcome"], error=a["error"]) for a in attempts])
 
 
-def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
+def hosts_of(st: dict[str, Any]) -> list[HostOut]:
+    """The hosts of the scheduler's status, as the API shows them."""
+    return [HostOut(**{k: h.get(k) for k in HostOut.model_fields}) for h in st["hosts"]]
+
+
+def limits_of(st: dict[str, Any]) -> dict[str, LimitOut]:
+    """The shared-resource limits of the scheduler's status: each one's size and use."""
     in_use = st.get("limits_in_use", {})
+    return {k: LimitOut(size=v, in_use=in_use.get(k, 0)) for k, v in st["limits"].items()}
+
+
+def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
     return FleetOut(
-        pid=st.get("pid"), ledger=st.get("ledger"),
-        hosts=[HostOut(**{k: h.get(k) for k in HostOut.model_fields}) for h in st["hosts"]],
-        limits={k: LimitOut(size=v, in_use=in_use.get(k, 0)) for k, v in st["limits"].items()},
+        pid=st.get("pid"), ledger=st.get("ledger"), hosts=hosts_of(st), limits=limits_of(st),
         counts=st["counts"], tenants=st.get("tenants", {}), in_flight=st["in_flight"],
         as_of=as_of)
 
@@ -256,4 +264,4 @@ def fleet(st: dict[str, Any], as_of: float) -> FleetOut:
 __all__ = ["MAX_BATCH", "NAME", "TENANT", "Attempt", "BatchIn", "BatchOut", "CancelOut",
            "FleetCancelIn", "FleetOut", "HostOut", "Iteration", "IterationFull", "IterationIn",
            "IterationPage", "LimitIn", "LimitOut", "LimitSet", "OneIn", "OutputOut", "State",
-           "SuiteOut", "fleet", "full", "iteration"]
+           "SuiteOut", "fleet", "full", "hosts_of", "iteration", "limits_of"]
